@@ -1,0 +1,1 @@
+"""Content-addressed storage: chunking, compression, packs and the chunk index."""

@@ -1,0 +1,69 @@
+"""Per-chunk compression: zstd when it pays, raw bytes when it does not.
+
+zstd level 1 manages only ~620 MiB/s on incompressible bytes here, against ~3 GiB/s for
+hashing, so compressing random data blindly would halve upload speed for nothing. A few
+small samples tell us cheaply whether a chunk is worth compressing.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+from datarun.errors import IntegrityError
+
+_SAMPLE = 16 << 10
+_MIN_COMPRESS = 512
+_SAMPLE_RATIO = 0.90  # samples must shrink at least this much to try the whole chunk
+_KEEP_RATIO = 0.95  # and the whole chunk must shrink at least this much to be stored compressed
+LEVEL = 3
+
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    comp = getattr(_local, "comp", None)
+    if comp is None:
+        comp = _local.comp = zstandard.ZstdCompressor(level=LEVEL)
+    return comp
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dec = getattr(_local, "dec", None)
+    if dec is None:
+        dec = _local.dec = zstandard.ZstdDecompressor()
+    return dec
+
+
+def looks_compressible(chunk: memoryview) -> bool:
+    size = len(chunk)
+    if size < _MIN_COMPRESS:
+        return False
+    if size <= 3 * _SAMPLE:
+        sample = bytes(chunk)
+    else:
+        mid = size // 2 - _SAMPLE // 2
+        sample = bytes(chunk[:_SAMPLE]) + bytes(chunk[mid : mid + _SAMPLE]) + bytes(chunk[-_SAMPLE:])
+    fast = zstandard.ZstdCompressor(level=1) if not hasattr(_local, "fast") else _local.fast
+    _local.fast = fast
+    return len(fast.compress(sample)) < len(sample) * _SAMPLE_RATIO
+
+
+def encode(chunk: memoryview) -> tuple[bytes | memoryview, bool]:
+    """Return the frame to store for ``chunk`` and whether it is compressed."""
+    if not looks_compressible(chunk):
+        return chunk, False
+    packed = _compressor().compress(chunk)
+    if len(packed) < len(chunk) * _KEEP_RATIO:
+        return packed, True
+    return chunk, False
+
+
+def decode(frame: bytes, compressed: bool, size: int) -> bytes:
+    if not compressed:
+        return frame
+    try:
+        return _decompressor().decompress(frame, max_output_size=size)  # type: ignore[no-any-return]
+    except zstandard.ZstdError as err:
+        raise IntegrityError(f"corrupt compressed frame: {err}") from None

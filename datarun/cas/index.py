@@ -1,0 +1,110 @@
+"""The chunk index: which chunks the store already has, and where.
+
+The source of truth is the store's ``index/<pack>`` segments. Each machine caches them in
+SQLite (one file per store URL) so that dedup lookups are local and cheap. ``sync`` lists the
+segments, fetches the ones it has not seen, and forgets the ones that vanished from the
+store, so a wiped or garbage-collected store can never make an upload point at missing packs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import blake3
+
+from datarun.cas.packs import INDEX_PREFIX, decode_segment
+from datarun.errors import IntegrityError
+from datarun.model import ChunkRef
+from datarun.store import ObjectStore
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS segments (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS chunks (
+    digest BLOB PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL,
+    stored INTEGER NOT NULL, size INTEGER NOT NULL, flags INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks(pack);
+"""
+
+
+class ChunkIndex:
+    def __init__(self, store: ObjectStore, cache_dir: Path) -> None:
+        self.store = store
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        name = blake3.blake3(store.url.encode()).hexdigest()[:24]
+        self.path = cache_dir / f"chunks-{name}.sqlite"
+        self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def sync(self, workers: int = 8) -> int:
+        """Bring the cache in line with the store; returns how many segments were fetched."""
+        listed = {info.key[len(INDEX_PREFIX) :] for info in self.store.list(INDEX_PREFIX)}
+        with self._lock:
+            known = {row[0] for row in self._db.execute("SELECT name FROM segments")}
+        gone = known - listed
+        missing = sorted(listed - known)
+
+        def fetch(name: str) -> tuple[str, list[ChunkRef] | None]:
+            data, _ = self.store.read(INDEX_PREFIX + name)
+            try:
+                return name, decode_segment(name, data)
+            except IntegrityError:
+                # A corrupt segment only costs dedup; its pack is then simply not reused.
+                return name, None
+
+        fetched: list[tuple[str, list[ChunkRef] | None]] = []
+        if missing:
+            with ThreadPoolExecutor(max_workers=min(workers, len(missing))) as pool:
+                fetched = list(pool.map(fetch, missing))
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for name in gone:
+                    self._db.execute("DELETE FROM chunks WHERE pack = ?", (name,))
+                    self._db.execute("DELETE FROM segments WHERE name = ?", (name,))
+                for name, refs in fetched:
+                    if refs is not None:
+                        self._insert(refs)
+                    self._db.execute("INSERT OR IGNORE INTO segments VALUES (?)", (name,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return len(missing)
+
+    def _insert(self, refs: Iterable[ChunkRef]) -> None:
+        self._db.executemany(
+            "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?, ?)",
+            ((r.digest, r.pack, r.offset, r.stored_size, r.size, int(r.compressed)) for r in refs),
+        )
+
+    def add_segment(self, pack_id: str, refs: list[ChunkRef]) -> None:
+        """Record a segment this process just wrote, so later lookups need no sync."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._insert(refs)
+            self._db.execute("INSERT OR IGNORE INTO segments VALUES (?)", (pack_id,))
+            self._db.execute("COMMIT")
+
+    def lookup(self, digest: bytes) -> ChunkRef | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT pack, offset, stored, size, flags FROM chunks WHERE digest = ?", (digest,)
+            ).fetchone()
+        if row is None:
+            return None
+        return ChunkRef(digest, row[0], row[1], row[2], row[3], bool(row[4]))
+
+    def chunk_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0])

@@ -1,0 +1,1 @@
+"""The ``datarun`` command line: one module per command group, progress on stderr."""

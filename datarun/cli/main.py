@@ -1,0 +1,101 @@
+"""Entry point: the root group, global flags, and the single abort path for errors.
+
+Expected failures (DatarunError) print one line, ``error: ...``, and exit with the code from
+:class:`datarun.errors.ExitCode`. Anything else is a bug: one line plus a hint, and the
+traceback only with ``--debug`` or ``DATARUN_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import traceback
+from types import FrameType
+
+import click
+
+from datarun import __version__
+from datarun.cli.bundle_cmd import bundle
+from datarun.cli.common import CliState, store_option
+from datarun.cli.config_cmd import config
+from datarun.cli.label_cmd import label
+from datarun.cli.quickstart_cmd import quickstart
+from datarun.cli.repo_cmd import repo
+from datarun.errors import DatarunError, ExitCode
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@store_option
+@click.option("--blob-store", metavar="URL", help="Separate store for chunk data (datamon's blob/metadata split).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or summaries on stderr.")
+@click.option("--debug", is_flag=True, envvar="DATARUN_DEBUG", help="Show tracebacks for unexpected errors.")
+@click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Parallel transfers.")
+@click.version_option(__version__, prog_name="datarun")
+@click.pass_context
+def cli(ctx: click.Context, blob_store: str | None, quiet: bool, debug: bool, workers: int) -> None:
+    """Versioned, deduplicated bundles of data: upload, label, download, diff, verify.
+
+    Exit codes: 0 ok, 1 internal error, 2 usage, 3 not found, 4 conflict, 5 integrity,
+    6 store error, 7 local file error, 130 interrupted.
+    """
+    state = ctx.ensure_object(CliState)
+    state.blob_store = blob_store
+    state.quiet = quiet
+    state.debug = debug
+    state.workers = workers
+    ctx.call_on_close(state.close)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+cli.add_command(config)
+cli.add_command(repo)
+cli.add_command(bundle)
+cli.add_command(label)
+cli.add_command(quickstart)
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    # SIGTERM takes the same clean-up path as Ctrl-C: spooled packs removed, nothing visible.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    debug = os.environ.get("DATARUN_DEBUG") == "1" or "--debug" in (argv if argv is not None else sys.argv)
+    try:
+        cli.main(args=argv, prog_name="datarun", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return int(done.exit_code)
+    except click.ClickException as err:
+        err.show()
+        return ExitCode.USAGE
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        return ExitCode.INTERRUPTED
+    except DatarunError as err:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {err}", err=True)
+        return int(err.exit_code)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; nothing half-written became visible", err=True)
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        return ExitCode.OK
+    except Exception as err:  # a bug: keep the message, hide the traceback unless asked
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: internal error: {type(err).__name__}: {err} (rerun with --debug for details)", err=True)
+        return ExitCode.INTERNAL
+    return ExitCode.OK
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,135 @@
+"""Manifests: a bundle's file list, streamed in and out so its size never sits in memory.
+
+On the wire a manifest is a zstd stream of JSON lines: one header line, then one line per
+entry in *tree order* (paths compared component by component, which is depth-first order
+with each folder's names sorted). It is content-addressed by the BLAKE3 of its plaintext.
+Readers validate every path, the ordering, and finally the hash.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import blake3
+import orjson
+import zstandard
+
+from datarun.cas.chunker import CHUNKER_ID
+from datarun.errors import IntegrityError
+from datarun.model import FileEntry
+from datarun.store import ObjectStore
+
+MANIFEST_PREFIX = "manifests/"
+_FORMAT = "datarun-manifest"
+_VERSION = 1
+_READ_BLOCK = 8 << 20
+
+
+def manifest_key(manifest_id: str) -> str:
+    return f"{MANIFEST_PREFIX}{manifest_id[:2]}/{manifest_id}"
+
+
+def tree_key(path: str) -> tuple[str, ...]:
+    """Sort key giving tree order; diff and mount rely on both sides agreeing on it."""
+    return tuple(path.split("/"))
+
+
+class ManifestWriter:
+    """Writes entries (already in tree order) to a compressed spool file."""
+
+    def __init__(self, spool_dir: Path) -> None:
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        self.path = spool_dir / f"manifest-{secrets.token_hex(8)}"
+        self._raw = self.path.open("wb")
+        self._zstd = zstandard.ZstdCompressor(level=3).stream_writer(self._raw, closefd=False)
+        self._hasher = blake3.blake3()
+        self._last: tuple[str, ...] | None = None
+        self.file_count = 0
+        self.total_size = 0
+        self._write({"format": _FORMAT, "version": _VERSION, "chunker": CHUNKER_ID})
+
+    def _write(self, obj: object) -> None:
+        line = orjson.dumps(obj) + b"\n"
+        self._hasher.update(line)
+        self._zstd.write(line)
+
+    def add(self, entry: FileEntry) -> None:
+        key = tree_key(entry.path)
+        if self._last is not None and key <= self._last:
+            raise ValueError(f"manifest entries out of order: {entry.path}")
+        self._last = key
+        self._write(entry.to_json())
+        if entry.kind == "f":
+            self.file_count += 1
+            self.total_size += entry.size
+
+    def finish(self) -> str:
+        """Close the spool and return the manifest id (hash of the plaintext)."""
+        self._zstd.close()
+        self._raw.close()
+        return str(self._hasher.hexdigest())
+
+    def discard(self) -> None:
+        try:
+            self._zstd.close()
+        finally:
+            self._raw.close()
+            self.path.unlink(missing_ok=True)
+
+
+class _RangeReader(io.RawIOBase):
+    """A read-only stream over ``get_range`` calls, so any backend can stream an object."""
+
+    def __init__(self, store: ObjectStore, key: str) -> None:
+        self._store = store
+        self._key = key
+        self._offset = 0
+        self._size = store.head(key).size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._offset >= self._size:
+            return 0
+        want = min(len(buffer), _READ_BLOCK, self._size - self._offset)
+        data = self._store.get_range(self._key, self._offset, want)
+        buffer[: len(data)] = data
+        self._offset += len(data)
+        return len(data)
+
+
+def open_manifest_stream(store: ObjectStore, manifest_id: str) -> BinaryIO:
+    raw = io.BufferedReader(_RangeReader(store, manifest_key(manifest_id)), buffer_size=_READ_BLOCK)
+    return zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20)  # type: ignore[no-any-return]
+
+
+def read_manifest(store: ObjectStore, manifest_id: str) -> Iterator[FileEntry]:
+    """Stream a bundle's entries, validating paths, order and finally the manifest hash."""
+    where = f"manifest {manifest_id[:16]}"
+    hasher = blake3.blake3()
+    last: tuple[str, ...] | None = None
+    try:
+        with open_manifest_stream(store, manifest_id) as stream:
+            lines = io.BufferedReader(stream, buffer_size=1 << 20)  # type: ignore[arg-type]
+            header_line = lines.readline()
+            hasher.update(header_line)
+            header = orjson.loads(header_line)
+            if header.get("format") != _FORMAT or header.get("version") != _VERSION:
+                raise IntegrityError(f"{where} has unknown format {header!r}")
+            for line in lines:
+                hasher.update(line)
+                entry = FileEntry.from_json(orjson.loads(line))
+                key = tree_key(entry.path)
+                if last is not None and key <= last:
+                    raise IntegrityError(f"{where}: entry `{entry.path}` is duplicated or out of order")
+                last = key
+                yield entry
+    except (zstandard.ZstdError, orjson.JSONDecodeError) as err:
+        raise IntegrityError(f"{where} is corrupt: {err}") from None
+    if hasher.hexdigest() != manifest_id:
+        raise IntegrityError(f"{where} is corrupt: its content does not match its hash")

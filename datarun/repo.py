@@ -1,0 +1,458 @@
+"""The Python API that the CLI, the sidecars and notebooks all use.
+
+    from datarun.repo import connect
+    client = connect()                       # the default store, or connect("file:///data")
+    client.create_repo("images", "raw camera frames")
+    result = client.upload("images", "./frames", message="day 1", label="latest")
+    client.download("images", "./copy", label="latest")
+
+Store layout (see FORMAT.md): metadata (repos, bundles, labels, manifests) lives in the
+metadata store and chunk data (packs, index segments) in the blob store; they are the same
+store unless configured apart. A bundle record is written last and create-only, so a bundle
+is visible only once every byte it names is durable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from datarun import config as cfg
+from datarun.cas.index import ChunkIndex
+from datarun.errors import (
+    ConflictError,
+    IntegrityError,
+    LocalIOError,
+    NotFoundError,
+    ObjectNotFound,
+    PreconditionFailed,
+    UsageError,
+)
+from datarun.hashcache import HashCache
+from datarun.ids import is_ksuid, new_ksuid
+from datarun.manifest import ManifestWriter, manifest_key, read_manifest, tree_key
+from datarun.model import (
+    FILE,
+    Bundle,
+    BundleRef,
+    FileEntry,
+    Label,
+    Provenance,
+    Repo,
+    RunRecord,
+    validate_label_name,
+    validate_relpath,
+    validate_repo_name,
+)
+from datarun.store import ObjectStore, open_store
+from datarun.transfer import DEFAULT_WORKERS, Downloader, Progress, UploadStats, Uploader, verify_entries
+
+STORE_MARKER = "datarun-store.json"
+STORE_FORMAT = 1
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _dumps(obj: object) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+
+
+def _repo_key(repo: str) -> str:
+    return f"repos/{repo}/repo.json"
+
+
+def _bundle_key(repo: str, bundle_id: str) -> str:
+    return f"repos/{repo}/bundles/{bundle_id}.json"
+
+
+def _label_key(repo: str, label: str) -> str:
+    return f"repos/{repo}/labels/{label}.json"
+
+
+def _history_key(repo: str, label: str, seq: int) -> str:
+    return f"repos/{repo}/label-history/{label}/{seq:012d}.json"
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    bundle: Bundle
+    stats: UploadStats
+    label: Label | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class DiffEntry:
+    path: str
+    change: str  # "added", "removed" or "modified"
+    old: FileEntry | None
+    new: FileEntry | None
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    bundle: Bundle
+    files: int
+    bytes: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Client:
+    """A connection to one datarun store (metadata + blobs)."""
+
+    def __init__(
+        self,
+        meta: ObjectStore,
+        blobs: ObjectStore | None = None,
+        *,
+        cache_dir: Path | None = None,
+        author: tuple[str, str] = ("", ""),
+        workers: int = DEFAULT_WORKERS,
+    ) -> None:
+        self.meta = meta
+        self.blobs = blobs or meta
+        self.cache_dir = cache_dir or cfg.cache_dir()
+        self.author = author
+        self.workers = workers
+        self._index: ChunkIndex | None = None
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+        self.meta.close()
+        if self.blobs is not self.meta:
+            self.blobs.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- store marker --------------------------------------------------------------------
+
+    def _check_format(self, create: bool) -> None:
+        try:
+            raw, _ = self.meta.read(STORE_MARKER)
+        except ObjectNotFound:
+            if not create:
+                return
+            try:
+                self.meta.put_if_absent(STORE_MARKER, _dumps({"format": "datarun-store", "version": STORE_FORMAT}))
+            except PreconditionFailed:
+                pass
+            return
+        version = orjson.loads(raw).get("version")
+        if version != STORE_FORMAT:
+            raise UsageError(
+                f"store `{self.meta.url}` uses format v{version}; this datarun reads v{STORE_FORMAT}. "
+                "Upgrade datarun."
+            )
+
+    # -- repos ---------------------------------------------------------------------------
+
+    def create_repo(self, name: str, description: str = "") -> Repo:
+        validate_repo_name(name)
+        self._check_format(create=True)
+        repo = Repo(name, description, _now(), self.author[0])
+        try:
+            self.meta.put_if_absent(_repo_key(name), _dumps(repo.to_json()))
+        except PreconditionFailed:
+            raise ConflictError(f"repo `{name}` already exists in `{self.meta.url}`") from None
+        return repo
+
+    def get_repo(self, name: str) -> Repo:
+        validate_repo_name(name)
+        try:
+            raw, _ = self.meta.read(_repo_key(name))
+        except ObjectNotFound:
+            raise NotFoundError(
+                f"repo `{name}` not found in `{self.meta.url}`; create it with "
+                f"`datarun repo create --repo {name} --description ...`"
+            ) from None
+        return Repo.from_json(orjson.loads(raw))
+
+    def list_repos(self) -> list[Repo]:
+        repos = []
+        for info in self.meta.list("repos/"):
+            if info.key.endswith("/repo.json") and info.key.count("/") == 2:
+                raw, _ = self.meta.read(info.key)
+                repos.append(Repo.from_json(orjson.loads(raw)))
+        return repos
+
+    # -- bundles -------------------------------------------------------------------------
+
+    def get_bundle(self, repo: str, bundle_id: str) -> Bundle:
+        self.get_repo(repo)
+        if not is_ksuid(bundle_id):
+            raise UsageError(f"`{bundle_id}` is not a bundle id (27 letters and digits, as printed by upload)")
+        try:
+            raw, _ = self.meta.read(_bundle_key(repo, bundle_id))
+        except ObjectNotFound:
+            raise NotFoundError(
+                f"bundle `{bundle_id}` not found in repo `{repo}`; list them with `datarun bundle list --repo {repo}`"
+            ) from None
+        return Bundle.from_json(orjson.loads(raw))
+
+    def resolve(self, repo: str, bundle: str | None = None, label: str | None = None) -> Bundle:
+        """The bundle named by exactly one of an id or a label."""
+        if bool(bundle) == bool(label):
+            raise UsageError("name the bundle with exactly one of --bundle or --label")
+        if bundle:
+            return self.get_bundle(repo, bundle)
+        assert label is not None
+        return self.get_bundle(repo, self.get_label(repo, label).bundle)
+
+    def list_bundles(self, repo: str) -> list[Bundle]:
+        self.get_repo(repo)
+        out = []
+        for info in self.meta.list(f"repos/{repo}/bundles/"):
+            raw, _ = self.meta.read(info.key)
+            out.append(Bundle.from_json(orjson.loads(raw)))
+        return out
+
+    def list_files(self, bundle: Bundle) -> Iterator[FileEntry]:
+        return read_manifest(self.meta, bundle.manifest)
+
+    def _chunk_index(self) -> ChunkIndex:
+        if self._index is None:
+            self._index = ChunkIndex(self.blobs, self.cache_dir / "index")
+        return self._index
+
+    def upload(
+        self,
+        repo: str,
+        path: str | Path,
+        message: str,
+        *,
+        label: str | None = None,
+        inputs: tuple[BundleRef, ...] = (),
+        run: RunRecord | None = None,
+        label_retries: int = 5,
+        progress: Progress | None = None,
+        use_hash_cache: bool = True,
+    ) -> UploadResult:
+        """Snapshot the folder ``path`` as a new bundle of ``repo``; optionally move ``label``."""
+        started = time.perf_counter()
+        self.get_repo(repo)
+        if label is not None:
+            validate_label_name(label)
+        self._check_format(create=True)
+        index = self._chunk_index()
+        index.sync(self.workers * 2)
+        spool = self.blobs.staging_dir() or (self.cache_dir / "spool")
+        hashes = HashCache(self.cache_dir) if use_hash_cache else None
+        uploader = Uploader(self.blobs, index, hashes, spool, self.workers, progress)
+        writer = ManifestWriter(spool)
+        try:
+            uploader.upload_tree(Path(path), writer)
+            uploader.finish(writer)
+            manifest_id = writer.finish()
+            # Manifests are content-addressed: a plain put of identical bytes is harmless.
+            self.meta.put(manifest_key(manifest_id), writer.path)
+        except BaseException:
+            uploader.abort()
+            writer.discard()
+            raise
+        finally:
+            uploader.close()
+            writer.path.unlink(missing_ok=True)
+            if hashes is not None:
+                hashes.close()
+        bundle = Bundle(
+            id=new_ksuid(),
+            repo=repo,
+            message=message,
+            created=_now(),
+            manifest=manifest_id,
+            file_count=writer.file_count,
+            total_size=writer.total_size,
+            provenance=Provenance(self.author[0], self.author[1], cfg.hostname(), tuple(inputs), run),
+        )
+        # Written last and create-only: this is the moment the bundle becomes visible.
+        self.meta.put_if_absent(_bundle_key(repo, bundle.id), _dumps(bundle.to_json()))
+        moved = self.set_label(repo, label, bundle.id, retries=label_retries) if label else None
+        return UploadResult(bundle, uploader.stats, moved, time.perf_counter() - started)
+
+    def download(
+        self,
+        bundle: Bundle,
+        destination: str | Path,
+        *,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> Downloader:
+        dest = Path(destination)
+        if dest.exists() and not dest.is_dir():
+            raise LocalIOError(f"destination `{dest}` is a file; pass a folder")
+        if dest.is_dir() and not force and any(dest.iterdir()):
+            raise ConflictError(f"destination `{dest}` is not empty; pass --force to write into it")
+        if progress is not None:
+            progress.set_total(bundle.total_size)
+        downloader = Downloader(self.blobs, self.workers, progress)
+        downloader.download(self.list_files(bundle), dest)
+        return downloader
+
+    def find_file(self, bundle: Bundle, path: str) -> FileEntry:
+        validate_relpath(path.strip("/"))
+        wanted = tree_key(path.strip("/"))
+        for entry in self.list_files(bundle):
+            key = tree_key(entry.path)
+            if key == wanted:
+                return entry
+            if key > wanted:
+                break
+        raise NotFoundError(f"file `{path}` not found in bundle `{bundle.id}` of repo `{bundle.repo}`")
+
+    def download_file(self, bundle: Bundle, path: str, destination: str | Path, *, force: bool = False) -> Path:
+        entry = self.find_file(bundle, path)
+        dest = Path(destination)
+        final = dest / entry.path
+        if final.exists() and not force:
+            raise ConflictError(f"`{final}` already exists; pass --force to overwrite it")
+        Downloader(self.blobs, self.workers).download(iter([entry]), dest)
+        return final
+
+    def verify(self, bundle: Bundle, progress: Progress | None = None) -> VerifyReport:
+        if progress is not None:
+            progress.set_total(bundle.total_size)
+        try:
+            files, size, problems = verify_entries(self.blobs, self.list_files(bundle), self.workers, progress)
+        except IntegrityError as err:
+            return VerifyReport(bundle, 0, 0, [f"manifest: {err}"])
+        return VerifyReport(bundle, files, size, problems)
+
+    def diff(self, old: Bundle, new: Bundle) -> Iterator[DiffEntry]:
+        """Merge-join two manifests in tree order; memory stays flat for any bundle size."""
+        left = self.list_files(old)
+        right = self.list_files(new)
+        a = next(left, None)
+        b = next(right, None)
+        while a is not None or b is not None:
+            if b is None or (a is not None and tree_key(a.path) < tree_key(b.path)):
+                assert a is not None
+                yield DiffEntry(a.path, "removed", a, None)
+                a = next(left, None)
+            elif a is None or tree_key(b.path) < tree_key(a.path):
+                yield DiffEntry(b.path, "added", None, b)
+                b = next(right, None)
+            else:
+                if _content(a) != _content(b):
+                    yield DiffEntry(a.path, "modified", a, b)
+                a = next(left, None)
+                b = next(right, None)
+
+    # -- labels --------------------------------------------------------------------------
+
+    def get_label(self, repo: str, name: str) -> Label:
+        validate_label_name(name)
+        self.get_repo(repo)
+        try:
+            raw, _ = self.meta.read(_label_key(repo, name))
+        except ObjectNotFound:
+            raise NotFoundError(
+                f"label `{name}` not found in repo `{repo}`; list them with `datarun label list --repo {repo}`"
+            ) from None
+        return Label.from_json(orjson.loads(raw))
+
+    def list_labels(self, repo: str) -> list[Label]:
+        self.get_repo(repo)
+        out = []
+        for info in self.meta.list(f"repos/{repo}/labels/"):
+            raw, _ = self.meta.read(info.key)
+            out.append(Label.from_json(orjson.loads(raw)))
+        return out
+
+    def label_history(self, repo: str, name: str) -> list[Label]:
+        validate_label_name(name)
+        self.get_repo(repo)
+        out = []
+        for info in self.meta.list(f"repos/{repo}/label-history/{name}/"):
+            raw, _ = self.meta.read(info.key)
+            out.append(Label.from_json(orjson.loads(raw)))
+        if not out:
+            self.get_label(repo, name)  # raises the not-found error with its hint
+        return out
+
+    def set_label(
+        self, repo: str, name: str, bundle_id: str, *, expect: str | None = None, retries: int = 0
+    ) -> Label:
+        """Point ``name`` at ``bundle_id`` with compare-and-swap.
+
+        Of several concurrent writers exactly one wins each round; a loser retries up to
+        ``retries`` times against the new value, then fails with ConflictError. ``expect``
+        makes the move conditional on the label's current bundle ("" = must not exist).
+        """
+        validate_label_name(name)
+        self.get_bundle(repo, bundle_id)
+        key = _label_key(repo, name)
+        for attempt in range(retries + 1):
+            try:
+                raw, info = self.meta.read(key)
+                current: Label | None = Label.from_json(orjson.loads(raw))
+                etag: str | None = info.etag
+            except ObjectNotFound:
+                current, etag = None, None
+            if expect is not None and (current.bundle if current else "") != expect:
+                actual = current.bundle if current else "nothing"
+                raise ConflictError(f"label `{name}` in repo `{repo}` points at {actual}, not {expect or 'nothing'}")
+            if current is not None:
+                # Repair history if the previous mover died between its two writes.
+                self._append_history(current)
+            new = Label(repo, name, bundle_id, (current.seq + 1) if current else 1, _now(), self.author[0],
+                        current.bundle if current else "")
+            try:
+                if etag is None:
+                    self.meta.put_if_absent(key, _dumps(new.to_json()))
+                else:
+                    self.meta.put_if_match(key, _dumps(new.to_json()), etag)
+            except (PreconditionFailed, ObjectNotFound):
+                if attempt < retries:
+                    time.sleep(0.01 * (attempt + 1))
+                    continue
+                raise ConflictError(
+                    f"label `{name}` in repo `{repo}` was moved by another writer at the same time; "
+                    "check `datarun label get` and set it again, or pass --retries"
+                ) from None
+            self._append_history(new)
+            return new
+        raise AssertionError("unreachable")
+
+    def _append_history(self, label: Label) -> None:
+        try:
+            self.meta.put_if_absent(_history_key(label.repo, label.name, label.seq), _dumps(label.to_json()))
+        except PreconditionFailed:
+            pass
+
+
+def _content(entry: FileEntry) -> tuple[object, ...]:
+    if entry.kind == FILE:
+        return (entry.kind, entry.size, entry.mode, tuple(c.digest for c in entry.chunks))
+    return (entry.kind, entry.mode, entry.target)
+
+
+def connect(
+    store: str | None = None,
+    *,
+    blob_store: str | None = None,
+    config: cfg.Config | None = None,
+    workers: int = DEFAULT_WORKERS,
+) -> Client:
+    """Open the store chosen by ``store``, ``DATARUN_STORE``, the config file, or the default."""
+    conf = config if config is not None else cfg.load_config()
+    choice = cfg.choose_store(store, conf)
+    meta = open_store(choice.url)
+    blob_url = blob_store or choice.blob_url
+    blobs = meta if blob_url == choice.url else open_store(blob_url)
+    return Client(meta, blobs, author=cfg.default_author(conf), workers=workers)

@@ -1,0 +1,112 @@
+"""The ObjectStore protocol: the handful of primitives every backend implements.
+
+Everything above this layer (packs, manifests, bundles, labels) is built from these calls, so
+a new backend is a few hundred lines and the shared contract suite in tests/store proves it.
+The primitives map one-to-one onto what Azure Blob and GCS offer natively:
+
+==================  ==============================  =================================
+primitive           Azure Blob                      GCS
+==================  ==============================  =================================
+put                 upload_blob(overwrite=True)     upload
+put_if_absent       If-None-Match: *                ifGenerationMatch=0
+put_if_match        If-Match: <etag>                ifGenerationMatch=<generation>
+read / get_range    download_blob(offset, length)   download(start, end)
+list(start_after)   list_blobs + marker filter      list_blobs(start_offset)
+delete              delete_blob                     delete
+==================  ==============================  =================================
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from datarun.errors import UsageError
+
+Payload = bytes | bytearray | memoryview | Path
+"""What ``put`` accepts: bytes in memory, or a file that is streamed (never read whole)."""
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]*$")
+
+
+def validate_key(key: str) -> str:
+    parts = key.split("/")
+    if not _KEY_RE.match(key) or any(p in ("", ".", "..") for p in parts) or len(key) > 1024:
+        raise UsageError(f"invalid object key `{key}`")
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str  # opaque version token: an ETag on Azure, a generation on GCS
+
+
+class ObjectStore(ABC):
+    """A flat key space of immutable-or-CAS objects. Keys use ``/`` as a separator."""
+
+    url: str
+
+    @abstractmethod
+    def put(self, key: str, payload: Payload) -> ObjectInfo:
+        """Write ``key`` unconditionally (last writer wins). Used for content-addressed data."""
+
+    @abstractmethod
+    def put_if_absent(self, key: str, payload: Payload) -> ObjectInfo:
+        """Create ``key``; raise PreconditionFailed if it exists. Exactly one of N racers wins."""
+
+    @abstractmethod
+    def put_if_match(self, key: str, payload: Payload, etag: str) -> ObjectInfo:
+        """Replace ``key`` only if its current version is ``etag``; raise PreconditionFailed
+        if it changed, and ObjectNotFound if it vanished."""
+
+    @abstractmethod
+    def read(self, key: str) -> tuple[bytes, ObjectInfo]:
+        """Read a small object whole, with the version token that was read (one round trip)."""
+
+    @abstractmethod
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Read ``length`` bytes at ``start``. Short only at the end of the object."""
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo:
+        """Size and version of ``key``; raise ObjectNotFound if absent."""
+
+    @abstractmethod
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Keys starting with ``prefix``, in byte order, strictly after ``start_after``.
+        Backends page internally; callers just iterate."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; deleting an absent key is not an error."""
+
+    def staging_dir(self) -> Path | None:
+        """A folder on the same filesystem as the store, if any, so a spooled pack can be
+        renamed into place instead of copied. Remote stores return None."""
+        return None
+
+    def close(self) -> None:
+        """Release connections and thread pools."""
+
+    def exists(self, key: str) -> bool:
+        from datarun.errors import ObjectNotFound
+
+        try:
+            self.head(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+
+
+def payload_size(payload: Payload) -> int:
+    if isinstance(payload, Path):
+        return payload.stat().st_size
+    return len(payload)

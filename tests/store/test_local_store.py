@@ -1,0 +1,37 @@
+"""Local-backend specifics: durability mechanics the contract cannot see."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from datarun.errors import PreconditionFailed
+from datarun.store import LocalStore
+
+
+def test_staged_pack_is_renamed_not_copied(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "s")
+    spooled = store.staging_dir() / "pack-test"
+    spooled.write_bytes(b"p" * 4096)
+    inode = spooled.stat().st_ino
+    store.put("packs/aa/x", spooled)
+    assert not spooled.exists()
+    assert (tmp_path / "s" / "packs" / "aa" / "x").stat().st_ino == inode
+
+
+def test_failed_create_only_leaves_no_temp_files(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "s")
+    store.put_if_absent("k", b"1")
+    for _ in range(3):
+        with pytest.raises(PreconditionFailed):
+            store.put_if_absent("k", b"2")
+    assert os.listdir(store.staging_dir()) == []
+
+
+def test_reserved_folders_are_not_listed(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "s")
+    store.put_if_absent("lbl", b"1")
+    store.put_if_match("lbl", b"2", store.head("lbl").etag)
+    assert [i.key for i in store.list("")] == ["lbl"]

@@ -1,0 +1,92 @@
+"""Chunking, compression, packs and index segments."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import blake3
+import pytest
+from pyfastcdc import FastCDC
+
+from datarun.cas import compress
+from datarun.cas.chunker import AVG_SIZE, MAX_SIZE, MIN_SIZE, iter_chunks
+from datarun.cas.packs import PackWriter, decode_chunk, decode_segment, encode_segment
+from datarun.errors import IntegrityError
+
+
+def _cuts(path: Path) -> list[bytes]:
+    return [bytes(c) for c in iter_chunks(path, path.stat().st_size)]
+
+
+def test_streamed_and_in_memory_chunking_agree(tmp_path: Path) -> None:
+    # Boundaries must not depend on how a file is read, or dedup would silently break.
+    data = random.Random(1).randbytes(3 * MAX_SIZE + 12345)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    streamed = _cuts(path)
+    reference = [
+        bytes(data[c.offset : c.offset + c.length])
+        for c in FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE).cut_buf(data)
+    ]
+    assert streamed == reference
+    assert b"".join(streamed) == data
+    assert all(MIN_SIZE <= len(c) <= MAX_SIZE for c in streamed[:-1])
+
+
+def test_an_insert_only_changes_nearby_chunks(tmp_path: Path) -> None:
+    data = random.Random(2).randbytes(12 << 20)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(data)
+    b.write_bytes(data[: 6 << 20] + b"inserted bytes" + data[6 << 20 :])
+    ca, cb = set(_cuts(a)), set(_cuts(b))
+    assert len(ca & cb) >= len(ca) - 2
+
+
+def test_small_and_empty_files_are_one_or_no_chunk(tmp_path: Path) -> None:
+    (tmp_path / "s").write_bytes(b"tiny")
+    (tmp_path / "e").write_bytes(b"")
+    assert _cuts(tmp_path / "s") == [b"tiny"]
+    assert _cuts(tmp_path / "e") == []
+
+
+def test_random_bytes_are_stored_raw_and_text_is_compressed() -> None:
+    noise = memoryview(os.urandom(1 << 20))
+    text = memoryview(b"the same line again\n" * 50_000)
+    frame, compressed = compress.encode(noise)
+    assert not compressed and bytes(frame) == bytes(noise)
+    frame, compressed = compress.encode(text)
+    assert compressed and len(frame) < len(text) // 10
+    assert compress.decode(bytes(frame), True, len(text)) == bytes(text)
+
+
+def test_pack_round_trip_and_corruption_detection(tmp_path: Path) -> None:
+    writer = PackWriter(tmp_path, target_size=1 << 20)
+    chunks = [os.urandom(1000), b"abc" * 5000, os.urandom(10)]
+    for c in chunks:
+        writer.add(blake3.blake3(c).digest(), memoryview(c))
+    sealed = writer.seal()
+    pack = sealed.path.read_bytes()
+    assert sealed.pack_id == blake3.blake3(pack).hexdigest()
+    refs = sealed.refs()
+    for ref, original in zip(refs, chunks, strict=True):
+        assert decode_chunk(ref, pack[ref.offset : ref.offset + ref.stored_size]) == original
+    damaged = bytearray(pack[refs[0].offset : refs[0].offset + refs[0].stored_size])
+    damaged[500] ^= 0xFF
+    with pytest.raises(IntegrityError, match="fails its hash check"):
+        decode_chunk(refs[0], bytes(damaged))
+    with pytest.raises(IntegrityError, match="truncated"):
+        decode_chunk(refs[0], bytes(damaged[:-1]))
+
+
+def test_segment_round_trip_and_checksum(tmp_path: Path) -> None:
+    writer = PackWriter(tmp_path)
+    writer.add(blake3.blake3(b"x").digest(), memoryview(b"x"))
+    sealed = writer.seal()
+    data = encode_segment(sealed.pack_id, sealed.chunks)
+    assert decode_segment("s", data) == sealed.refs()
+    broken = bytearray(data)
+    broken[60] ^= 1
+    with pytest.raises(IntegrityError, match="corrupt"):
+        decode_segment("s", bytes(broken))

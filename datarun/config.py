@@ -14,8 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from datarun.errors import LocalIOError, UsageError
 
 ENV_STORE = "DATARUN_STORE"
@@ -55,6 +53,8 @@ class Config:
     credential: str = ""  # path to a credential file (cloud backends); never its content
 
     def to_yaml(self) -> str:
+        import yaml
+
         return yaml.safe_dump({k: v for k, v in asdict(self).items() if v}, sort_keys=False)
 
 
@@ -66,10 +66,14 @@ def load_config(path: Path | None = None) -> Config:
         return Config()
     except OSError as err:
         raise LocalIOError(f"cannot read config `{path}`: {err.strerror}") from None
+    import yaml  # only when a config file exists: keeps CLI start-up fast
+
     try:
         raw: Any = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise UsageError(f"config `{path}` is not valid YAML: {err}; fix it or recreate it with `datarun config create`") from None
+        raise UsageError(
+            f"config `{path}` is not valid YAML: {err}; fix it or recreate it with `datarun config create`"
+        ) from None
     if not isinstance(raw, dict):
         raise UsageError(f"config `{path}` must be a mapping; recreate it with `datarun config create`")
     known = set(Config.__dataclass_fields__)

@@ -53,9 +53,7 @@ class HashCache:
         if time.time() - st.st_mtime_ns / 1e9 < _RACY_SECONDS:
             return
         blob = b"".join(_PAIR.pack(d, s) for d, s in chunks)
-        self._pending.append(
-            (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, CHUNKER_ID, blob)
-        )
+        self._pending.append((path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, CHUNKER_ID, blob))
         if len(self._pending) >= 10_000:
             self.flush()
 

@@ -1,8 +1,9 @@
 """Time-sortable ids for bundles, in the KSUID shape datamon users already know.
 
-A KSUID is 4 bytes of seconds since 2014-05-13 plus 16 random bytes, base62-encoded to 27
-characters. Lexical order equals time order (to the second), which makes ``list`` with
-``start_after`` return bundles oldest-first without reading them.
+A KSUID is 4 bytes of seconds since 2014-05-13 plus a 16-byte payload, base62-encoded to 27
+characters. Our payload starts with 3 bytes of microseconds and ends with 13 random bytes, so
+lexical order equals time order to the microsecond, not just the second: ``list`` returns
+bundles oldest-first without reading them, even for several uploads in one second.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ KSUID_RE = re.compile(r"^[0-9A-Za-z]{27}$")
 
 
 def new_ksuid(now: float | None = None) -> str:
-    seconds = int(now if now is not None else time.time()) - _EPOCH
-    raw = seconds.to_bytes(4, "big") + secrets.token_bytes(16)
+    stamp = now if now is not None else time.time()
+    seconds = int(stamp) - _EPOCH
+    micros = int((stamp - int(stamp)) * 1_000_000)
+    raw = seconds.to_bytes(4, "big") + micros.to_bytes(3, "big") + secrets.token_bytes(13)
     number = int.from_bytes(raw, "big")
     digits = []
     while number:

@@ -12,7 +12,7 @@ import io
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import cast
 
 import blake3
 import orjson
@@ -69,13 +69,13 @@ class ManifestWriter:
 
     def finish(self) -> str:
         """Close the spool and return the manifest id (hash of the plaintext)."""
-        self._zstd.close()
+        self._zstd.close()  # type: ignore[no-untyped-call]
         self._raw.close()
         return str(self._hasher.hexdigest())
 
     def discard(self) -> None:
         try:
-            self._zstd.close()
+            self._zstd.close()  # type: ignore[no-untyped-call]
         finally:
             self._raw.close()
             self.path.unlink(missing_ok=True)
@@ -103,9 +103,9 @@ class _RangeReader(io.RawIOBase):
         return len(data)
 
 
-def open_manifest_stream(store: ObjectStore, manifest_id: str) -> BinaryIO:
+def open_manifest_stream(store: ObjectStore, manifest_id: str) -> zstandard.ZstdDecompressionReader:
     raw = io.BufferedReader(_RangeReader(store, manifest_key(manifest_id)), buffer_size=_READ_BLOCK)
-    return zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20)  # type: ignore[no-any-return]
+    return zstandard.ZstdDecompressor().stream_reader(raw, read_size=1 << 20)
 
 
 def read_manifest(store: ObjectStore, manifest_id: str) -> Iterator[FileEntry]:
@@ -115,7 +115,7 @@ def read_manifest(store: ObjectStore, manifest_id: str) -> Iterator[FileEntry]:
     last: tuple[str, ...] | None = None
     try:
         with open_manifest_stream(store, manifest_id) as stream:
-            lines = io.BufferedReader(stream, buffer_size=1 << 20)  # type: ignore[arg-type]
+            lines = io.BufferedReader(cast(io.RawIOBase, stream), buffer_size=1 << 20)
             header_line = lines.readline()
             hasher.update(header_line)
             header = orjson.loads(header_line)

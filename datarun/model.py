@@ -32,8 +32,7 @@ def validate_repo_name(name: str) -> str:
 def validate_label_name(name: str) -> str:
     if not _LABEL_RE.match(name) or ".." in name:
         raise UsageError(
-            f"invalid label `{name}`: use 1-128 letters, digits, `.`, `_` or `-`, "
-            "starting with a letter or digit"
+            f"invalid label `{name}`: use 1-128 letters, digits, `.`, `_` or `-`, starting with a letter or digit"
         )
     return name
 
@@ -225,8 +224,7 @@ class Repo:
 
     @staticmethod
     def from_json(raw: dict[str, Any]) -> Repo:
-        return Repo(str(raw["name"]), str(raw.get("description", "")), str(raw["created"]),
-                    str(raw.get("creator", "")))
+        return Repo(str(raw["name"]), str(raw.get("description", "")), str(raw["created"]), str(raw.get("creator", "")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +293,14 @@ class Label:
     @staticmethod
     def from_json(raw: dict[str, Any]) -> Label:
         try:
-            return Label(str(raw["repo"]), str(raw["name"]), str(raw["bundle"]), int(raw["seq"]),
-                         str(raw["time"]), str(raw.get("author", "")), str(raw.get("previous", "")))
+            return Label(
+                str(raw["repo"]),
+                str(raw["name"]),
+                str(raw["bundle"]),
+                int(raw["seq"]),
+                str(raw["time"]),
+                str(raw.get("author", "")),
+                str(raw.get("previous", "")),
+            )
         except (KeyError, TypeError, ValueError) as err:
             raise IntegrityError(f"malformed label record: {err}") from None

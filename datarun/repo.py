@@ -14,6 +14,7 @@ is visible only once every byte it names is durable.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ from datarun.model import (
     validate_repo_name,
 )
 from datarun.store import ObjectStore, open_store
-from datarun.transfer import DEFAULT_WORKERS, Downloader, Progress, UploadStats, Uploader, verify_entries
+from datarun.transfer import DEFAULT_WORKERS, Downloader, Progress, Uploader, UploadStats, verify_entries
 
 STORE_MARKER = "datarun-store.json"
 STORE_FORMAT = 1
@@ -148,16 +149,13 @@ class Client:
         except ObjectNotFound:
             if not create:
                 return
-            try:
+            with contextlib.suppress(PreconditionFailed):  # another writer created it first
                 self.meta.put_if_absent(STORE_MARKER, _dumps({"format": "datarun-store", "version": STORE_FORMAT}))
-            except PreconditionFailed:
-                pass
             return
         version = orjson.loads(raw).get("version")
         if version != STORE_FORMAT:
             raise UsageError(
-                f"store `{self.meta.url}` uses format v{version}; this datarun reads v{STORE_FORMAT}. "
-                "Upgrade datarun."
+                f"store `{self.meta.url}` uses format v{version}; this datarun reads v{STORE_FORMAT}. Upgrade datarun."
             )
 
     # -- repos ---------------------------------------------------------------------------
@@ -385,9 +383,7 @@ class Client:
             self.get_label(repo, name)  # raises the not-found error with its hint
         return out
 
-    def set_label(
-        self, repo: str, name: str, bundle_id: str, *, expect: str | None = None, retries: int = 0
-    ) -> Label:
+    def set_label(self, repo: str, name: str, bundle_id: str, *, expect: str | None = None, retries: int = 0) -> Label:
         """Point ``name`` at ``bundle_id`` with compare-and-swap.
 
         Of several concurrent writers exactly one wins each round; a loser retries up to
@@ -410,8 +406,15 @@ class Client:
             if current is not None:
                 # Repair history if the previous mover died between its two writes.
                 self._append_history(current)
-            new = Label(repo, name, bundle_id, (current.seq + 1) if current else 1, _now(), self.author[0],
-                        current.bundle if current else "")
+            new = Label(
+                repo,
+                name,
+                bundle_id,
+                (current.seq + 1) if current else 1,
+                _now(),
+                self.author[0],
+                current.bundle if current else "",
+            )
             try:
                 if etag is None:
                     self.meta.put_if_absent(key, _dumps(new.to_json()))
@@ -430,10 +433,8 @@ class Client:
         raise AssertionError("unreachable")
 
     def _append_history(self, label: Label) -> None:
-        try:
+        with contextlib.suppress(PreconditionFailed):  # already recorded: history is idempotent
             self.meta.put_if_absent(_history_key(label.repo, label.name, label.seq), _dumps(label.to_json()))
-        except PreconditionFailed:
-            pass
 
 
 def _content(entry: FileEntry) -> tuple[object, ...]:

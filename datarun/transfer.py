@@ -119,7 +119,8 @@ class _Draft:
 
     def finish(self) -> FileEntry:
         refs = tuple(
-            c if isinstance(c, ChunkRef)
+            c
+            if isinstance(c, ChunkRef)
             else ChunkRef(c[0].digest, c[1].pack_id, c[0].offset, c[0].stored_size, c[0].size, c[0].compressed)
             for c in self.chunks
         )
@@ -232,7 +233,9 @@ class Uploader:
 
     # -- files ---------------------------------------------------------------------------
 
-    def _file_chunks(self, abspath: Path, st: os.stat_result, rel: str) -> list[ChunkRef | tuple[PendingChunk, _PackSlot]]:
+    def _file_chunks(
+        self, abspath: Path, st: os.stat_result, rel: str
+    ) -> list[ChunkRef | tuple[PendingChunk, _PackSlot]]:
         key = str(abspath)
         if self.hashes is not None:
             cached = self.hashes.get(key, st)
@@ -561,8 +564,9 @@ class Downloader:
             pool.shutdown(wait=True)
 
 
-def verify_entries(blobs: ObjectStore, entries: Iterator[FileEntry], workers: int = DEFAULT_WORKERS,
-                   progress: Progress | None = None) -> tuple[int, int, list[str]]:
+def verify_entries(
+    blobs: ObjectStore, entries: Iterator[FileEntry], workers: int = DEFAULT_WORKERS, progress: Progress | None = None
+) -> tuple[int, int, list[str]]:
     """Read and hash-check every chunk; return (files, bytes, problems naming the files)."""
     bar = progress or NullProgress()
     problems: list[str] = []

@@ -64,6 +64,6 @@ def decode(frame: bytes, compressed: bool, size: int) -> bytes:
     if not compressed:
         return frame
     try:
-        return _decompressor().decompress(frame, max_output_size=size)  # type: ignore[no-any-return]
+        return _decompressor().decompress(frame, max_output_size=size)
     except zstandard.ZstdError as err:
         raise IntegrityError(f"corrupt compressed frame: {err}") from None

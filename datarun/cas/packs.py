@@ -58,8 +58,7 @@ class SealedPack:
     chunks: list[PendingChunk]
 
     def refs(self) -> list[ChunkRef]:
-        return [ChunkRef(c.digest, self.pack_id, c.offset, c.stored_size, c.size, c.compressed)
-                for c in self.chunks]
+        return [ChunkRef(c.digest, self.pack_id, c.offset, c.stored_size, c.size, c.compressed) for c in self.chunks]
 
 
 class PackWriter:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from datarun.cli.common import info, json_option, print_json, progress_bar, state, with_store
 from datarun.errors import IntegrityError, UsageError
 from datarun.model import FILE, BundleRef, FileEntry
-from datarun.repo import Client
+
+if TYPE_CHECKING:
+    from datarun.repo import Client
 
 
 def _human(size: int) -> str:
@@ -30,8 +32,12 @@ def bundle_selector(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _entry_json(e: FileEntry) -> dict[str, Any]:
-    out: dict[str, Any] = {"path": e.path, "kind": {"f": "file", "d": "dir", "l": "symlink"}[e.kind],
-                           "size": e.size, "mode": oct(e.mode)}
+    out: dict[str, Any] = {
+        "path": e.path,
+        "kind": {"f": "file", "d": "dir", "l": "symlink"}[e.kind],
+        "size": e.size,
+        "mode": oct(e.mode),
+    }
     if e.kind == FILE:
         out["chunks"] = [c.digest.hex() for c in e.chunks]
     if e.target:
@@ -56,19 +62,26 @@ def _parse_input(value: str) -> BundleRef:
 @click.option("--message", required=True, help="What this bundle is.")
 @click.option("--repo", required=True, help="Repo to upload into.")
 @click.option("--label", default=None, help="Label to move to the new bundle.")
-@click.option("--input", "inputs", multiple=True, metavar="REPO:BUNDLE",
-              help="Provenance: a bundle this data was made from (repeatable).")
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="REPO:BUNDLE",
+    help="Provenance: a bundle this data was made from (repeatable).",
+)
 @click.option("--no-hash-cache", is_flag=True, help="Re-read every file instead of trusting the local hash cache.")
 @with_store
 @json_option
-def upload(path: str, message: str, repo: str, label: str | None, inputs: tuple[str, ...],
-           no_hash_cache: bool, as_json: bool) -> None:
+def upload(
+    path: str, message: str, repo: str, label: str | None, inputs: tuple[str, ...], no_hash_cache: bool, as_json: bool
+) -> None:
     """Upload a folder as a new bundle. The last line of output is the bundle id."""
     client = state().client()
     refs = tuple(_parse_input(i) for i in inputs)
     with progress_bar("uploading") as bar:
-        result = client.upload(repo, path, message, label=label, inputs=refs, progress=bar,
-                               use_hash_cache=not no_hash_cache)
+        result = client.upload(
+            repo, path, message, label=label, inputs=refs, progress=bar, use_hash_cache=not no_hash_cache
+        )
     s = result.stats
     info(
         f"uploaded {s.files} files ({_human(s.bytes_total)}) in {result.seconds:.2f}s: "
@@ -76,12 +89,14 @@ def upload(path: str, message: str, repo: str, label: str | None, inputs: tuple[
         + (f"; label `{label}` -> {result.bundle.id}" if label else "")
     )
     if as_json:
-        print_json({
-            "bundle": result.bundle.to_json(),
-            "label": result.label.to_json() if result.label else None,
-            "stats": {k: v for k, v in vars(s).items()},
-            "seconds": result.seconds,
-        })
+        print_json(
+            {
+                "bundle": result.bundle.to_json(),
+                "label": result.label.to_json() if result.label else None,
+                "stats": {k: v for k, v in vars(s).items()},
+                "seconds": result.seconds,
+            }
+        )
     click.echo(result.bundle.id)
 
 
@@ -132,8 +147,9 @@ def list_files(repo: str, bundle_id: str | None, label: str | None, as_json: boo
 @click.option("--force", is_flag=True, help="Write into a non-empty destination.")
 @with_store
 @click.pass_context
-def download(ctx: click.Context, repo: str | None, bundle_id: str | None, label: str | None,
-             destination: str | None, force: bool) -> None:
+def download(
+    ctx: click.Context, repo: str | None, bundle_id: str | None, label: str | None, destination: str | None, force: bool
+) -> None:
     """Download a whole bundle. `bundle download file` fetches one file."""
     if ctx.invoked_subcommand is not None:
         return
@@ -152,8 +168,9 @@ def download(ctx: click.Context, repo: str | None, bundle_id: str | None, label:
 @click.option("--destination", required=True, type=click.Path(), help="Folder to download into.")
 @click.option("--force", is_flag=True, help="Overwrite the file if it exists.")
 @with_store
-def download_file(file_path: str, repo: str, bundle_id: str | None, label: str | None,
-                  destination: str, force: bool) -> None:
+def download_file(
+    file_path: str, repo: str, bundle_id: str | None, label: str | None, destination: str, force: bool
+) -> None:
     """Download one file of a bundle to DESTINATION/<file>."""
     client = state().client()
     found = _resolve(client, repo, bundle_id, label)
@@ -168,19 +185,32 @@ def download_file(file_path: str, repo: str, bundle_id: str | None, label: str |
 @click.option("--with-label", default=None, help="The other bundle, by label.")
 @with_store
 @json_option
-def diff(repo: str, bundle_id: str | None, label: str | None, with_repo: str | None,
-         with_bundle: str | None, with_label: str | None, as_json: bool) -> None:
+def diff(
+    repo: str,
+    bundle_id: str | None,
+    label: str | None,
+    with_repo: str | None,
+    with_bundle: str | None,
+    with_label: str | None,
+    as_json: bool,
+) -> None:
     """Compare two bundles: `+` added, `-` removed, `M` modified (relative to the first)."""
     client = state().client()
     old = _resolve(client, repo, bundle_id, label)
     new = _resolve(client, with_repo or repo, with_bundle, with_label)
     changes = list(client.diff(old, new))
     if as_json:
-        print_json([
-            {"path": c.path, "change": c.change,
-             "old_size": c.old.size if c.old else None, "new_size": c.new.size if c.new else None}
-            for c in changes
-        ])
+        print_json(
+            [
+                {
+                    "path": c.path,
+                    "change": c.change,
+                    "old_size": c.old.size if c.old else None,
+                    "new_size": c.new.size if c.new else None,
+                }
+                for c in changes
+            ]
+        )
         return
     marks = {"added": "+", "removed": "-", "modified": "M"}
     for c in changes:
@@ -199,8 +229,15 @@ def verify(repo: str, bundle_id: str | None, label: str | None, as_json: bool) -
     with progress_bar("verifying", found.total_size) as bar:
         report = client.verify(found, progress=bar)
     if as_json:
-        print_json({"bundle": found.id, "files": report.files, "bytes": report.bytes,
-                    "ok": report.ok, "problems": report.problems})
+        print_json(
+            {
+                "bundle": found.id,
+                "files": report.files,
+                "bytes": report.bytes,
+                "ok": report.ok,
+                "problems": report.problems,
+            }
+        )
     else:
         for problem in report.problems:
             click.echo(f"BAD {problem}")

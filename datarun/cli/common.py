@@ -6,12 +6,13 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
 
-from datarun.repo import Client, connect
+if TYPE_CHECKING:
+    from datarun.repo import Client
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,6 +28,8 @@ class CliState:
 
     def client(self) -> Client:
         if self._client is None:
+            from datarun.repo import connect
+
             self._client = connect(self.store, blob_store=self.blob_store, workers=self.workers)
         return self._client
 
@@ -60,7 +63,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 
 
 def with_store(fn: F) -> F:
-    return store_option(fn)  # type: ignore[no-any-return]
+    return store_option(fn)
 
 
 def print_json(obj: Any) -> None:

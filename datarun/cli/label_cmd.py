@@ -16,10 +16,19 @@ def label() -> None:
 @click.option("--repo", required=True)
 @click.option("--label", "name", required=True)
 @click.option("--bundle", "bundle_id", required=True)
-@click.option("--expect", default=None, metavar="BUNDLE",
-              help="Move only if the label points at BUNDLE now ('' = only if it does not exist).")
-@click.option("--retries", type=click.IntRange(0, 100), default=0, show_default=True,
-              help="Retry this many times if another writer moves the label at the same time.")
+@click.option(
+    "--expect",
+    default=None,
+    metavar="BUNDLE",
+    help="Move only if the label points at BUNDLE now ('' = only if it does not exist).",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 100),
+    default=0,
+    show_default=True,
+    help="Retry this many times if another writer moves the label at the same time.",
+)
 @with_store
 @json_option
 def set_(repo: str, name: str, bundle_id: str, expect: str | None, retries: int, as_json: bool) -> None:

@@ -31,8 +31,7 @@ from datarun.errors import DatarunError, ExitCode
 @click.option("--blob-store", metavar="URL", help="Separate store for chunk data (datamon's blob/metadata split).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summaries on stderr.")
 @click.option("--debug", is_flag=True, envvar="DATARUN_DEBUG", help="Show tracebacks for unexpected errors.")
-@click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="Parallel transfers.")
+@click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Parallel transfers.")
 @click.version_option(__version__, prog_name="datarun")
 @click.pass_context
 def cli(ctx: click.Context, blob_store: str | None, quiet: bool, debug: bool, workers: int) -> None:

@@ -14,7 +14,7 @@ from datarun.errors import ConflictError, IntegrityError
 
 
 def _sample(folder: Path) -> None:
-    rng = random.Random(7)
+    rng = random.Random(7)  # noqa: S311 - sample data, not secrets
     (folder / "params.json").write_text('{"learning_rate": 0.01, "epochs": 3}\n')
     csv = folder / "data" / "measurements.csv"
     csv.parent.mkdir(parents=True)
@@ -51,17 +51,21 @@ def quickstart(repo: str) -> None:
         _sample(src)
         first = client.upload(repo, src, "quickstart sample", label="latest")
         s = first.stats
-        say(f"2. uploaded {s.files} files ({s.bytes_total} bytes) as bundle {first.bundle.id} "
-            f"in {first.seconds:.2f}s; {s.bytes_stored} bytes stored after compression and dedup")
+        say(
+            f"2. uploaded {s.files} files ({s.bytes_total} bytes) as bundle {first.bundle.id} "
+            f"in {first.seconds:.2f}s; {s.bytes_stored} bytes stored after compression and dedup"
+        )
         say(f"3. label `latest` -> {client.get_label(repo, 'latest').bundle}")
         dest = Path(tmp) / "downloaded"
         client.download(client.resolve(repo, label="latest"), dest)
         if not _same_tree(src, dest):
             raise IntegrityError("quickstart: the downloaded folder differs from the uploaded one")
-        say(f"4. downloaded label `latest` to a fresh folder: identical to the original")
+        say("4. downloaded label `latest` to a fresh folder: identical to the original")
         again = client.upload(repo, src, "quickstart sample, unchanged")
-        say(f"5. re-uploaded the unchanged folder as bundle {again.bundle.id} in {again.seconds:.2f}s: "
-            f"{again.stats.bytes_new} new bytes (everything deduplicated)")
+        say(
+            f"5. re-uploaded the unchanged folder as bundle {again.bundle.id} in {again.seconds:.2f}s: "
+            f"{again.stats.bytes_new} new bytes (everything deduplicated)"
+        )
         report = client.verify(again.bundle)
         say(f"6. verified bundle {again.bundle.id}: {report.files} files, every chunk hash-checked")
     say(f"\nnext: datarun bundle list --repo {repo}    datarun label history --repo {repo} --label latest")

@@ -90,7 +90,7 @@ class ObjectStore(ABC):
         renamed into place instead of copied. Remote stores return None."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook; most backends hold nothing
         """Release connections and thread pools."""
 
     def exists(self, key: str) -> bool:

@@ -48,14 +48,22 @@ class ManifestWriter:
         self._zstd = zstandard.ZstdCompressor(level=3).stream_writer(self._raw, closefd=False)
         self._hasher = blake3.blake3()
         self._last: tuple[str, ...] | None = None
+        self._block = bytearray()
         self.file_count = 0
         self.total_size = 0
         self._write({"format": _FORMAT, "version": _VERSION, "chunker": CHUNKER_ID})
 
     def _write(self, obj: object) -> None:
-        line = orjson.dumps(obj) + b"\n"
-        self._hasher.update(line)
-        self._zstd.write(line)
+        # Lines are gathered into ~1 MiB blocks: one hash/compress call per block, not per line.
+        self._block += orjson.dumps(obj)
+        self._block += b"\n"
+        if len(self._block) >= 1 << 20:
+            self._flush_block()
+
+    def _flush_block(self) -> None:
+        self._hasher.update(self._block)
+        self._zstd.write(self._block)
+        self._block.clear()
 
     def add(self, entry: FileEntry) -> None:
         key = tree_key(entry.path)
@@ -69,6 +77,7 @@ class ManifestWriter:
 
     def finish(self) -> str:
         """Close the spool and return the manifest id (hash of the plaintext)."""
+        self._flush_block()
         self._zstd.close()  # type: ignore[no-untyped-call]
         self._raw.close()
         return str(self._hasher.hexdigest())

@@ -234,9 +234,9 @@ class Uploader:
     # -- files ---------------------------------------------------------------------------
 
     def _file_chunks(
-        self, abspath: Path, st: os.stat_result, rel: str
+        self, abspath: str, st: os.stat_result, rel: str
     ) -> list[ChunkRef | tuple[PendingChunk, _PackSlot]]:
-        key = str(abspath)
+        key = abspath
         if self.hashes is not None:
             cached = self.hashes.get(key, st)
             if cached is not None:
@@ -253,7 +253,7 @@ class Uploader:
                 pairs.append((ref.digest if isinstance(ref, ChunkRef) else ref[0].digest, len(chunk)))
                 read += len(chunk)
                 self.progress.advance(len(chunk))
-            after = abspath.stat()
+            after = os.stat(abspath)
         except OSError as err:
             raise local_io_error(err, abspath, "read") from None
         self.stats.bytes_read += read
@@ -273,6 +273,9 @@ class Uploader:
             if not root.exists():
                 raise LocalIOError(f"path `{root}` does not exist; pass an existing folder to --path")
             raise LocalIOError(f"path `{root}` is not a folder; pass a folder to --path")
+        if self.hashes is not None:
+            self.index.warm(self.hashes.preload(str(root)))
+        base = str(root)
         for rel, st, kind in walk_tree(root):
             mode = stat.S_IMODE(st.st_mode)
             if kind == DIRECTORY:
@@ -281,7 +284,7 @@ class Uploader:
             elif kind == SYMLINK:
                 self._add_symlink(root, rel, st)
             elif kind == FILE:
-                chunks = self._file_chunks(root / rel, st, rel)
+                chunks = self._file_chunks(f"{base}/{rel}", st, rel)
                 self.stats.files += 1
                 self.stats.bytes_total += st.st_size
                 self._drafts.append(_Draft(FileEntry(rel, FILE, st.st_size, mode, st.st_mtime_ns), chunks))
@@ -305,7 +308,7 @@ class Uploader:
                     f"symlink `{rel}` -> `{target}` points outside the folder to something that is not a "
                     "file; replace it with the data or a link inside the folder"
                 ) from None
-            chunks = self._file_chunks(root / rel, real, rel)
+            chunks = self._file_chunks(str(root / rel), real, rel)
             self.stats.files += 1
             self.stats.bytes_total += real.st_size
             entry = FileEntry(rel, FILE, real.st_size, stat.S_IMODE(real.st_mode), real.st_mtime_ns)

@@ -25,14 +25,14 @@ def digest(data: bytes | bytearray | memoryview) -> bytes:
     return blake3.blake3(data).digest()
 
 
-def iter_chunks(path: Path, size: int) -> Iterator[memoryview]:
+def iter_chunks(path: str | Path, size: int) -> Iterator[memoryview]:
     """Yield the chunks of the file at ``path``, streaming.
 
     Each yielded view is valid only until the next one is requested, so callers hash and
     copy it immediately; memory stays at a few MiB whatever the file size. Small files (the
     common case in ML datasets) are one read and at most a handful of cuts.
     """
-    with path.open("rb", buffering=0) as handle:
+    with open(path, "rb", buffering=0) as handle:
         if size <= MAX_SIZE:
             data = handle.read()
             if len(data) <= MIN_SIZE:

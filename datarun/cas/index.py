@@ -42,6 +42,7 @@ class ChunkIndex:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        self._warm: dict[bytes, ChunkRef] = {}
 
     def close(self) -> None:
         self._db.close()
@@ -96,7 +97,25 @@ class ChunkIndex:
             self._db.execute("INSERT OR IGNORE INTO segments VALUES (?)", (pack_id,))
             self._db.execute("COMMIT")
 
+    def warm(self, digests: list[bytes]) -> None:
+        """Batch-load ``digests`` into an in-memory map so the lookups that follow are free."""
+        found: dict[bytes, ChunkRef] = {}
+        with self._lock:
+            for start in range(0, len(digests), 900):
+                batch = digests[start : start + 900]
+                marks = ",".join("?" * len(batch))
+                rows = self._db.execute(
+                    f"SELECT digest, pack, offset, stored, size, flags FROM chunks WHERE digest IN ({marks})",  # noqa: S608 - placeholders only
+                    batch,
+                )
+                for row in rows:
+                    found[row[0]] = ChunkRef(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+        self._warm = found
+
     def lookup(self, digest: bytes) -> ChunkRef | None:
+        warm = self._warm.get(digest)
+        if warm is not None:
+            return warm
         with self._lock:
             row = self._db.execute(
                 "SELECT pack, offset, stored, size, flags FROM chunks WHERE digest = ?", (digest,)

@@ -53,12 +53,13 @@ class HashCache:
             "SELECT path, dev, ino, size, mtime_ns, ctime_ns, chunker, chunks FROM files WHERE path >= ? AND path < ?",
             (prefix, prefix[:-1] + "0"),
         )
-        self._preloaded = {row[0]: row[1:] for row in rows}
-        return [
-            blob[i : i + 32]
-            for *_, blob in self._preloaded.values()
-            for i in range(0, len(blob), _PAIR.size)  # type: ignore[arg-type]
-        ]
+        self._preloaded = {}
+        digests: list[bytes] = []
+        for row in rows:
+            self._preloaded[row[0]] = row[1:]
+            blob: bytes = row[7]
+            digests.extend(blob[i : i + 32] for i in range(0, len(blob), _PAIR.size))
+        return digests
 
     def get(self, path: str, st: os.stat_result) -> Chunks | None:
         if self._preloaded is not None and path in self._preloaded:

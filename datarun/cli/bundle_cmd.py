@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from datarun.cli.common import info, json_option, print_json, progress_bar, state, with_store
+from datarun.cli.mount_cmd import mount
 from datarun.errors import IntegrityError, UsageError
 from datarun.model import FILE, BundleRef, FileEntry
 
@@ -262,3 +263,6 @@ def get(repo: str, bundle_id: str | None, label: str | None, as_json: bool) -> N
     click.echo(f"host: {p.host}")
     for ref in p.inputs:
         click.echo(f"input: {ref.repo}:{ref.bundle}")
+
+
+bundle.add_command(mount)

@@ -76,6 +76,10 @@ class LocalStore(ObjectStore):
             raise StoreError(f"key `{key}` is reserved by the local store")
         return self.root / key
 
+    def local_path(self, key: str) -> Path:
+        """Where ``key`` lives on disk: lets the mount map packs instead of copying them."""
+        return self._path(key)
+
     def staging_dir(self) -> Path:
         self._tmp.mkdir(parents=True, exist_ok=True)
         return self._tmp

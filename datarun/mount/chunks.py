@@ -1,0 +1,303 @@
+"""Fetching, verifying and caching chunks for the mount.
+
+Two byte-bounded LRU tiers: memory (hot chunks) and a disk folder (survives remounts).
+Every chunk's BLAKE3 is checked before its bytes are served, from the store or from disk, so
+neither a corrupt pack nor a damaged cache file can reach a reader. Concurrent requests for
+the same chunk share one fetch; read-ahead uses the same path, bounded by a thread pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import mmap
+import os
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from datarun.cas.chunker import digest
+from datarun.cas.packs import decode_chunk, pack_key
+from datarun.errors import DatarunError, IntegrityError, StoreError
+from datarun.model import ChunkRef
+from datarun.store import LocalStore, ObjectStore
+
+log = logging.getLogger("datarun.mount")
+
+
+@dataclass
+class FetchStats:
+    """Counters the benchmarks read: what came from where."""
+
+    store_requests: int = 0
+    store_bytes: int = 0
+    memory_hits: int = 0
+    disk_hits: int = 0
+
+
+class _MemoryLRU:
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: bytes, data: bytes) -> None:
+        if len(data) > self.budget:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = data
+            self.used += len(data)
+            while self.used > self.budget:
+                _, old = self._items.popitem(last=False)
+                self.used -= len(old)
+
+
+class _DiskLRU:
+    """Chunks as files named by digest; recency is the file's mtime, refreshed on hit."""
+
+    def __init__(self, folder: Path, budget: int) -> None:
+        self.folder = folder
+        self.budget = budget
+        folder.mkdir(parents=True, exist_ok=True)
+        found = []
+        for entry in os.scandir(folder):
+            if entry.is_file() and len(entry.name) == 64:
+                st = entry.stat()
+                found.append((st.st_mtime_ns, entry.name, st.st_size))
+            elif entry.name.startswith(".tmp-"):
+                Path(entry.path).unlink(missing_ok=True)
+        found.sort()
+        self._items: OrderedDict[str, int] = OrderedDict((name, size) for _, name, size in found)
+        self.used = sum(self._items.values())
+        self._lock = threading.Lock()
+        self._evict()
+
+    def _evict(self) -> None:
+        while self.used > self.budget and self._items:
+            name, size = self._items.popitem(last=False)
+            self.used -= size
+            (self.folder / name).unlink(missing_ok=True)
+
+    def get(self, key: bytes) -> bytes | None:
+        name = key.hex()
+        with self._lock:
+            if name not in self._items:
+                return None
+            self._items.move_to_end(name)
+        path = self.folder / name
+        try:
+            data = path.read_bytes()
+            os.utime(path)
+        except FileNotFoundError:
+            return None
+        return data
+
+    def put(self, key: bytes, data: bytes) -> None:
+        if self.budget <= 0 or len(data) > self.budget:
+            return
+        name = key.hex()
+        with self._lock:
+            if name in self._items:
+                return
+        tmp = self.folder / f".tmp-{secrets.token_hex(6)}"
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(self.folder / name)
+        except OSError as err:  # a full cache disk must not fail reads
+            tmp.unlink(missing_ok=True)
+            log.warning("chunk cache: cannot write %s: %s", name[:16], err)
+            return
+        with self._lock:
+            self._items[name] = len(data)
+            self.used += len(data)
+            self._evict()
+
+    def discard(self, key: bytes) -> None:
+        name = key.hex()
+        with self._lock:
+            size = self._items.pop(name, None)
+            if size is not None:
+                self.used -= size
+        (self.folder / name).unlink(missing_ok=True)
+
+
+class _MappedPacks:
+    """Read-only maps of a local store's packs. A chunk is hash-checked on first use and then
+    served as a slice of the map: no copy into Python memory, no zero-filled pages, no thread
+    hop. The page cache does the caching a memory tier would otherwise do."""
+
+    def __init__(self, store: LocalStore, budget: int = 64) -> None:
+        self.store = store
+        self.budget = budget
+        self._maps: OrderedDict[str, mmap.mmap] = OrderedDict()
+        self._verified: set[bytes] = set()
+        self._lock = threading.Lock()
+
+    def _map(self, pack: str) -> mmap.mmap:
+        with self._lock:
+            found = self._maps.get(pack)
+            if found is not None:
+                self._maps.move_to_end(pack)
+                return found
+        try:
+            with self.store.local_path(pack_key(pack)).open("rb") as handle:
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            raise IntegrityError(f"pack {pack[:16]} is missing from the store") from None
+        except (OSError, ValueError) as err:
+            raise StoreError(f"store `{self.store.url}`: cannot map pack {pack[:16]}: {err}") from None
+        with self._lock:
+            self._maps[pack] = mapped
+            while len(self._maps) > self.budget:
+                self._maps.popitem(last=False)[1].close()
+        return mapped
+
+    def view(self, ref: ChunkRef) -> memoryview:
+        mapped = self._map(ref.pack)
+        if ref.offset + ref.stored_size > len(mapped):
+            raise IntegrityError(f"chunk {ref.digest.hex()[:16]} lies past the end of pack {ref.pack[:16]}")
+        frame = memoryview(mapped)[ref.offset : ref.offset + ref.stored_size]
+        if ref.digest not in self._verified:
+            if digest(frame) != ref.digest:
+                raise IntegrityError(f"chunk {ref.digest.hex()[:16]} in pack {ref.pack[:16]} fails its hash check")
+            with self._lock:
+                self._verified.add(ref.digest)
+        return frame
+
+    def advise(self, refs: list[ChunkRef]) -> None:
+        for ref in refs:
+            with contextlib.suppress(DatarunError, OSError, ValueError):
+                self._map(ref.pack).madvise(
+                    mmap.MADV_WILLNEED,
+                    ref.offset - ref.offset % mmap.PAGESIZE,
+                    ref.stored_size + ref.offset % mmap.PAGESIZE,
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            for mapped in self._maps.values():
+                with contextlib.suppress(BufferError):
+                    mapped.close()
+            self._maps.clear()
+
+
+class ChunkSource:
+    """Get verified chunk bytes by ref: memory, then disk, then the store (with retries)."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        cache_dir: Path | None,
+        memory_bytes: int = 256 << 20,
+        disk_bytes: int = 4 << 30,
+        workers: int = 8,
+        retries: int = 3,
+        retry_delay: float = 0.2,
+    ) -> None:
+        self.store = store
+        self.memory = _MemoryLRU(memory_bytes)
+        self.disk = _DiskLRU(cache_dir, disk_bytes) if cache_dir is not None and disk_bytes > 0 else None
+        self.stats = FetchStats()
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="datarun-mount")
+        self._inflight: dict[bytes, Future[bytes]] = {}
+        self._lock = threading.Lock()
+        self.mapped = _MappedPacks(store) if isinstance(store, LocalStore) else None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.mapped is not None:
+            self.mapped.close()
+
+    def view(self, ref: ChunkRef) -> memoryview | None:
+        """The fast path for local stores: a verified slice of a mapped pack, or None when the
+        chunk is compressed (those go through get() and the memory cache)."""
+        if self.mapped is None or ref.compressed:
+            return None
+        with self._lock:
+            self.stats.store_requests += 1 if ref.digest not in self.mapped._verified else 0
+        return self.mapped.view(ref)
+
+    def _from_store(self, ref: ChunkRef) -> bytes:
+        # Bounded retries, then the error: a reader gets EIO in seconds, never a hang.
+        attempt = 0
+        while True:
+            try:
+                frame = self.store.get_range(pack_key(ref.pack), ref.offset, ref.stored_size)
+                break
+            except IntegrityError:
+                raise
+            except (DatarunError, OSError):
+                if attempt >= self.retries:
+                    raise
+                time.sleep(self.retry_delay * (2**attempt))
+                attempt += 1
+        with self._lock:
+            self.stats.store_requests += 1
+            self.stats.store_bytes += len(frame)
+        data = decode_chunk(ref, frame)
+        if self.disk is not None:
+            self.disk.put(ref.digest, data)
+        return data
+
+    def _load(self, ref: ChunkRef) -> bytes:
+        if self.disk is not None:
+            data = self.disk.get(ref.digest)
+            if data is not None:
+                try:
+                    decode_chunk(ChunkRef(ref.digest, ref.pack, 0, len(data), ref.size, False), data)
+                    with self._lock:
+                        self.stats.disk_hits += 1
+                    return data
+                except IntegrityError:
+                    log.warning("chunk cache: %s damaged on disk; fetching it again", ref.digest.hex()[:16])
+                    self.disk.discard(ref.digest)
+        return self._from_store(ref)
+
+    def _future(self, ref: ChunkRef) -> Future[bytes]:
+        with self._lock:
+            future = self._inflight.get(ref.digest)
+            if future is None:
+                future = self._pool.submit(self._load, ref)
+                self._inflight[ref.digest] = future
+                future.add_done_callback(functools.partial(self._done, ref.digest))
+            return future
+
+    def _done(self, digest: bytes, future: Future[bytes]) -> None:
+        with self._lock:
+            self._inflight.pop(digest, None)
+        if not future.cancelled() and future.exception() is None:
+            self.memory.put(digest, future.result())
+
+    def get(self, ref: ChunkRef) -> bytes:
+        """Blocking: the verified bytes of ``ref`` (raises IntegrityError/StoreError)."""
+        data = self.memory.get(ref.digest)
+        if data is not None:
+            with self._lock:
+                self.stats.memory_hits += 1
+            return data
+        return self._future(ref).result()
+
+    def prefetch(self, refs: list[ChunkRef]) -> None:
+        if self.mapped is not None:
+            self.mapped.advise([r for r in refs if not r.compressed])
+            refs = [r for r in refs if r.compressed]
+        for ref in refs:
+            if self.memory.get(ref.digest) is None:
+                self._future(ref)

@@ -15,6 +15,7 @@ is visible only once every byte it names is durable.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -250,6 +251,7 @@ class Client:
         index = self._chunk_index()
         index.sync(self.workers * 2)
         spool = self.blobs.staging_dir() or (self.cache_dir / "spool")
+        _sweep_stale_spool(spool)
         hashes = HashCache(self.cache_dir) if use_hash_cache else None
         uploader = Uploader(self.blobs, index, hashes, spool, self.workers, progress)
         writer = ManifestWriter(spool)
@@ -435,6 +437,27 @@ class Client:
     def _append_history(self, label: Label) -> None:
         with contextlib.suppress(PreconditionFailed):  # already recorded: history is idempotent
             self.meta.put_if_absent(_history_key(label.repo, label.name, label.seq), _dumps(label.to_json()))
+
+
+SPOOL_MAX_AGE = 6 * 3600.0
+
+
+def _sweep_stale_spool(spool: Path) -> None:
+    """Remove spool files left by uploads that were killed (kill -9 skips every cleanup).
+
+    A live upload keeps touching its spool files, so anything untouched for hours is
+    garbage; it was never referenced by a visible bundle.
+    """
+    cutoff = time.time() - SPOOL_MAX_AGE
+    try:
+        entries = list(os.scandir(spool))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(("pack-", "manifest-", "put-")):
+            with contextlib.suppress(OSError):
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
 
 
 def _content(entry: FileEntry) -> tuple[object, ...]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +79,19 @@ def test_ksuids_sort_by_time_even_within_one_second() -> None:
     assert ids == sorted(ids)
     assert all(is_ksuid(i) and len(i) == 27 for i in ids)
     assert abs(ksuid_time(ids[0]) - int(base)) <= 1
+
+
+def test_stale_spool_files_from_killed_uploads_are_swept(tmp_path: Path) -> None:
+    from datarun.repo import SPOOL_MAX_AGE, _sweep_stale_spool
+
+    old = tmp_path / "pack-dead"
+    fresh = tmp_path / "pack-live"
+    unrelated = tmp_path / "keep-me"
+    for f in (old, fresh, unrelated):
+        f.write_bytes(b"x")
+    past = time.time() - SPOOL_MAX_AGE - 60
+    os.utime(old, (past, past))
+    os.utime(unrelated, (past, past))
+    _sweep_stale_spool(tmp_path)
+    assert not old.exists()
+    assert fresh.exists() and unrelated.exists()

@@ -50,13 +50,17 @@ class LocalStore(ObjectStore):
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _guard(self, key: str, action: str, fn: Callable[[], _T]) -> _T:
+    def _guard(self, key: str, action: str, fn: Callable[[], _T], *, reading: bool = True) -> _T:
+        # ENOENT means "no such object" only when reading; when writing it means the store's
+        # folder cannot be created, which is a store problem.
         try:
             return fn()
         except (ObjectNotFound, PreconditionFailed):
             raise
-        except FileNotFoundError:
-            raise ObjectNotFound(self.url, key) from None
+        except FileNotFoundError as err:
+            if reading:
+                raise ObjectNotFound(self.url, key) from None
+            raise StoreError(self._describe(err, key, action)) from None
         except OSError as err:
             raise StoreError(self._describe(err, key, action)) from None
 
@@ -67,6 +71,7 @@ class LocalStore(ObjectStore):
             errno.EACCES: f"check the permissions of `{self.root}`",
             errno.EPERM: f"check the permissions of `{self.root}`",
             errno.EROFS: "the store's filesystem is read-only; choose a writable --store",
+            errno.ENOENT: "check that the store's folder can be created",
         }.get(err.errno or 0, "check the store folder")
         return f"store `{self.url}`: cannot {action} `{key}`: {err.strerror or err}; {hint}"
 
@@ -126,7 +131,7 @@ class LocalStore(ObjectStore):
             _fsync_dir(target.parent)
             return ObjectInfo(key, *self._info(target))
 
-        return self._guard(key, "write", write)
+        return self._guard(key, "write", write, reading=False)
 
     def put_if_absent(self, key: str, payload: Payload) -> ObjectInfo:
         target = self._path(key)
@@ -145,7 +150,7 @@ class LocalStore(ObjectStore):
             _fsync_dir(target.parent)
             return ObjectInfo(key, *self._info(target))
 
-        return self._guard(key, "create", write)
+        return self._guard(key, "create", write, reading=False)
 
     def put_if_match(self, key: str, payload: Payload, etag: str) -> ObjectInfo:
         target = self._path(key)
@@ -154,7 +159,10 @@ class LocalStore(ObjectStore):
             tmp = self._stage(payload)
             try:
                 with self._key_lock(key):
-                    current = _etag(target.stat())
+                    try:
+                        current = _etag(target.stat())
+                    except FileNotFoundError:
+                        raise ObjectNotFound(self.url, key) from None
                     if current != etag:
                         raise PreconditionFailed(self.url, key, "it was changed by another writer")
                     os.replace(tmp, target)
@@ -163,7 +171,7 @@ class LocalStore(ObjectStore):
             finally:
                 tmp.unlink(missing_ok=True)
 
-        return self._guard(key, "update", write)
+        return self._guard(key, "update", write, reading=False)
 
     def _info(self, target: Path) -> tuple[int, str]:
         st = target.stat()

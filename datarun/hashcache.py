@@ -62,8 +62,9 @@ class HashCache:
         return digests
 
     def get(self, path: str, st: os.stat_result) -> Chunks | None:
-        if self._preloaded is not None and path in self._preloaded:
-            row: tuple[object, ...] | None = self._preloaded[path]
+        row: tuple[object, ...] | None
+        if self._preloaded is not None:
+            row = self._preloaded.get(path)  # preloaded: a miss here is a miss in SQLite too
         else:
             row = self._db.execute(
                 "SELECT dev, ino, size, mtime_ns, ctime_ns, chunker, chunks FROM files WHERE path = ?", (path,)

@@ -273,8 +273,7 @@ class Uploader:
             if not root.exists():
                 raise LocalIOError(f"path `{root}` does not exist; pass an existing folder to --path")
             raise LocalIOError(f"path `{root}` is not a folder; pass a folder to --path")
-        if self.hashes is not None:
-            self.index.warm(self.hashes.preload(str(root)))
+        self.index.warm(self.hashes.preload(str(root)) if self.hashes is not None else [])
         base = str(root)
         for rel, st, kind in walk_tree(root):
             mode = stat.S_IMODE(st.st_mode)

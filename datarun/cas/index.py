@@ -43,6 +43,7 @@ class ChunkIndex:
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._warm: dict[bytes, ChunkRef] = {}
+        self._prefixes: set[bytes] | None = None
 
     def close(self) -> None:
         self._db.close()
@@ -92,15 +93,23 @@ class ChunkIndex:
     def add_segment(self, pack_id: str, refs: list[ChunkRef]) -> None:
         """Record a segment this process just wrote, so later lookups need no sync."""
         with self._lock:
+            if self._prefixes is not None:
+                self._prefixes.update(r.digest[:8] for r in refs)
             self._db.execute("BEGIN IMMEDIATE")
             self._insert(refs)
             self._db.execute("INSERT OR IGNORE INTO segments VALUES (?)", (pack_id,))
             self._db.execute("COMMIT")
 
-    def warm(self, digests: list[bytes]) -> None:
-        """Batch-load ``digests`` into an in-memory map so the lookups that follow are free."""
+    def warm(self, digests: list[bytes], filter_limit: int = 500_000) -> None:
+        """Batch-load ``digests`` into an in-memory map so the lookups that follow are free,
+        and (for indexes up to ``filter_limit`` chunks) keep a set of 8-byte digest prefixes so
+        a lookup of a chunk the store lacks, the common case on a first upload, skips SQLite."""
         found: dict[bytes, ChunkRef] = {}
         with self._lock:
+            (count,) = self._db.execute("SELECT count(*) FROM chunks").fetchone()
+            self._prefixes = (
+                {row[0][:8] for row in self._db.execute("SELECT digest FROM chunks")} if count <= filter_limit else None
+            )
             for start in range(0, len(digests), 900):
                 batch = digests[start : start + 900]
                 marks = ",".join("?" * len(batch))
@@ -116,6 +125,8 @@ class ChunkIndex:
         warm = self._warm.get(digest)
         if warm is not None:
             return warm
+        if self._prefixes is not None and digest[:8] not in self._prefixes:
+            return None
         with self._lock:
             row = self._db.execute(
                 "SELECT pack, offset, stored, size, flags FROM chunks WHERE digest = ?", (digest,)

@@ -1,6 +1,8 @@
 """Packs: ~32 MiB objects holding many chunk frames, and the index segments that map them.
 
-A pack is immutable and named by the BLAKE3 of its bytes. Small files therefore cost one
+A pack is immutable and content-named: its id is the BLAKE3 of its chunk table (each frame's
+digest, offset, stored size, size and flags), which pins every byte through the chunk hashes
+without a second full pass over the data. Small files therefore cost one
 request per pack rather than one per file. Right after a pack is durable its index segment is
 written, so an upload killed half-way leaves packs that the next upload can dedup against.
 """
@@ -69,7 +71,6 @@ class PackWriter:
         self.target_size = target_size
         self._path: Path | None = None
         self._handle: BinaryIO | None = None
-        self._hasher = blake3.blake3()
         self._size = 0
         self._chunks: list[PendingChunk] = []
 
@@ -78,12 +79,10 @@ class PackWriter:
             self.spool_dir.mkdir(parents=True, exist_ok=True)
             self._path = self.spool_dir / f"pack-{secrets.token_hex(8)}"
             self._handle = self._path.open("wb")
-            self._hasher = blake3.blake3()
             self._size = 0
             self._chunks = []
         frame, compressed = compress.encode(chunk)
         self._handle.write(frame)
-        self._hasher.update(frame)
         pending = PendingChunk(chunk_digest, self._size, len(frame), len(chunk), compressed)
         self._size += len(frame)
         self._chunks.append(pending)
@@ -100,7 +99,7 @@ class PackWriter:
     def seal(self) -> SealedPack:
         assert self._handle is not None and self._path is not None
         self._handle.close()
-        sealed = SealedPack(self._hasher.hexdigest(), self._path, self._size, self._chunks)
+        sealed = SealedPack(pack_id_of(self._chunks), self._path, self._size, self._chunks)
         self._handle = None
         self._path = None
         return sealed
@@ -112,6 +111,11 @@ class PackWriter:
                 self._path.unlink(missing_ok=True)
             self._handle = None
             self._path = None
+
+
+def pack_id_of(chunks: list[PendingChunk]) -> str:
+    table = b"".join(_RECORD.pack(c.digest, c.offset, c.stored_size, c.size, int(c.compressed)) for c in chunks)
+    return str(blake3.blake3(b"datarun-pack-v1\0" + table).hexdigest())
 
 
 def encode_segment(pack_id: str, chunks: Iterable[PendingChunk]) -> bytes:

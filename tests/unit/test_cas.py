@@ -12,7 +12,7 @@ from pyfastcdc import FastCDC
 
 from datarun.cas import compress
 from datarun.cas.chunker import AVG_SIZE, MAX_SIZE, MIN_SIZE, iter_chunks
-from datarun.cas.packs import PackWriter, decode_chunk, decode_segment, encode_segment
+from datarun.cas.packs import PackWriter, decode_chunk, decode_segment, encode_segment, pack_id_of
 from datarun.errors import IntegrityError
 
 
@@ -68,7 +68,11 @@ def test_pack_round_trip_and_corruption_detection(tmp_path: Path) -> None:
         writer.add(blake3.blake3(c).digest(), memoryview(c))
     sealed = writer.seal()
     pack = sealed.path.read_bytes()
-    assert sealed.pack_id == blake3.blake3(pack).hexdigest()
+    assert sealed.pack_id == pack_id_of(sealed.chunks)
+    other = PackWriter(tmp_path, target_size=1 << 20)
+    for c in [*chunks[:2], b"different"]:
+        other.add(blake3.blake3(c).digest(), memoryview(c))
+    assert other.seal().pack_id != sealed.pack_id, "the id depends on the content"
     refs = sealed.refs()
     for ref, original in zip(refs, chunks, strict=True):
         assert decode_chunk(ref, pack[ref.offset : ref.offset + ref.stored_size]) == original

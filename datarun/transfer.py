@@ -12,9 +12,11 @@ temp file that is renamed into place once complete.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import queue
 import secrets
 import stat
 import threading
@@ -156,6 +158,53 @@ def walk_tree(root: Path) -> Iterator[tuple[str, os.stat_result, str]]:
     return walk(root, "")
 
 
+_READ_AHEAD_CHUNKS = 8
+_PARALLEL_FROM = 16 << 20
+
+
+def _chunks_with_digests(path: str, size: int) -> Iterator[tuple[memoryview, bytes | None]]:
+    """Chunks of one file, cut and hashed by a helper thread for big files.
+
+    FastCDC and file reads release the GIL, so cutting the next chunks overlaps with the
+    caller compressing and writing the previous ones. The queue bounds memory to a few
+    chunks. Small files are not worth a thread.
+    """
+    if size < _PARALLEL_FROM:
+        for chunk in iter_chunks(path, size):
+            yield chunk, None
+        return
+    ahead: queue.Queue[tuple[bytes, bytes] | BaseException | None] = queue.Queue(_READ_AHEAD_CHUNKS)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in iter_chunks(path, size):
+                if stop.is_set():
+                    return
+                data = bytes(chunk)  # the view is reused by the chunker once we move on
+                ahead.put((data, digest(data)))
+            ahead.put(None)
+        except BaseException as err:
+            ahead.put(err)
+
+    worker = threading.Thread(target=produce, name="datarun-chunker", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ahead.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield memoryview(item[0]), item[1]
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                ahead.get_nowait()
+            worker.join(0.01)
+
+
 class Uploader:
     def __init__(
         self,
@@ -185,8 +234,11 @@ class Uploader:
     def _known(self, chunk_digest: bytes) -> ChunkRef | tuple[PendingChunk, _PackSlot] | None:
         return self._open.get(chunk_digest) or self._sealed.get(chunk_digest) or self.index.lookup(chunk_digest)
 
-    def _add_chunk(self, chunk: memoryview) -> ChunkRef | tuple[PendingChunk, _PackSlot]:
-        chunk_digest = digest(chunk)
+    def _add_chunk(
+        self, chunk: memoryview, chunk_digest: bytes | None = None
+    ) -> ChunkRef | tuple[PendingChunk, _PackSlot]:
+        if chunk_digest is None:
+            chunk_digest = digest(chunk)
         known = self._known(chunk_digest)
         if known is not None:
             return known
@@ -247,8 +299,8 @@ class Uploader:
         pairs: list[tuple[bytes, int]] = []
         read = 0
         try:
-            for chunk in iter_chunks(abspath, st.st_size):
-                ref = self._add_chunk(chunk)
+            for chunk, chunk_digest in _chunks_with_digests(abspath, st.st_size):
+                ref = self._add_chunk(chunk, chunk_digest)
                 placed.append(ref)
                 pairs.append((ref.digest if isinstance(ref, ChunkRef) else ref[0].digest, len(chunk)))
                 read += len(chunk)

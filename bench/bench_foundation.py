@@ -1,0 +1,220 @@
+"""Foundation benchmark: datarun against DVC and plain cp on the same data, in one run.
+
+    .venv/bin/python bench/bench_foundation.py            # full: 5,000 small files + 2 x 256 MiB
+    .venv/bin/python bench/bench_foundation.py --small    # quick smoke run
+
+Every peer runs on the same machine, the same folder and a warm page cache (no peer gets a
+cold one), one after another. Ratios are what to read: absolute seconds move with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DVC_VENV = ROOT / ".cache" / "bench" / "dvc-venv"
+
+
+@dataclass
+class Row:
+    scenario: str
+    datarun: float
+    peer: str
+    peer_value: float
+    ratio: float  # peer / datarun: how many times faster datarun is (or the stated figure)
+    bar: str
+    passed: bool
+
+
+def sh(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def timed(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> tuple[float, str]:
+    start = time.perf_counter()
+    out = sh(cmd, cwd, env)
+    return time.perf_counter() - start, out
+
+
+def make_dataset(folder: Path, small: bool) -> None:
+    rng = random.Random(20261122)
+    files, big, big_size = (500, 2, 16 << 20) if small else (5000, 2, 256 << 20)
+    for i in range(files):
+        sub = folder / f"dir{i % 50:02d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"file{i:05d}.bin").write_bytes(rng.randbytes(rng.randint(1 << 10, 32 << 10)))
+    for i in range(big):
+        with (folder / f"big{i}.bin").open("wb") as out:
+            for _ in range(big_size // (8 << 20)):
+                out.write(os.urandom(8 << 20))
+    # Old mtimes: the hash cache (rightly) distrusts files modified in the last seconds.
+    past = time.time() - 3600
+    for path in folder.rglob("*"):
+        os.utime(path, (past, past))
+
+
+def ensure_dvc() -> Path:
+    dvc = DVC_VENV / "bin" / "dvc"
+    if not dvc.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(DVC_VENV)], check=True)
+        subprocess.run([str(DVC_VENV / "bin" / "pip"), "install", "-q", "dvc>=3,<4"], check=True)
+    return dvc
+
+
+def tree_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def peak_rss_mb(cmd: list[str], env: dict[str, str]) -> float:
+    """Peak RSS of a child, read from GNU time (the `time` package), in MB."""
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], env=env, capture_output=True, text=True, check=True)
+    return int(proc.stderr.strip().splitlines()[-1]) / 1024
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", action="store_true", help="500 files + 2 x 16 MiB, for a smoke run")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--datarun", default=str(ROOT / ".venv" / "bin" / "datarun"))
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if a bar is missed")
+    args = parser.parse_args()
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="datarun-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    project = work / "dvcproj"
+    data = project / "data"
+    data.mkdir(parents=True)
+    print(f"# dataset in {data}", file=sys.stderr)
+    make_dataset(data, args.small)
+    total = tree_size(data)
+
+    env = {
+        **os.environ,
+        "DATARUN_CACHE_DIR": str(work / "dr-cache"),
+        "DATARUN_CONFIG": str(work / "none.yaml"),
+        "DATARUN_HOME": str(work / "dr-home"),
+    }
+    store = f"file://{work / 'dr-store'}"
+    dr = [args.datarun, "-q", "--store", store]
+    sh([*dr, "repo", "create", "--repo", "bench"], env=env)
+
+    rows: list[Row] = []
+    # -- cp, the floor ------------------------------------------------------------------
+    cp_up, _ = timed(["sh", "-c", f"cp -r '{data}' '{work / 'cp-copy'}' && sync"])
+    # -- datarun first upload ----------------------------------------------------------------
+    dr_up, out = timed([*dr, "bundle", "upload", "--path", str(data), "--message", "m", "--repo", "bench"], env=env)
+    bundle = out.strip().splitlines()[-1]
+    packs = work / "dr-store" / "packs"
+    stored_after_first = tree_size(packs)
+    # -- re-upload unchanged -------------------------------------------------------------------
+    dr_re, _ = timed([*dr, "bundle", "upload", "--path", str(data), "--message", "again", "--repo", "bench"], env=env)
+    new_bytes = tree_size(packs) - stored_after_first
+    reupload = Row(
+        "re-upload unchanged (s)",
+        dr_re,
+        "datarun first upload",
+        dr_up,
+        dr_up / dr_re,
+        ">= 10x faster, 0 new chunk bytes",
+        dr_up / dr_re >= 10 and new_bytes == 0,
+    )
+    # -- dvc add + push, after datarun's re-upload: DVC re-creates the files it tracks --------------------
+    dvc = str(ensure_dvc())
+    dvc_env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
+    sh(["git", "init", "-q"], project)
+    sh([dvc, "init", "-q"], project, dvc_env)
+    sh([dvc, "config", "core.analytics", "false"], project, dvc_env)
+    sh([dvc, "config", "core.autostage", "false"], project, dvc_env)
+    sh([dvc, "remote", "add", "-d", "local", str(work / "dvc-remote")], project, dvc_env)
+    dvc_add, _ = timed([dvc, "add", "-q", "data"], project, dvc_env)
+    dvc_push, _ = timed([dvc, "push", "-q"], project, dvc_env)
+    dvc_version = sh([dvc, "--version"], project, dvc_env).strip()
+    rows.append(
+        Row(
+            "first upload (s)",
+            dr_up,
+            f"dvc add+push ({dvc_add:.2f}+{dvc_push:.2f})",
+            dvc_add + dvc_push,
+            (dvc_add + dvc_push) / dr_up,
+            ">= 3x faster",
+            (dvc_add + dvc_push) / dr_up >= 3,
+        )
+    )
+    rows.append(Row("first upload (s)", dr_up, "cp -r + sync", cp_up, cp_up / dr_up, "reference", True))
+    # -- downloads ---------------------------------------------------------------------------
+    dest = work / "dr-download"
+    dr_down, _ = timed(
+        [*dr, "bundle", "download", "--repo", "bench", "--bundle", bundle, "--destination", str(dest)], env=env
+    )
+    shutil.rmtree(project / ".dvc" / "cache")
+    shutil.rmtree(data)
+    dvc_pull, _ = timed([dvc, "pull", "-q"], project, dvc_env)
+    cp_down, _ = timed(["cp", "-r", str(work / "cp-copy"), str(work / "cp-back")])
+    rows.append(
+        Row(
+            "download, empty target (s)",
+            dr_down,
+            "dvc pull, empty cache",
+            dvc_pull,
+            dvc_pull / dr_down,
+            ">= 5x faster",
+            dvc_pull / dr_down >= 5,
+        )
+    )
+    rows.append(Row("download, empty target (s)", dr_down, "cp -r", cp_down, cp_down / dr_down, "reference", True))
+    same = sh(["diff", "-r", "-q", str(dest), str(data)]) == ""
+    rows.append(reupload)
+    # -- memory ------------------------------------------------------------------------------
+    one = work / "one-gib"
+    one.mkdir()
+    with (one / "big.bin").open("wb") as out_file:
+        for _ in range((64 if args.small else 1024) // 8):
+            out_file.write(os.urandom(8 << 20))
+    rss = peak_rss_mb([*dr, "bundle", "upload", "--path", str(one), "--message", "m", "--repo", "bench"], env)
+    rows.append(
+        Row(
+            f"peak RSS uploading {'64 MiB' if args.small else '1 GiB'} (MB)",
+            rss,
+            "bar",
+            300,
+            300 / rss,
+            "< 300 MB",
+            rss < 300,
+        )
+    )
+
+    print(
+        f"\ndataset: {total / 2**20:.0f} MiB in {sum(1 for _ in data.rglob('*') if _.is_file())} files; "
+        f"{dvc_version and 'dvc ' + dvc_version}; downloads identical to source: {same}; "
+        f"new chunk bytes on re-upload: {new_bytes}\n"
+    )
+    print("| scenario | datarun | peer | peer value | ratio (peer/datarun) | bar | pass |")
+    print("|---|---:|---|---:|---:|---|---|")
+    for r in rows:
+        print(
+            f"| {r.scenario} | {r.datarun:.2f} | {r.peer} | {r.peer_value:.2f} | {r.ratio:.1f}x | {r.bar} | "
+            f"{'yes' if r.passed else 'NO'} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if args.strict and not all(r.passed for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -62,6 +62,8 @@ alive() {
 
 mkdir -p "$coord/app" || { log "cannot create coordination folder \`$coord\`"; exit 76; }
 put "$coord/app/heartbeat" "$(now)"
+# The command, one word per line, for the provenance of the output bundles.
+printf '%s\n' "$@" > "$coord/app/command.tmp.$$" && mv -f "$coord/app/command.tmp.$$" "$coord/app/command"
 
 # 1. Wait until every sidecar is ready, or one of them failed, crashed, or timed out.
 for kind in $sidecars; do

@@ -1,0 +1,48 @@
+"""`datarun-sidecar fuse -c <coord_dir> -d "<datarun command>" ...`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from datarun_sidecar.fuse import FuseSidecar, SidecarUsageError, parse_commands
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="datarun-sidecar")
+    sub = parser.add_subparsers(dest="kind", required=True)
+    fuse = sub.add_parser("fuse", help="mount inputs, upload outputs when the app ends")
+    fuse.add_argument("-c", dest="coord", required=True, help="coordination folder shared with the app")
+    fuse.add_argument("-d", dest="commands", action="append", default=[], help="a datarun command (repeatable)")
+    fuse.add_argument("--store", default=None, help="store URL (default: DATARUN_STORE, config, local default)")
+    fuse.add_argument(
+        "--termination-log",
+        default=os.environ.get("DATARUN_TERMINATION_LOG", "/dev/termination-log"),
+        help="where the result goes for Kubernetes ('' to disable)",
+    )
+    fuse.add_argument("--mount-timeout", type=float, default=300.0)
+    fuse.add_argument("--app-heartbeat-timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    try:
+        plan = parse_commands(args.commands)
+    except SidecarUsageError as err:
+        print(f"datarun-sidecar: {err}", file=sys.stderr)
+        return 2
+    log_path = Path(args.termination_log) if args.termination_log else None
+    if log_path is not None and not log_path.parent.exists():
+        log_path = None
+    sidecar = FuseSidecar(
+        Path(args.coord),
+        plan,
+        termination_log=log_path,
+        store=args.store,
+        mount_timeout=args.mount_timeout,
+        app_heartbeat_timeout=args.app_heartbeat_timeout,
+    )
+    return sidecar.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The wrapper and the fuse sidecar as separate processes sharing a coordination folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from datarun.repo import Client
+from datarun.store import LocalStore
+
+ROOT = Path(__file__).resolve().parents[2]
+WRAPPER = ROOT / "wrap_application.sh"
+
+
+class Pod:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.coord = tmp / "coord"
+        self.store = tmp / "store"
+        self.env = {
+            **os.environ,
+            "DATARUN_CACHE_DIR": str(tmp / "cache"),
+            "DATARUN_CONFIG": str(tmp / "c.yaml"),
+            "DATARUN_HOME": str(tmp / "home"),
+        }
+        client = Client(LocalStore(self.store), cache_dir=tmp / "cache")
+        client.create_repo("in")
+        client.create_repo("out")
+        src = tmp / "input-src"
+        src.mkdir()
+        (src / "numbers.txt").write_text("1\n2\n3\n")
+        self.input_bundle = client.upload("in", src, "input", label="v1").bundle.id
+        client.close()
+
+    def sidecar(self, *commands: str) -> subprocess.Popen[bytes]:
+        args = [
+            sys.executable,
+            "-m",
+            "datarun_sidecar.cli",
+            "fuse",
+            "-c",
+            str(self.coord),
+            "--store",
+            f"file://{self.store}",
+            "--termination-log",
+            str(self.tmp / "termination-log"),
+            "--app-heartbeat-timeout",
+            "10",
+        ]
+        for command in commands:
+            args += ["-d", command]
+        return subprocess.Popen(args, env=self.env, stderr=subprocess.PIPE)
+
+    def wrap(self, script: str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["sh", str(WRAPPER), "-c", str(self.coord), "-b", "fuse", *extra, "--", "sh", "-c", script],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.tmp,
+            check=False,
+        )
+
+    def result(self) -> dict[str, object]:
+        data: dict[str, object] = json.loads((self.coord / "fuse" / "result.json").read_text())
+        return data
+
+
+@pytest.fixture
+def pod(tmp_path: Path) -> Pod:
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the protocol tier mounts for real: apt-get install fuse3")
+        pytest.skip("no FUSE here")
+    return Pod(tmp_path)
+
+
+def _commands(pod: Pod, *, on_failure: bool = False) -> list[str]:
+    flag = " --upload-on-failure" if on_failure else ""
+    return [
+        'config create --name "Coord" --email coord@example.org',
+        f"bundle mount --repo in --label v1 --mount {pod.tmp / 'mnt'} --stream",
+        f'bundle upload --path {pod.tmp / "outdir"} --message "result of the run" --repo out --label latest{flag}',
+    ]
+
+
+def test_happy_path_inputs_readable_outputs_labelled_with_provenance(pod: Pod) -> None:
+    (pod.tmp / "outdir").mkdir()
+    sidecar = pod.sidecar(*_commands(pod))
+    done = pod.wrap("awk '{s+=$1} END {print s}' mnt/numbers.txt > outdir/sum.txt")
+    assert done.returncode == 0, done.stderr
+    assert sidecar.wait(timeout=60) == 0
+    result = pod.result()
+    assert result["status"] == "ok" and result["appExitCode"] == 0
+    outputs = result["outputs"]
+    assert isinstance(outputs, list) and outputs[0]["uploaded"] is True
+    client = Client(LocalStore(pod.store), cache_dir=pod.tmp / "cache2")
+    bundle = client.resolve("out", label="latest")
+    assert bundle.id == outputs[0]["bundle"]
+    assert [ref.bundle for ref in bundle.provenance.inputs] == [pod.input_bundle]
+    assert bundle.provenance.run is not None and bundle.provenance.run.exit_code == 0
+    assert "awk" in " ".join(bundle.provenance.run.command)
+    dest = pod.tmp / "check"
+    client.download(bundle, dest)
+    assert (dest / "sum.txt").read_text() == "6\n"
+    assert json.loads((pod.tmp / "termination-log").read_text())["status"] == "ok"
+    assert (pod.coord / "mountdone").exists(), "datamon's marker name is kept"
+    assert not os.path.ismount(pod.tmp / "mnt")
+
+
+def test_app_failure_passes_its_code_and_uploads_nothing(pod: Pod) -> None:
+    (pod.tmp / "outdir").mkdir()
+    sidecar = pod.sidecar(*_commands(pod))
+    done = pod.wrap("echo partial > outdir/x; exit 3")
+    assert done.returncode == 3
+    assert sidecar.wait(timeout=60) == 0
+    outputs = pod.result()["outputs"]
+    assert isinstance(outputs, list) and outputs[0]["uploaded"] is False
+    assert "uploadOnFailure is off" in outputs[0]["skipped_reason"]
+    assert Client(LocalStore(pod.store), cache_dir=pod.tmp / "c3").list_bundles("out") == []
+
+
+def test_upload_on_failure_is_opt_in_per_output(pod: Pod) -> None:
+    (pod.tmp / "outdir").mkdir()
+    sidecar = pod.sidecar(*_commands(pod, on_failure=True))
+    done = pod.wrap("echo partial > outdir/x; exit 4")
+    assert done.returncode == 4
+    assert sidecar.wait(timeout=60) == 0
+    bundles = Client(LocalStore(pod.store), cache_dir=pod.tmp / "c3").list_bundles("out")
+    assert len(bundles) == 1 and bundles[0].provenance.run is not None
+    assert bundles[0].provenance.run.exit_code == 4
+
+
+def test_failed_upload_gives_the_documented_code_and_names_the_output(pod: Pod) -> None:
+    sidecar = pod.sidecar(*_commands(pod))  # outdir is never created: the upload must fail
+    done = pod.wrap("true")
+    assert done.returncode == 75, done.stderr
+    assert sidecar.wait(timeout=60) == 1
+    result = pod.result()
+    outputs = result["outputs"]
+    assert result["status"] == "failed" and isinstance(outputs, list)
+    assert "does not exist" in outputs[0]["error"] and outputs[0]["repo"] == "out"
+
+
+def test_killed_sidecar_does_not_hang_the_wrapper(pod: Pod) -> None:
+    (pod.tmp / "outdir").mkdir()
+    sidecar = pod.sidecar(*_commands(pod))
+    started = time.monotonic()
+    deadline = started + 30
+    while not (pod.coord / "fuse" / "ready").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    sidecar.send_signal(signal.SIGKILL)
+    sidecar.wait()
+    done = pod.wrap("sleep 1", "-h", "4", timeout=60)
+    assert done.returncode == 77, done.stderr
+    assert "stopped sending heartbeats" in done.stderr
+    subprocess.run(["fusermount3", "-uz", str(pod.tmp / "mnt")], check=False, capture_output=True)
+
+
+def test_bad_mount_fails_fast_and_the_wrapper_reports_it(pod: Pod) -> None:
+    sidecar = pod.sidecar(f"bundle mount --repo in --label missing --mount {pod.tmp / 'mnt'}")
+    done = pod.wrap("true", "-r", "30")
+    assert done.returncode == 76
+    assert "label `missing` not found" in done.stderr
+    assert sidecar.wait(timeout=30) == 1
+
+
+def test_sidecar_rejects_malformed_commands() -> None:
+    from datarun_sidecar.fuse import SidecarUsageError, parse_commands
+
+    with pytest.raises(SidecarUsageError, match="at most one"):
+        parse_commands(["config create --name a", "config create --name b"])
+    with pytest.raises(SidecarUsageError, match="exactly one of --bundle or --label"):
+        parse_commands(["bundle mount --repo r --mount /m"])
+    with pytest.raises(SidecarUsageError, match="only `config create`"):
+        parse_commands(["repo create --repo r"])
+    plan = parse_commands(['bundle upload --path /o --message "a b" --repo r --upload-on-failure'])
+    assert plan.uploads[0].message == "a b" and plan.uploads[0].upload_on_failure

@@ -6,6 +6,7 @@ marker. The wrapper's side of the same protocol is ``wrap_application.sh``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -100,11 +101,10 @@ class Coordination:
         payload = json.dumps(result.to_json())
         write_atomic(self.own / "result.json", payload + "\n")
         if termination_log is not None:
-            try:
-                # Kubernetes keeps at most 4096 bytes of a termination message.
+            # Kubernetes keeps at most 4096 bytes of a termination message; a missing file is
+            # not worth failing the run over, the coordination folder has the full result.
+            with contextlib.suppress(OSError):
                 termination_log.write_text(payload[:4096])
-            except OSError:
-                pass
         write_atomic(self.own / "uploaddone", ("ok" if result.ok else "failed") + "\n")
 
     # -- app -> sidecar --------------------------------------------------------------------

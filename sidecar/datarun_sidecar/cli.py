@@ -24,15 +24,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     fuse.add_argument("--mount-timeout", type=float, default=300.0)
     fuse.add_argument("--app-heartbeat-timeout", type=float, default=60.0)
+    pg = sub.add_parser("postgres", help="serve databases configured by dm_pg_opts / dm_pg_db_<id>")
+    pg.add_argument("--store", default=None, help="store URL (default: DATARUN_STORE, config, local default)")
+    pg.add_argument("--termination-log", default=os.environ.get("DATARUN_TERMINATION_LOG", "/dev/termination-log"))
+    pg.add_argument("--work-dir", default=None, help="where the clusters live (default: a temp folder)")
+    pg.add_argument("--app-heartbeat-timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
+    log_path = Path(args.termination_log) if args.termination_log else None
+    if log_path is not None and not log_path.parent.exists():
+        log_path = None
+    if args.kind == "postgres":
+        from datarun_sidecar.postgres import PostgresSidecar, PostgresSidecarError, plan_from_env
+
+        try:
+            pg_plan = plan_from_env(os.environ)
+        except PostgresSidecarError as err:
+            print(f"datarun-sidecar: {err}", file=sys.stderr)
+            return 2
+        return PostgresSidecar(
+            pg_plan,
+            store=args.store,
+            termination_log=log_path,
+            work_dir=Path(args.work_dir) if args.work_dir else None,
+            app_heartbeat_timeout=args.app_heartbeat_timeout,
+        ).run()
     try:
         plan = parse_commands(args.commands)
     except SidecarUsageError as err:
         print(f"datarun-sidecar: {err}", file=sys.stderr)
         return 2
-    log_path = Path(args.termination_log) if args.termination_log else None
-    if log_path is not None and not log_path.parent.exists():
-        log_path = None
     sidecar = FuseSidecar(
         Path(args.coord),
         plan,

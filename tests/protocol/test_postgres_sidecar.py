@@ -1,0 +1,134 @@
+"""The postgres sidecar with Debian's real server: rows written in one run come back in the next."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from datarun.repo import Client
+from datarun.store import LocalStore
+from datarun_sidecar.postgres import PostgresSidecarError, plan_from_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _need_postgres() -> None:
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        if os.environ.get("CI") == "true":
+            pytest.fail("the postgres tier needs Debian's server: apt-get install postgresql")
+        pytest.skip("no PostgreSQL server here")
+
+
+def _run_pod(tmp: Path, name: str, db_env: str, app_sql: str, port: int) -> tuple[int, dict[str, object], str]:
+    coord = tmp / f"coord-{name}"
+    env = {
+        **os.environ,
+        "DATARUN_CACHE_DIR": str(tmp / "cache"),
+        "DATARUN_CONFIG": str(tmp / "c.yaml"),
+        "dm_pg_opts": f";:c:{coord}",
+        "dm_pg_db_main": db_env,
+    }
+    sidecar = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "datarun_sidecar.cli",
+            "postgres",
+            "--store",
+            f"file://{tmp / 'store'}",
+            "--termination-log",
+            "",
+            "--work-dir",
+            str(tmp / f"work-{name}"),
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    app = (
+        f'psql -v ON_ERROR_STOP=1 -qAt -h 127.0.0.1 -p {port} -U postgres -d postgres -c "{app_sql}"'
+        f" > {tmp / f'app-{name}.out'}"
+    )
+    wrapped = subprocess.run(
+        [
+            "sh",
+            str(ROOT / "wrap_application.sh"),
+            "-c",
+            str(coord),
+            "-b",
+            "postgres",
+            "-r",
+            "120",
+            "--",
+            "sh",
+            "-c",
+            app,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert sidecar.wait(timeout=120) == 0, sidecar.stderr.read() if sidecar.stderr else ""
+    result = json.loads((coord / "postgres" / "result.json").read_text())
+    assert (coord / "main" / "dbstarted").exists(), "datamon's marker"
+    return wrapped.returncode, result, (tmp / f"app-{name}.out").read_text()
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    # pytest's tmp folders are 0700 up the tree; the server runs as `postgres` and must get in.
+    path = Path(tempfile.mkdtemp(prefix="datarun-pgtest-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_rows_survive_a_dump_upload_and_a_restore(open_tmp: Path) -> None:
+    _need_postgres()
+    tmp_path = open_tmp
+    Client(LocalStore(tmp_path / "store"), cache_dir=tmp_path / "cache").create_repo("db")
+    port = _free_port()
+    create = (
+        "CREATE TABLE t (id int primary key, v text); "
+        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g; "
+        "SELECT md5(string_agg(id::text || v, ',' ORDER BY id)) FROM t"
+    )
+    code, result, first_sum = _run_pod(tmp_path, "one", f";:p:{port};r:db;l:latest;m:first run", create, port)
+    assert code == 0 and result["status"] == "ok"
+    outputs = result["outputs"]
+    assert isinstance(outputs, list) and outputs[0]["uploaded"] is True
+    port2 = _free_port()
+    check = "SELECT md5(string_agg(id::text || v, ',' ORDER BY id)) FROM t"
+    code, result, second_sum = _run_pod(tmp_path, "two", f";:p:{port2};sr:db;sl:latest;r:db;l:latest", check, port2)
+    assert code == 0, result
+    assert second_sum.strip() == first_sum.strip().splitlines()[-1] and len(second_sum.strip()) == 32
+    client = Client(LocalStore(tmp_path / "store"), cache_dir=tmp_path / "cache2")
+    assert [h.seq for h in client.label_history("db", "latest")] == [1, 2]
+
+
+def test_env_parsing_errors_are_clear() -> None:
+    with pytest.raises(PostgresSidecarError, match="dm_pg_opts is not set"):
+        plan_from_env({})
+    with pytest.raises(PostgresSidecarError, match="`p` \\(the port\\) must be a number"):
+        plan_from_env({"dm_pg_opts": ";:c:/c", "dm_pg_db_x": ";:p:abc"})
+    with pytest.raises(PostgresSidecarError, match="at most one of `sl`"):
+        plan_from_env({"dm_pg_opts": ";:c:/c", "dm_pg_db_x": ";:p:1;sl:a;sb:b"})
+    plan = plan_from_env({"dm_pg_opts": ";:c:/c;V:true;S", "dm_pg_db_x": ";:p:5432;r:db;l:v1;m:msg"})
+    assert plan.ignore_version and plan.sleep_after and plan.databases[0].port == 5432

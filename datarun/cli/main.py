@@ -20,6 +20,7 @@ from datarun import __version__
 from datarun.cli.bundle_cmd import bundle
 from datarun.cli.common import CliState, store_option
 from datarun.cli.config_cmd import config
+from datarun.cli.datamover_cmd import datamover
 from datarun.cli.label_cmd import label
 from datarun.cli.quickstart_cmd import quickstart
 from datarun.cli.repo_cmd import repo
@@ -54,6 +55,7 @@ cli.add_command(repo)
 cli.add_command(bundle)
 cli.add_command(label)
 cli.add_command(quickstart)
+cli.add_command(datamover)
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:

@@ -49,7 +49,7 @@ def _write_list(path: Path, lines: list[str]) -> None:
 @click.option(
     "-f",
     "list_dir",
-    default="/tmp",
+    default="/tmp",  # noqa: S108 - datamon's default, kept for its users
     show_default=True,
     type=click.Path(file_okay=False),
     help="Where upload.list, uploaded.list and removable.list are written.",

@@ -34,6 +34,8 @@ def _daemonize(argv: list[str], ready_file: Path | None, timeout: float) -> None
     args = [a for a in argv if a != "--daemonize"]
     if ready_file is None:
         args += ["--ready-file", str(marker)]
+    # A mount killed with SIGKILL leaves its ready file behind; it must not pass for ours.
+    marker.unlink(missing_ok=True)
     log_path = cfg.cache_dir() / "mount-logs" / f"mount-{os.getpid()}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:

@@ -103,7 +103,13 @@ class _DiskLRU:
         try:
             data = path.read_bytes()
             os.utime(path)
-        except FileNotFoundError:
+        except OSError as err:  # gone, replaced by a folder, unreadable: a miss, never a failed read
+            if not isinstance(err, FileNotFoundError):
+                log.warning("chunk cache: cannot read %s: %s; fetching it again", name[:16], err)
+                with self._lock:
+                    size = self._items.pop(name, None)
+                    if size is not None:
+                        self.used -= size
             return None
         return data
 
@@ -118,7 +124,7 @@ class _DiskLRU:
         try:
             tmp.write_bytes(data)
             tmp.replace(self.folder / name)
-        except OSError as err:  # a full cache disk must not fail reads
+        except OSError as err:  # e.g. a folder squats on the name  # a full cache disk must not fail reads
             tmp.unlink(missing_ok=True)
             log.warning("chunk cache: cannot write %s: %s", name[:16], err)
             return
@@ -144,32 +150,44 @@ class _MappedPacks:
     def __init__(self, store: LocalStore, budget: int = 64) -> None:
         self.store = store
         self.budget = budget
-        self._maps: OrderedDict[str, mmap.mmap] = OrderedDict()
+        self._maps: OrderedDict[str, tuple[mmap.mmap, int]] = OrderedDict()
         self._verified: set[bytes] = set()
         self._lock = threading.Lock()
 
-    def _map(self, pack: str) -> mmap.mmap:
+    def _map(self, pack: str) -> tuple[mmap.mmap, int]:
         with self._lock:
             found = self._maps.get(pack)
             if found is not None:
                 self._maps.move_to_end(pack)
                 return found
+        fd = -1
         try:
-            with self.store.local_path(pack_key(pack)).open("rb") as handle:
-                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            fd = os.open(self.store.local_path(pack_key(pack)), os.O_RDONLY)
+            mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         except FileNotFoundError:
+            if fd >= 0:
+                os.close(fd)
             raise IntegrityError(f"pack {pack[:16]} is missing from the store") from None
         except (OSError, ValueError) as err:
+            if fd >= 0:
+                os.close(fd)
             raise StoreError(f"store `{self.store.url}`: cannot map pack {pack[:16]}: {err}") from None
         with self._lock:
-            self._maps[pack] = mapped
+            self._maps[pack] = (mapped, fd)
             while len(self._maps) > self.budget:
-                self._maps.popitem(last=False)[1].close()
-        return mapped
+                old_map, old_fd = self._maps.popitem(last=False)[1]
+                with contextlib.suppress(BufferError):
+                    old_map.close()
+                os.close(old_fd)
+        return mapped, fd
 
     def view(self, ref: ChunkRef) -> memoryview:
-        mapped = self._map(ref.pack)
-        if ref.offset + ref.stored_size > len(mapped):
+        mapped, fd = self._map(ref.pack)
+        # Check the file's size now, not the map's: touching a page past the end of a pack that
+        # was cut after mapping raises SIGBUS, which would kill the whole mount instead of
+        # failing one read with EIO.
+        end = ref.offset + ref.stored_size
+        if end > len(mapped) or end > os.fstat(fd).st_size:
             raise IntegrityError(f"chunk {ref.digest.hex()[:16]} lies past the end of pack {ref.pack[:16]}")
         frame = memoryview(mapped)[ref.offset : ref.offset + ref.stored_size]
         if ref.digest not in self._verified:
@@ -182,7 +200,7 @@ class _MappedPacks:
     def advise(self, refs: list[ChunkRef]) -> None:
         for ref in refs:
             with contextlib.suppress(DatarunError, OSError, ValueError):
-                self._map(ref.pack).madvise(
+                self._map(ref.pack)[0].madvise(
                     mmap.MADV_WILLNEED,
                     ref.offset - ref.offset % mmap.PAGESIZE,
                     ref.stored_size + ref.offset % mmap.PAGESIZE,
@@ -190,9 +208,10 @@ class _MappedPacks:
 
     def close(self) -> None:
         with self._lock:
-            for mapped in self._maps.values():
+            for mapped, fd in self._maps.values():
                 with contextlib.suppress(BufferError):
                     mapped.close()
+                os.close(fd)
             self._maps.clear()
 
 

@@ -146,7 +146,13 @@ class BundleOperations(pyfuse3.Operations):
         starts = list(itertools.accumulate((r.size for r in refs[:-1]), initial=0)) if refs else []
         handle = _Handle(inode, refs, starts, node.size)
         if self.staged is not None:
-            handle.staged_fd = os.open(self.staged / self.path_of(inode), os.O_RDONLY)
+            try:
+                handle.staged_fd = os.open(self.staged / self.path_of(inode), os.O_RDONLY)
+            except OSError as err:
+                # Anything but FUSEError escaping a handler ends pyfuse3's main loop: the whole
+                # mount would die for one missing staged file.
+                log.error("open of staged `%s` failed: %s", self.path_of(inode), err)
+                raise pyfuse3.FUSEError(errno.EIO) from None
         fh = next(self._fh)
         self._handles[fh] = handle
         # keep_cache: the content behind an inode never changes, so the page cache stays valid.
@@ -177,7 +183,11 @@ class BundleOperations(pyfuse3.Operations):
             return b""
         end = min(off + size, handle.size)
         if handle.staged_fd >= 0:
-            return await trio.to_thread.run_sync(os.pread, handle.staged_fd, end - off, off)
+            try:
+                return await trio.to_thread.run_sync(os.pread, handle.staged_fd, end - off, off)
+            except OSError as err:
+                log.error("read of staged `%s` failed: %s", self.path_of(handle.inode), err)
+                raise pyfuse3.FUSEError(errno.EIO) from None
         assert self.source is not None
         first = bisect.bisect_right(handle.starts, off) - 1
         last = bisect.bisect_right(handle.starts, end - 1) - 1

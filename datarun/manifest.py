@@ -12,7 +12,7 @@ import io
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import blake3
 import orjson
@@ -20,7 +20,7 @@ import zstandard
 
 from datarun.cas.chunker import CHUNKER_ID
 from datarun.errors import IntegrityError
-from datarun.model import FileEntry
+from datarun.model import DIRECTORY, FILE, SYMLINK, FileEntry, validate_link_target, validate_relpath
 from datarun.store import ObjectStore
 
 MANIFEST_PREFIX = "manifests/"
@@ -119,6 +119,14 @@ def open_manifest_stream(store: ObjectStore, manifest_id: str) -> zstandard.Zstd
 
 def read_manifest(store: ObjectStore, manifest_id: str) -> Iterator[FileEntry]:
     """Stream a bundle's entries, validating paths, order and finally the manifest hash."""
+    for raw in read_manifest_records(store, manifest_id):
+        yield FileEntry.from_json(raw)
+
+
+def read_manifest_records(store: ObjectStore, manifest_id: str) -> Iterator[dict[str, Any]]:
+    """The raw entries, with path, kind, symlink target and order validated but chunk refs
+    left as JSON. For consumers (the mount) that index millions of entries and decode a
+    file's refs, with FileEntry.from_json-grade checks, only when the file is opened."""
     where = f"manifest {manifest_id[:16]}"
     hasher = blake3.blake3()
     last: tuple[str, ...] | None = None
@@ -132,12 +140,21 @@ def read_manifest(store: ObjectStore, manifest_id: str) -> Iterator[FileEntry]:
                 raise IntegrityError(f"{where} has unknown format {header!r}")
             for line in lines:
                 hasher.update(line)
-                entry = FileEntry.from_json(orjson.loads(line))
-                key = tree_key(entry.path)
+                raw = orjson.loads(line)
+                try:
+                    path = validate_relpath(raw["p"])
+                    kind = raw["k"]
+                    if kind == SYMLINK:
+                        validate_link_target(path, raw["l"])
+                    elif kind not in (FILE, DIRECTORY):
+                        raise IntegrityError(f"{where}: entry `{path}` has unknown kind {kind!r}")
+                except (KeyError, TypeError) as err:
+                    raise IntegrityError(f"{where}: malformed entry {raw!r}: {err}") from None
+                key = tree_key(path)
                 if last is not None and key <= last:
-                    raise IntegrityError(f"{where}: entry `{entry.path}` is duplicated or out of order")
+                    raise IntegrityError(f"{where}: entry `{path}` is duplicated or out of order")
                 last = key
-                yield entry
+                yield raw
     except (zstandard.ZstdError, orjson.JSONDecodeError) as err:
         raise IntegrityError(f"{where} is corrupt: {err}") from None
     if hasher.hexdigest() != manifest_id:

@@ -42,16 +42,15 @@ def validate_relpath(path: str) -> str:
 
     Called on every manifest entry that is read, not only written: a manifest from a
     compromised or buggy writer must not make ``download`` write outside ``--destination``.
+    Checking components directly is what normalisation would do, minus its cost: this runs
+    once per entry, millions of times for big bundles.
     """
     if not path or "\x00" in path or "\\" in path:
         raise UnsafePathError(f"unsafe path {path!r} in manifest: empty, NUL or backslash")
-    if path.startswith("/"):
+    if path[0] == "/":
         raise UnsafePathError(f"unsafe path {path!r} in manifest: absolute paths are refused")
-    parts = path.split("/")
-    if any(part in ("", ".", "..") for part in parts):
+    if "//" in path or path[-1] == "/" or ("." in path and any(part in (".", "..") for part in path.split("/"))):
         raise UnsafePathError(f"unsafe path {path!r} in manifest: `..`, `.` or empty components are refused")
-    if posixpath.normpath(path) != path:
-        raise UnsafePathError(f"unsafe path {path!r} in manifest: not normalised")
     return path
 
 

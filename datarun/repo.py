@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -37,7 +38,7 @@ from datarun.errors import (
 )
 from datarun.hashcache import HashCache
 from datarun.ids import is_ksuid, new_ksuid
-from datarun.manifest import ManifestWriter, manifest_key, read_manifest, tree_key
+from datarun.manifest import ManifestWriter, manifest_key, read_manifest, read_manifest_records, tree_key
 from datarun.model import (
     FILE,
     Bundle,
@@ -223,6 +224,10 @@ class Client:
 
     def list_files(self, bundle: Bundle) -> Iterator[FileEntry]:
         return read_manifest(self.meta, bundle.manifest)
+
+    def list_records(self, bundle: Bundle) -> Iterator[dict[str, Any]]:
+        """Raw manifest records (paths validated, chunk refs as JSON): for indexing millions."""
+        return read_manifest_records(self.meta, bundle.manifest)
 
     def _chunk_index(self) -> ChunkIndex:
         if self._index is None:

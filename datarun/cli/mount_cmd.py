@@ -139,7 +139,7 @@ def mount(
         allow_other=allow_other,
         fuse_debug=state().debug,
     )
-    table = inode_table_for(found, lambda: client.list_files(found), cache)
+    table = inode_table_for(found, lambda: client.list_records(found), cache)
     staged = None
     if not stream:
         staged = cache / "staged" / found.id

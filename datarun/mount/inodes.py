@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from datarun.model import DIRECTORY, FILE, SYMLINK, ChunkRef, FileEntry
 
 ROOT_INODE = 1
-_REF = struct.Struct(">32s32sQIIB")
 _BATCH = 20_000
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE nodes (
@@ -48,19 +48,6 @@ class Node:
         return self.kind == DIRECTORY
 
 
-def encode_refs(refs: tuple[ChunkRef, ...]) -> bytes:
-    return b"".join(
-        _REF.pack(r.digest, bytes.fromhex(r.pack), r.offset, r.stored_size, r.size, int(r.compressed)) for r in refs
-    )
-
-
-def decode_refs(blob: bytes) -> list[ChunkRef]:
-    return [
-        ChunkRef(d, p.hex(), o, s, z, bool(f))
-        for d, p, o, s, z, f in (_REF.unpack_from(blob, i) for i in range(0, len(blob), _REF.size))
-    ]
-
-
 class InodeTable:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -76,8 +63,10 @@ class InodeTable:
         return str(row[0]) if row else "0"
 
     @staticmethod
-    def build(entries: Iterator[FileEntry], path: Path, root_mtime_ns: int = 0) -> InodeTable:
-        """Stream ``entries`` (tree order) into a fresh table at ``path``; atomic via rename."""
+    def build(entries: Iterator[dict[str, Any]], path: Path, root_mtime_ns: int = 0) -> InodeTable:
+        """Stream raw manifest records (tree order, paths already validated) into a fresh table
+        at ``path``; atomic via rename. Chunk refs are stored as their JSON and validated when
+        a file is opened (see ``chunks``)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".build-{os.getpid()}")
         tmp.unlink(missing_ok=True)
@@ -95,8 +84,10 @@ class InodeTable:
             ]
             next_inode = ROOT_INODE + 1
             files = total = 0
-            for entry in entries:
-                parent_path, _, name = entry.path.rpartition("/")
+            for raw in entries:
+                entry_path: str = raw["p"]
+                kind: str = raw["k"]
+                parent_path, _, name = entry_path.rpartition("/")
                 parent = folders.get(parent_path)
                 if parent is None:  # a manifest without explicit folder entries
                     parent = ROOT_INODE
@@ -108,29 +99,19 @@ class InodeTable:
                             rows.append((next_inode, parent, part.encode(), DIRECTORY, 0, 0o755, 0, None, None))
                             next_inode += 1
                         parent = folders[walked]
-                if entry.kind == DIRECTORY:
-                    if entry.path in folders:
+                if kind == DIRECTORY:
+                    if entry_path in folders:
                         continue
-                    folders[entry.path] = next_inode
-                chunks = encode_refs(entry.chunks) if entry.kind == FILE else None
-                target = entry.target.encode() if entry.kind == SYMLINK else None
-                rows.append(
-                    (
-                        next_inode,
-                        parent,
-                        name.encode(),
-                        entry.kind,
-                        entry.size,
-                        entry.mode,
-                        entry.mtime_ns,
-                        target,
-                        chunks,
-                    )
-                )
+                    folders[entry_path] = next_inode
+                size = int(raw.get("s", 0)) if kind == FILE else 0
+                chunks = orjson.dumps(raw["c"]) if kind == FILE else None
+                target = str(raw["l"]).encode() if kind == SYMLINK else None
+                mode = int(raw["m"]) & 0o7777
+                rows.append((next_inode, parent, name.encode(), kind, size, mode, int(raw.get("t", 0)), target, chunks))
                 next_inode += 1
-                if entry.kind == FILE:
+                if kind == FILE:
                     files += 1
-                    total += entry.size
+                    total += size
                 if len(rows) >= _BATCH:
                     db.executemany("INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                     rows.clear()
@@ -194,8 +175,23 @@ class InodeTable:
         return [n for n in (self._node(r) for r in rows) if n is not None]
 
     def chunks(self, inode: int) -> list[ChunkRef]:
-        row = self._db.execute("SELECT chunks FROM nodes WHERE inode = ?", (inode,)).fetchone()
-        return decode_refs(row[0]) if row and row[0] else []
+        """The file's chunk refs, validated as strictly as FileEntry.from_json does."""
+        row = self._db.execute(
+            "SELECT name, size, mode, mtime_ns, chunks FROM nodes WHERE inode = ? AND kind = 'f'", (inode,)
+        ).fetchone()
+        if row is None or row[4] is None:
+            return []
+        entry = FileEntry.from_json(
+            {
+                "p": os.fsdecode(row[0]) or "x",
+                "k": FILE,
+                "s": row[1],
+                "m": row[2],
+                "t": row[3],
+                "c": orjson.loads(row[4]),
+            }
+        )
+        return list(entry.chunks)
 
     def subdir_count(self, inode: int) -> int:
         row = self._db.execute(

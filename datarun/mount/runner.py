@@ -14,13 +14,14 @@ import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pyfuse3
 import trio
 
 from datarun.errors import LocalIOError, UsageError
-from datarun.model import Bundle, FileEntry
+from datarun.model import Bundle
 from datarun.mount.chunks import ChunkSource
 from datarun.mount.inodes import InodeTable
 from datarun.mount.ops import BundleOperations
@@ -44,7 +45,7 @@ class MountOptions:
     fuse_debug: bool = False
 
 
-def inode_table_for(bundle: Bundle, entries: Callable[[], Iterator[FileEntry]], cache_dir: Path) -> InodeTable:
+def inode_table_for(bundle: Bundle, entries: Callable[[], Iterator[dict[str, Any]]], cache_dir: Path) -> InodeTable:
     """The bundle's inode table, reused from the cache when this manifest was mounted before."""
     path = cache_dir / "inodes" / f"{bundle.manifest}.sqlite"
     cached = InodeTable.open_cached(path)

@@ -70,7 +70,7 @@ def served(
     client = Client(store, cache_dir=tmp_path / "client-cache")
     client.create_repo("ops")
     bundle = client.upload("ops", source_tree, "ops test").bundle
-    table = InodeTable.build(client.list_files(bundle), tmp_path / "inodes.sqlite")
+    table = InodeTable.build(client.list_records(bundle), tmp_path / "inodes.sqlite")
     disk = None if request.param == "local" else tmp_path / "chunk-cache"
     source = ChunkSource(client.blobs, disk, memory_bytes=16 << 20, disk_bytes=64 << 20, workers=4)
     assert (source.mapped is not None) == (request.param == "local")
@@ -232,7 +232,7 @@ def test_an_unreadable_disk_cache_entry_does_not_escape_as_a_raw_oserror(tmp_pat
     client = Client(MemoryStore(f"ops-{secrets.token_hex(6)}"), cache_dir=tmp_path / "client-cache")
     client.create_repo("ops")
     bundle = client.upload("ops", src, "cache test").bundle
-    table = InodeTable.build(client.list_files(bundle), tmp_path / "inodes.sqlite")
+    table = InodeTable.build(client.list_records(bundle), tmp_path / "inodes.sqlite")
     cache = tmp_path / "chunk-cache"
     source = ChunkSource(client.blobs, cache, memory_bytes=0, disk_bytes=64 << 20, workers=2)
     ops = BundleOperations(table, source, None, prefetch=0)

@@ -143,6 +143,21 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- records -------------------------------------------------------------------------
+
+    def _read_record(self, key: str, missing: str) -> Any:
+        """One JSON record; ``missing`` is the not-found message (name the thing, say the fix)."""
+        try:
+            raw, _ = self.meta.read(key)
+        except ObjectNotFound:
+            raise NotFoundError(missing) from None
+        return orjson.loads(raw)
+
+    def _read_records(self, prefix: str) -> Iterator[Any]:
+        for info in self.meta.list(prefix):
+            raw, _ = self.meta.read(info.key)
+            yield orjson.loads(raw)
+
     # -- store marker --------------------------------------------------------------------
 
     def _check_format(self, create: bool) -> None:
@@ -174,14 +189,13 @@ class Client:
 
     def get_repo(self, name: str) -> Repo:
         validate_repo_name(name)
-        try:
-            raw, _ = self.meta.read(_repo_key(name))
-        except ObjectNotFound:
-            raise NotFoundError(
+        return Repo.from_json(
+            self._read_record(
+                _repo_key(name),
                 f"repo `{name}` not found in `{self.meta.url}`; create it with "
-                f"`datarun repo create --repo {name} --description ...`"
-            ) from None
-        return Repo.from_json(orjson.loads(raw))
+                f"`datarun repo create --repo {name} --description ...`",
+            )
+        )
 
     def list_repos(self) -> list[Repo]:
         repos = []
@@ -197,13 +211,12 @@ class Client:
         self.get_repo(repo)
         if not is_ksuid(bundle_id):
             raise UsageError(f"`{bundle_id}` is not a bundle id (27 letters and digits, as printed by upload)")
-        try:
-            raw, _ = self.meta.read(_bundle_key(repo, bundle_id))
-        except ObjectNotFound:
-            raise NotFoundError(
-                f"bundle `{bundle_id}` not found in repo `{repo}`; list them with `datarun bundle list --repo {repo}`"
-            ) from None
-        return Bundle.from_json(orjson.loads(raw))
+        return Bundle.from_json(
+            self._read_record(
+                _bundle_key(repo, bundle_id),
+                f"bundle `{bundle_id}` not found in repo `{repo}`; list them with `datarun bundle list --repo {repo}`",
+            )
+        )
 
     def resolve(self, repo: str, bundle: str | None = None, label: str | None = None) -> Bundle:
         """The bundle named by exactly one of an id or a label."""
@@ -216,11 +229,7 @@ class Client:
 
     def list_bundles(self, repo: str) -> list[Bundle]:
         self.get_repo(repo)
-        out = []
-        for info in self.meta.list(f"repos/{repo}/bundles/"):
-            raw, _ = self.meta.read(info.key)
-            out.append(Bundle.from_json(orjson.loads(raw)))
-        return out
+        return [Bundle.from_json(raw) for raw in self._read_records(f"repos/{repo}/bundles/")]
 
     def list_files(self, bundle: Bundle) -> Iterator[FileEntry]:
         return read_manifest(self.meta, bundle.manifest)
@@ -363,29 +372,21 @@ class Client:
     def get_label(self, repo: str, name: str) -> Label:
         validate_label_name(name)
         self.get_repo(repo)
-        try:
-            raw, _ = self.meta.read(_label_key(repo, name))
-        except ObjectNotFound:
-            raise NotFoundError(
-                f"label `{name}` not found in repo `{repo}`; list them with `datarun label list --repo {repo}`"
-            ) from None
-        return Label.from_json(orjson.loads(raw))
+        return Label.from_json(
+            self._read_record(
+                _label_key(repo, name),
+                f"label `{name}` not found in repo `{repo}`; list them with `datarun label list --repo {repo}`",
+            )
+        )
 
     def list_labels(self, repo: str) -> list[Label]:
         self.get_repo(repo)
-        out = []
-        for info in self.meta.list(f"repos/{repo}/labels/"):
-            raw, _ = self.meta.read(info.key)
-            out.append(Label.from_json(orjson.loads(raw)))
-        return out
+        return [Label.from_json(raw) for raw in self._read_records(f"repos/{repo}/labels/")]
 
     def label_history(self, repo: str, name: str) -> list[Label]:
         validate_label_name(name)
         self.get_repo(repo)
-        out = []
-        for info in self.meta.list(f"repos/{repo}/label-history/{name}/"):
-            raw, _ = self.meta.read(info.key)
-            out.append(Label.from_json(orjson.loads(raw)))
+        out = [Label.from_json(raw) for raw in self._read_records(f"repos/{repo}/label-history/{name}/")]
         if not out:
             self.get_label(repo, name)  # raises the not-found error with its hint
         return out

@@ -28,16 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     pg.add_argument("--store", default=None, help="store URL (default: DATARUN_STORE, config, local default)")
     pg.add_argument("--termination-log", default=os.environ.get("DATARUN_TERMINATION_LOG", "/dev/termination-log"))
     pg.add_argument("--work-dir", default=None, help="where the clusters live (default: a temp folder)")
+    pg.add_argument("--config", default=None, help="YAML file equivalent to dm_pg_opts / dm_pg_db_<id>")
     pg.add_argument("--app-heartbeat-timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
     log_path = Path(args.termination_log) if args.termination_log else None
     if log_path is not None and not log_path.parent.exists():
         log_path = None
     if args.kind == "postgres":
-        from datarun_sidecar.postgres import PostgresSidecar, PostgresSidecarError, plan_from_env
+        from datarun_sidecar.postgres import PostgresSidecar, PostgresSidecarError, plan_from_env, plan_from_yaml
 
         try:
-            pg_plan = plan_from_env(os.environ)
+            pg_plan = plan_from_yaml(Path(args.config)) if args.config else plan_from_env(os.environ)
         except PostgresSidecarError as err:
             print(f"datarun-sidecar: {err}", file=sys.stderr)
             return 2

@@ -96,6 +96,56 @@ def plan_from_env(env: Mapping[str, str]) -> PostgresPlan:
     )
 
 
+def plan_from_yaml(path: Path) -> PostgresPlan:
+    """The same settings as the env vars, as a YAML file (see sidecar/PROTOCOL.md):
+
+    coord: /coord               # c
+    ignoreVersionMismatch: false  # V
+    sleepAfter: false           # S
+    databases:
+      - id: main
+        port: 5432              # p
+        repo: db                # r
+        label: latest           # l
+        message: nightly state  # m
+        source: {repo: db, label: latest}   # sr + sl, or {repo, bundle}: sr + sb
+    """
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise PostgresSidecarError(f"config `{path}`: {err}") from None
+    if not isinstance(raw, dict) or "coord" not in raw or not raw.get("databases"):
+        raise PostgresSidecarError(f"config `{path}`: needs `coord` and a non-empty `databases` list")
+    databases = []
+    for index, db in enumerate(raw["databases"]):
+        where = f"config `{path}`: databases[{index}]"
+        if not isinstance(db, dict) or "id" not in db or not isinstance(db.get("port"), int):
+            raise PostgresSidecarError(f"{where}: needs `id` and an integer `port`")
+        source = db.get("source") or {}
+        if source.get("label") and source.get("bundle"):
+            raise PostgresSidecarError(f"{where}: source takes `label` or `bundle`, not both")
+        databases.append(
+            DatabaseSpec(
+                str(db["id"]),
+                db["port"],
+                str(db.get("repo", "")),
+                str(db.get("label", "")),
+                str(db.get("message", f"database {db['id']}")),
+                str(source.get("repo", db.get("repo", ""))),
+                str(source.get("label", "")),
+                str(source.get("bundle", "")),
+            )
+        )
+    return PostgresPlan(
+        Path(str(raw["coord"])),
+        bool(raw.get("ignoreVersionMismatch", False)),
+        bool(raw.get("sleepAfter", False)),
+        databases,
+    )
+
+
 def pg_bin() -> Path:
     """The newest Debian PostgreSQL server present, or PG_BIN."""
     if os.environ.get("PG_BIN"):

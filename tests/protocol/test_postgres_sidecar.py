@@ -132,3 +132,24 @@ def test_env_parsing_errors_are_clear() -> None:
         plan_from_env({"dm_pg_opts": ";:c:/c", "dm_pg_db_x": ";:p:1;sl:a;sb:b"})
     plan = plan_from_env({"dm_pg_opts": ";:c:/c;V:true;S", "dm_pg_db_x": ";:p:5432;r:db;l:v1;m:msg"})
     assert plan.ignore_version and plan.sleep_after and plan.databases[0].port == 5432
+
+
+def test_yaml_config_is_equivalent_to_the_env_vars(tmp_path: Path) -> None:
+    from datarun_sidecar.postgres import plan_from_yaml
+
+    config = tmp_path / "pg.yaml"
+    config.write_text(
+        "coord: /coord\nignoreVersionMismatch: true\ndatabases:\n"
+        "  - {id: main, port: 5432, repo: db, label: latest, message: m, source: {repo: db, label: v1}}\n"
+    )
+    from_yaml = plan_from_yaml(config)
+    from_env = plan_from_env(
+        {"dm_pg_opts": ";:c:/coord;V:true", "dm_pg_db_main": ";:p:5432;r:db;l:latest;m:m;sr:db;sl:v1"}
+    )
+    assert from_yaml == from_env
+    config.write_text("coord: /c\ndatabases:\n  - {id: x, port: 1, source: {label: a, bundle: b}}\n")
+    with pytest.raises(PostgresSidecarError, match="not both"):
+        plan_from_yaml(config)
+    config.write_text("databases: []\n")
+    with pytest.raises(PostgresSidecarError, match="needs `coord`"):
+        plan_from_yaml(config)

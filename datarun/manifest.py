@@ -8,6 +8,7 @@ Readers validate every path, the ordering, and finally the hash.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import secrets
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import orjson
 import zstandard
 
 from datarun.cas.chunker import CHUNKER_ID
-from datarun.errors import IntegrityError
+from datarun.errors import IntegrityError, StoreError
 from datarun.model import DIRECTORY, FILE, SYMLINK, FileEntry, validate_link_target, validate_relpath
 from datarun.store import ObjectStore
 
@@ -58,7 +59,12 @@ class ManifestWriter:
         self._block += orjson.dumps(obj)
         self._block += b"\n"
         if len(self._block) >= 1 << 20:
-            self._flush_block()
+            try:
+                self._flush_block()
+            except OSError as err:
+                raise StoreError(
+                    f"cannot write manifest spool `{self.path}`: {err.strerror or err}; free some space"
+                ) from None
 
     def _flush_block(self) -> None:
         self._hasher.update(self._block)
@@ -77,17 +83,24 @@ class ManifestWriter:
 
     def finish(self) -> str:
         """Close the spool and return the manifest id (hash of the plaintext)."""
-        self._flush_block()
-        self._zstd.close()  # type: ignore[no-untyped-call]
-        self._raw.close()
+        try:
+            self._flush_block()
+            self._zstd.close()  # type: ignore[no-untyped-call]
+            self._raw.close()
+        except OSError as err:
+            raise StoreError(
+                f"cannot write manifest spool `{self.path}`: {err.strerror or err}; free some space"
+            ) from None
         return str(self._hasher.hexdigest())
 
     def discard(self) -> None:
-        try:
+        # Called while another error propagates: a second failure (disk still full) must not
+        # replace the first.
+        with contextlib.suppress(OSError):
             self._zstd.close()  # type: ignore[no-untyped-call]
-        finally:
+        with contextlib.suppress(OSError):
             self._raw.close()
-            self.path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
 
 
 class _RangeReader(io.RawIOBase):

@@ -327,7 +327,10 @@ class Client:
                 return entry
             if key > wanted:
                 break
-        raise NotFoundError(f"file `{path}` not found in bundle `{bundle.id}` of repo `{bundle.repo}`")
+        raise NotFoundError(
+            f"file `{path}` not found in bundle `{bundle.id}` of repo `{bundle.repo}`; list them with "
+            f"`datarun bundle list files --repo {bundle.repo} --bundle {bundle.id}`"
+        )
 
     def download_file(self, bundle: Bundle, path: str, destination: str | Path, *, force: bool = False) -> Path:
         entry = self.find_file(bundle, path)

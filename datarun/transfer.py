@@ -220,7 +220,7 @@ class Uploader:
         self.hashes = hashes
         self.progress = progress or NullProgress()
         self.stats = UploadStats()
-        self._packer = PackWriter(spool_dir)
+        self._packer = PackWriter(spool_dir, store_url=blobs.url)
         self._slot = _PackSlot()
         self._open: dict[bytes, tuple[PendingChunk, _PackSlot]] = {}  # chunks in the open pack
         self._sealed: dict[bytes, ChunkRef] = {}  # chunks in packs still uploading
@@ -255,6 +255,10 @@ class Uploader:
     def _seal(self) -> None:
         if self._packer.empty:
             return
+        # Wait for a free slot before sealing: an interrupt while waiting then finds the pack
+        # still owned by the packer (or in _inflight), and abort() removes its spool file.
+        while len(self._inflight) >= self._max_inflight:
+            self._reap_one()
         sealed = self._packer.seal()
         self._slot.pack_id = sealed.pack_id
         for ref in sealed.refs():
@@ -262,8 +266,6 @@ class Uploader:
         self._slot = _PackSlot()
         self._open = {}
         self.stats.packs += 1
-        while len(self._inflight) >= self._max_inflight:
-            self._reap_one()
         self._inflight.append((self._pool.submit(self._store_pack, sealed), sealed))
 
     def _store_pack(self, sealed: SealedPack) -> None:

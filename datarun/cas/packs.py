@@ -9,6 +9,7 @@ written, so an upload killed half-way leaves packs that the next upload can dedu
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import struct
 from collections.abc import Iterable
@@ -20,7 +21,7 @@ import blake3
 
 from datarun.cas import compress
 from datarun.cas.chunker import digest
-from datarun.errors import IntegrityError
+from datarun.errors import IntegrityError, StoreError
 from datarun.model import ChunkRef
 
 PACK_TARGET_SIZE = 32 << 20
@@ -66,15 +67,31 @@ class SealedPack:
 class PackWriter:
     """Spools frames to a file (never to memory), hashing as it goes."""
 
-    def __init__(self, spool_dir: Path, target_size: int = PACK_TARGET_SIZE) -> None:
+    def __init__(self, spool_dir: Path, target_size: int = PACK_TARGET_SIZE, store_url: str = "") -> None:
         self.spool_dir = spool_dir
+        self.store_url = store_url
         self.target_size = target_size
         self._path: Path | None = None
         self._handle: BinaryIO | None = None
         self._size = 0
         self._chunks: list[PendingChunk] = []
 
+    def _spool_error(self, err: OSError) -> StoreError:
+        # The spool lives in the store's staging folder (or the cache): a full or read-only disk
+        # here is a store problem, not a problem with the file being read.
+        where = f"store `{self.store_url}`: " if self.store_url else ""
+        return StoreError(
+            f"{where}cannot write pack spool in `{self.spool_dir}`: {err.strerror or err}; "
+            "free some space or point --store at another disk"
+        )
+
     def add(self, chunk_digest: bytes, chunk: memoryview) -> PendingChunk:
+        try:
+            return self._add(chunk_digest, chunk)
+        except OSError as err:
+            raise self._spool_error(err) from None
+
+    def _add(self, chunk_digest: bytes, chunk: memoryview) -> PendingChunk:
         if self._handle is None:
             self.spool_dir.mkdir(parents=True, exist_ok=True)
             self._path = self.spool_dir / f"pack-{secrets.token_hex(8)}"
@@ -98,7 +115,12 @@ class PackWriter:
 
     def seal(self) -> SealedPack:
         assert self._handle is not None and self._path is not None
-        self._handle.close()
+        try:
+            self._handle.close()
+        except OSError as err:
+            self._path.unlink(missing_ok=True)
+            self._handle = None
+            raise self._spool_error(err) from None
         sealed = SealedPack(pack_id_of(self._chunks), self._path, self._size, self._chunks)
         self._handle = None
         self._path = None
@@ -106,7 +128,8 @@ class PackWriter:
 
     def discard(self) -> None:
         if self._handle is not None:
-            self._handle.close()
+            with contextlib.suppress(OSError):  # already failing: keep the first error
+                self._handle.close()
             if self._path is not None:
                 self._path.unlink(missing_ok=True)
             self._handle = None

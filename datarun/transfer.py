@@ -446,7 +446,8 @@ class _OpenFile:
         self.lock = threading.Lock()
 
     def complete(self) -> None:
-        os.fchmod(self.fd, self.entry.mode)
+        # Permission bits only: a hostile manifest must not create setuid/setgid files.
+        os.fchmod(self.fd, self.entry.mode & 0o777)
         os.close(self.fd)
         self.fd = -1
         os.utime(self.tmp, ns=(self.entry.mtime_ns, self.entry.mtime_ns))
@@ -605,7 +606,7 @@ class Downloader:
             # Folder modes and times last: writing files into them would change the mtimes.
             for folder_entry in reversed(folders):
                 path = dest / folder_entry.path
-                os.chmod(path, folder_entry.mode)
+                os.chmod(path, folder_entry.mode & 0o777)
                 os.utime(path, ns=(folder_entry.mtime_ns, folder_entry.mtime_ns))
         except BaseException:
             for future in inflight:

@@ -64,6 +64,14 @@ def encode(chunk: memoryview) -> tuple[bytes | memoryview, bool]:
 def decode(frame: bytes, compressed: bool, size: int) -> bytes:
     if not compressed:
         return frame
+    # max_output_size is ignored when the frame header states a size, so check the header
+    # first: a crafted frame claiming gigabytes must be an integrity error, not a MemoryError.
+    try:
+        declared = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as err:
+        raise IntegrityError(f"corrupt compressed frame: {err}") from None
+    if declared not in (-1, size):
+        raise IntegrityError(f"compressed frame declares {declared} bytes, expected {size}")
     try:
         return _decompressor().decompress(frame, max_output_size=size)
     except zstandard.ZstdError as err:

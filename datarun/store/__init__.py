@@ -18,7 +18,10 @@ from datarun.store.memory import MemoryStore
 __all__ = ["LocalStore", "MemoryStore", "ObjectInfo", "ObjectStore", "Payload", "open_store", "payload_size"]
 
 # scheme -> (module, class, pip extra); imported lazily so a missing extra only hurts its users.
-_BACKENDS: dict[str, tuple[str, str, str]] = {}
+_BACKENDS: dict[str, tuple[str, str, str]] = {
+    "az": ("datarun.store.azure", "AzureStore", "azure"),
+    "gs": ("datarun.store.gcs", "GCSStore", "gcs"),
+}
 
 
 def open_store(url: str) -> ObjectStore:

@@ -1,0 +1,449 @@
+"""Azure Blob Storage backend: ``az://<container>[/<prefix>]``.
+
+Credentials, first match wins:
+
+1. ``AZURE_STORAGE_CONNECTION_STRING`` (account key, SAS, or ``UseDevelopmentStorage=true``);
+2. ``DATARUN_AZURE_ACCOUNT_NAME`` (or ``AZURE_STORAGE_ACCOUNT``) with ``DATARUN_AZURE_STORAGE_KEY``
+   (or ``AZURE_STORAGE_KEY``) or ``DATARUN_AZURE_SAS_TOKEN``;
+3. the account name alone: ``DefaultAzureCredential`` (workload identity, managed identity,
+   ``az login``).
+
+``DATARUN_AZURE_ENDPOINT`` replaces the blob endpoint (Azurite, private endpoints, sovereign
+clouds). Keys, SAS tokens and connection strings never reach a message, a log line or ``repr``:
+``url`` is only ``az://container/prefix``, and every SDK text is passed through ``redact``.
+
+Create-only is ``If-None-Match: *`` and compare-and-swap is ``If-Match: <etag>``; Azure enforces
+both server-side, so exactly one of N racers wins. The SDK's own retries are off (see retry.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse, urlsplit, urlunsplit
+
+import requests
+from azure.core import MatchConditions
+from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential, TokenCredential
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    IncompleteReadError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
+from urllib3.util.retry import Retry
+
+from datarun.errors import DatarunError, LocalIOError, ObjectNotFound, PreconditionFailed, StoreError, UsageError
+from datarun.store.base import ObjectInfo, ObjectStore, Payload, payload_size, validate_key
+from datarun.store.retry import (
+    RetryPolicy,
+    describe_network_error,
+    install_log_redaction,
+    is_transient_status,
+    redact,
+    retry_call,
+    same_payload,
+    short,
+)
+
+_T = TypeVar("_T")
+
+# Azurite's fixed development account (public, documented by Microsoft; not a secret).
+_DEV_ACCOUNT = "devstoreaccount1"
+_DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+_CONTAINER_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+
+CREDENTIAL_VARS = (
+    "AZURE_STORAGE_CONNECTION_STRING, or DATARUN_AZURE_ACCOUNT_NAME with DATARUN_AZURE_STORAGE_KEY or "
+    "DATARUN_AZURE_SAS_TOKEN, or DATARUN_AZURE_ACCOUNT_NAME alone for workload identity"
+)
+
+# Above this size a put is split into blocks uploaded in parallel; below it the SDK sends one
+# request and holds the body in memory, so this also caps the memory of a single put.
+SINGLE_PUT_MAX = 8 << 20
+BLOCK_SIZE = 4 << 20
+
+
+@dataclass(frozen=True)
+class AzureAuth:
+    """Where the account lives and how to sign requests; ``repr`` shows no secret."""
+
+    account_url: str
+    account: str
+    source: str  # which settings were used, for messages ("AZURE_STORAGE_CONNECTION_STRING", ...)
+    credential: AzureNamedKeyCredential | AzureSasCredential | TokenCredential | None = field(repr=False)
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    endpoint_from: str = ""  # the setting that chose the endpoint, for "is it reachable?" hints
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint without any query string (a SAS could hide there)."""
+        parts = urlsplit(self.account_url)
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def _parse_connection_string(raw: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for item in raw.split(";"):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        if not sep:
+            # Never echo the string: it holds the account key.
+            raise UsageError(
+                "AZURE_STORAGE_CONNECTION_STRING is malformed: expected `Name=Value` pairs separated by `;` "
+                "(copy it again from `az storage account show-connection-string`)"
+            )
+        fields[name.strip().lower()] = value.strip()
+    return fields
+
+
+def resolve_auth(env: Mapping[str, str] | None = None) -> AzureAuth:
+    """Pick credentials from the environment in the documented order."""
+    env = os.environ if env is None else env
+    endpoint = env.get("DATARUN_AZURE_ENDPOINT", "").strip().rstrip("/")
+
+    conn = env.get("AZURE_STORAGE_CONNECTION_STRING", "").strip()
+    if conn:
+        fields = _parse_connection_string(conn)
+        if fields.get("usedevelopmentstorage", "").lower() == "true":
+            fields.setdefault("accountname", _DEV_ACCOUNT)
+            fields.setdefault("accountkey", _DEV_KEY)
+            fields.setdefault("blobendpoint", f"http://127.0.0.1:10000/{_DEV_ACCOUNT}")
+        account = fields.get("accountname", "")
+        url = endpoint or fields.get("blobendpoint", "").rstrip("/")
+        if not url:
+            if not account:
+                raise UsageError(
+                    "AZURE_STORAGE_CONNECTION_STRING has neither AccountName nor BlobEndpoint; "
+                    "copy it again from `az storage account show-connection-string`"
+                )
+            protocol = fields.get("defaultendpointsprotocol", "https")
+            suffix = fields.get("endpointsuffix", "core.windows.net")
+            url = f"{protocol}://{account}.blob.{suffix}"
+        key = fields.get("accountkey", "")
+        sas = fields.get("sharedaccesssignature", "").lstrip("?")
+        credential: AzureNamedKeyCredential | AzureSasCredential | TokenCredential | None = None
+        if key:
+            if not account:
+                raise UsageError("AZURE_STORAGE_CONNECTION_STRING has an AccountKey but no AccountName; add it")
+            credential = AzureNamedKeyCredential(account, key)
+        elif sas:
+            credential = AzureSasCredential(sas)
+        where = "DATARUN_AZURE_ENDPOINT" if endpoint else "AZURE_STORAGE_CONNECTION_STRING"
+        return AzureAuth(url, account, "AZURE_STORAGE_CONNECTION_STRING", credential, (conn, key, sas), where)
+
+    account = env.get("DATARUN_AZURE_ACCOUNT_NAME", "").strip() or env.get("AZURE_STORAGE_ACCOUNT", "").strip()
+    key_var = next((v for v in ("DATARUN_AZURE_STORAGE_KEY", "AZURE_STORAGE_KEY") if env.get(v, "").strip()), "")
+    sas_var = next((v for v in ("DATARUN_AZURE_SAS_TOKEN", "AZURE_STORAGE_SAS_TOKEN") if env.get(v, "").strip()), "")
+    if not account:
+        if key_var or sas_var:
+            raise UsageError(f"{key_var or sas_var} is set but not DATARUN_AZURE_ACCOUNT_NAME; set it to the account")
+        raise StoreError(f"no Azure credentials found; set {CREDENTIAL_VARS}")
+    url = endpoint or f"https://{account}.blob.core.windows.net"
+    account_var = next(v for v in ("DATARUN_AZURE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT") if env.get(v, "").strip())
+    where = "DATARUN_AZURE_ENDPOINT" if endpoint else account_var
+    if key_var:
+        key = env[key_var].strip()
+        credential = AzureNamedKeyCredential(account, key)
+        return AzureAuth(url, account, f"{account_var} + {key_var}", credential, (key,), where)
+    if sas_var:
+        sas = env[sas_var].strip().lstrip("?")
+        return AzureAuth(url, account, f"{account_var} + {sas_var}", AzureSasCredential(sas), (sas,), where)
+    try:
+        from azure.identity import DefaultAzureCredential
+    except ImportError as err:
+        raise UsageError(f"workload identity needs azure-identity: pip install 'datarun[azure]' ({err})") from None
+    return AzureAuth(url, account, f"{account_var} + DefaultAzureCredential", DefaultAzureCredential(), (), where)
+
+
+def _quoted(etag: str) -> str:
+    return etag if etag.startswith('"') or etag == "*" else f'"{etag}"'
+
+
+def _unquoted(etag: str | None) -> str:
+    # Headers carry quoted ETags, listings unquoted ones: keep one form so they compare equal.
+    return (etag or "").strip('"')
+
+
+def _error_code(err: BaseException) -> str:
+    code = getattr(err, "error_code", None)
+    return str(getattr(code, "value", code) or "")
+
+
+def _transient(err: BaseException) -> str | None:
+    if isinstance(err, ClientAuthenticationError):
+        return None
+    network = ServiceRequestError | ServiceResponseError | IncompleteReadError | ConnectionError | TimeoutError
+    if isinstance(err, network):
+        return describe_network_error(err) or redact(short(str(err)))
+    if isinstance(err, HttpResponseError) and is_transient_status(err.status_code):
+        return f"HTTP {err.status_code} {_error_code(err) or err.reason or ''}".strip()
+    if isinstance(err, requests.RequestException) and not isinstance(err, requests.HTTPError):
+        return describe_network_error(err) or redact(short(str(err)))
+    return None
+
+
+class AzureStore(ObjectStore):
+    def __init__(
+        self,
+        container: str,
+        prefix: str = "",
+        *,
+        auth: AzureAuth,
+        policy: RetryPolicy | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        max_concurrency: int = 4,
+        pool_size: int = 64,
+    ) -> None:
+        if not _CONTAINER_RE.match(container):
+            raise UsageError(
+                f"`{container}` is not an Azure container name: use 3-63 lowercase letters, digits and single hyphens"
+            )
+        self.container = container
+        self.prefix = prefix.strip("/")
+        if self.prefix:
+            validate_key(self.prefix)
+        self.url = f"az://{container}/{self.prefix}" if self.prefix else f"az://{container}"
+        self.auth = auth
+        self.policy = policy or RetryPolicy.from_env()
+        self.max_concurrency = max_concurrency
+        install_log_redaction()
+        # A session of our own: the default pool keeps 10 connections per host, fewer than the
+        # parallel block uploads and racing writers we run. urllib3's retries stay off.
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=4, pool_maxsize=pool_size, max_retries=Retry(total=False, redirect=False)
+        )
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        transport = RequestsTransport(
+            session=session, session_owner=True, connection_timeout=connect_timeout, read_timeout=read_timeout
+        )
+        self._service = BlobServiceClient(
+            auth.account_url,
+            credential=auth.credential,
+            transport=transport,
+            retry_total=0,  # retry.py is the only retry loop
+            max_single_put_size=SINGLE_PUT_MAX,
+            max_block_size=BLOCK_SIZE,
+        )
+        self._container: ContainerClient = self._service.get_container_client(container)
+        self._root = f"{self.prefix}/" if self.prefix else ""
+
+    @classmethod
+    def from_url(cls, url: str, env: Mapping[str, str] | None = None, **options: Any) -> AzureStore:
+        parsed = urlparse(url)
+        if parsed.scheme != "az" or not parsed.netloc or parsed.query or parsed.fragment:
+            raise UsageError(f"store URL `{url}`: use az://<container>[/<prefix>]")
+        return cls(parsed.netloc, parsed.path, auth=resolve_auth(env), **options)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _name(self, key: str) -> str:
+        return self._root + validate_key(key)
+
+    def _blob(self, key: str) -> BlobClient:
+        return self._container.get_blob_client(self._name(key))
+
+    def _call(self, key: str, action: str, fn: Callable[[int], _T]) -> _T:
+        try:
+            return retry_call(
+                fn,
+                policy=self.policy,
+                store=self.url,
+                key=key,
+                action=action,
+                transient=_transient,
+                hint=f"check that {self.auth.endpoint} (from {self.auth.endpoint_from}) is reachable",
+            )
+        except DatarunError:
+            raise
+        except Exception as err:
+            raise self._translate(err, key, action) from None
+
+    def _translate(self, err: Exception, key: str, action: str) -> DatarunError:
+        status = getattr(err, "status_code", None)
+        code = _error_code(err)
+        if code == "ContainerNotFound":
+            return self._container_missing(key, action)
+        if isinstance(err, ClientAuthenticationError) or status in (401, 403):
+            role = (
+                " (the identity needs the `Storage Blob Data Contributor` role on the container)"
+                if code == "AuthorizationPermissionMismatch"
+                else ""
+            )
+            return StoreError(
+                f"store `{self.url}`: access denied while trying to {action} `{key}`{role}; "
+                f"check the credentials (now taken from {self.auth.source}); datarun reads {CREDENTIAL_VARS}"
+            )
+        if isinstance(err, ResourceNotFoundError) or status == 404:
+            return ObjectNotFound(self.url, key)
+        if isinstance(err, OSError) and not isinstance(err, requests.RequestException):
+            # Reading the local file being uploaded failed, not the store.
+            return LocalIOError(f"cannot {action} `{key}` to store `{self.url}`: {err.strerror or err}")
+        detail = redact(short(str(getattr(err, "reason", None) or err)), self.auth.secrets)
+        return StoreError(
+            f"store `{self.url}`: cannot {action} `{key}`: HTTP {status or '?'} {code} {detail}".rstrip()
+            + "; retry later, and check the account's status if it persists"
+        )
+
+    def _container_missing(self, key: str, action: str) -> StoreError:
+        account = f" --account-name {self.auth.account}" if self.auth.account else ""
+        return StoreError(
+            f"store `{self.url}`: cannot {action} `{key}`: container `{self.container}` does not exist at "
+            f"{self.auth.endpoint}; create it with `az storage container create --name {self.container}{account}`"
+        )
+
+    def _upload(self, key: str, payload: Payload, **conditions: Any) -> ObjectInfo:
+        blob = self._blob(key)
+        size = payload_size(payload)
+        if isinstance(payload, Path):
+            with payload.open("rb") as handle:
+                result = blob.upload_blob(
+                    handle, length=size, overwrite=True, max_concurrency=self.max_concurrency, **conditions
+                )
+        else:
+            data = payload if isinstance(payload, bytes) else bytes(payload)
+            result = blob.upload_blob(
+                data, length=size, overwrite=True, max_concurrency=self.max_concurrency, **conditions
+            )
+        return ObjectInfo(key, size, _unquoted(result.get("etag")))
+
+    def _landed(self, key: str, payload: Payload) -> ObjectInfo | None:
+        """After a retried conditional write lost the race: was the winner our own first try?"""
+        try:
+            data, info = self._read_once(key)
+        except (ResourceNotFoundError, HttpResponseError):
+            return None
+        return info if same_payload(data, payload) else None
+
+    def _read_once(self, key: str) -> tuple[bytes, ObjectInfo]:
+        downloader = self._blob(key).download_blob(max_concurrency=1)
+        data = downloader.readall()
+        return data, ObjectInfo(key, len(data), _unquoted(downloader.properties.etag))
+
+    # -- primitives ----------------------------------------------------------------------
+
+    def put(self, key: str, payload: Payload) -> ObjectInfo:
+        self._name(key)
+        return self._call(key, "write", lambda _: self._upload(key, payload))
+
+    def put_if_absent(self, key: str, payload: Payload) -> ObjectInfo:
+        self._name(key)
+
+        def attempt(n: int) -> ObjectInfo:
+            try:
+                return self._upload(key, payload, match_condition=MatchConditions.IfMissing)
+            except (ResourceExistsError, ResourceModifiedError):
+                # A retry after a lost response may find our own first write.
+                landed = self._landed(key, payload) if n else None
+                if landed is not None:
+                    return landed
+                raise PreconditionFailed(self.url, key, "it already exists") from None
+
+        return self._call(key, "create", attempt)
+
+    def put_if_match(self, key: str, payload: Payload, etag: str) -> ObjectInfo:
+        self._name(key)
+
+        def attempt(n: int) -> ObjectInfo:
+            try:
+                return self._upload(key, payload, etag=_quoted(etag), match_condition=MatchConditions.IfNotModified)
+            except (ResourceModifiedError, ResourceNotFoundError) as err:
+                if _error_code(err) == "ContainerNotFound":
+                    raise
+                landed = self._landed(key, payload) if n else None
+                if landed is not None:
+                    return landed
+                # Azure answers 412 whether the blob changed or vanished; the contract tells them apart.
+                try:
+                    self._blob(key).get_blob_properties()
+                except ResourceNotFoundError as missing:
+                    if _error_code(missing) == "ContainerNotFound":
+                        raise
+                    raise ObjectNotFound(self.url, key) from None
+                raise PreconditionFailed(self.url, key, "it was changed by another writer") from None
+
+        return self._call(key, "update", attempt)
+
+    def read(self, key: str) -> tuple[bytes, ObjectInfo]:
+        self._name(key)
+        return self._call(key, "read", lambda _: self._read_once(key))
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        self._name(key)
+        if length <= 0:
+            self.head(key)  # still says ObjectNotFound for a missing key
+            return b""
+
+        def attempt(_: int) -> bytes:
+            try:
+                return self._blob(key).download_blob(offset=start, length=length, max_concurrency=1).readall()
+            except HttpResponseError as err:
+                if err.status_code == 416:  # the range starts at or past the end
+                    return b""
+                raise
+
+        return self._call(key, "read", attempt)
+
+    def head(self, key: str) -> ObjectInfo:
+        self._name(key)
+
+        def attempt(_: int) -> ObjectInfo:
+            props = self._blob(key).get_blob_properties()
+            return ObjectInfo(key, int(props.size), _unquoted(props.etag))
+
+        return self._call(key, "stat", attempt)
+
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        full = self._root + prefix
+        token: str | None = None
+        while True:
+
+            def page(_: int, token: str | None = token) -> tuple[list[tuple[str, int, str]], str | None]:
+                pages = self._container.list_blobs(name_starts_with=full or None, results_per_page=5000).by_page(
+                    continuation_token=token
+                )
+                items = [(p.name, int(p.size), _unquoted(p.etag)) for p in next(pages, [])]
+                return items, getattr(pages, "continuation_token", None)
+
+            items, token = self._call(prefix or "/", "list keys under", page)
+            for name, size, etag in items:
+                key = name[len(self._root) :]
+                # Azure has no portable "start after" (its marker is opaque), so filter here.
+                if start_after is None or key > start_after:
+                    yield ObjectInfo(key, size, etag)
+            if not token:
+                return
+
+    def delete(self, key: str) -> None:
+        self._name(key)
+
+        def attempt(_: int) -> None:
+            try:
+                self._blob(key).delete_blob()
+            except ResourceNotFoundError as err:
+                if _error_code(err) == "ContainerNotFound":
+                    raise
+
+        self._call(key, "delete", attempt)
+
+    def close(self) -> None:
+        self._service.close()
+        # DefaultAzureCredential holds HTTP sessions of its own; key and SAS credentials hold nothing.
+        close_credential = getattr(self.auth.credential, "close", None)
+        if callable(close_credential):
+            close_credential()

@@ -485,7 +485,7 @@ def connect(
     """Open the store chosen by ``store``, ``DATARUN_STORE``, the config file, or the default."""
     conf = config if config is not None else cfg.load_config()
     choice = cfg.choose_store(store, conf)
-    meta = open_store(choice.url)
+    meta = open_store(choice.url, conf.credential)
     blob_url = blob_store or choice.blob_url
-    blobs = meta if blob_url == choice.url else open_store(blob_url)
+    blobs = meta if blob_url == choice.url else open_store(blob_url, conf.credential)
     return Client(meta, blobs, author=cfg.default_author(conf), workers=workers)

@@ -21,10 +21,12 @@ def config() -> None:
 @click.option("--credential", default="", metavar="PATH", help="Credential file for a cloud store (path only).")
 def create(name: str, email: str, store_url: str, blob_store: str, credential: str) -> None:
     """Write the config file (DATARUN_CONFIG or ~/.datarun/config.yaml)."""
-    if store_url:
-        from datarun.store import open_store
+    from datarun.store import open_store
 
-        open_store(store_url)  # validate the URL now rather than at first use
+    for url in (store_url, blob_store):
+        if url:
+            # Validate the URL and find credentials now rather than at first use; no request is sent.
+            open_store(url, credential).close()
     conf = cfg.Config(store=store_url, blob_store=blob_store, name=name, email=email, credential=credential)
     path = cfg.save_config(conf)
     info(f"wrote {path}")
@@ -41,10 +43,11 @@ def show(as_json: bool) -> None:
         "config_file": str(cfg.config_path()),
         "name": conf.name,
         "email": conf.email,
+        "backend": _backend(choice.url),
         "store": choice.url,
         "blob_store": choice.blob_url,
         "store_source": choice.source,
-        "credential": conf.credential,
+        "credential": conf.credential,  # a path; the file's content is never shown
         "cache_dir": str(cfg.cache_dir()),
     }
     if as_json:
@@ -52,3 +55,8 @@ def show(as_json: bool) -> None:
         return
     for key, value in data.items():
         click.echo(f"{key}: {value}")
+
+
+def _backend(url: str) -> str:
+    scheme = url.split("://", 1)[0] if "://" in url else "file"
+    return {"file": "local", "az": "azure", "gs": "gcs", "memory": "memory"}.get(scheme, scheme)

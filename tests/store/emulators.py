@@ -182,6 +182,10 @@ class Emulator:
 
     # -- what the tests use, implemented per emulator --------------------------------------
 
+    def env(self, port: int | None = None) -> dict[str, str]:
+        """The environment variables that point a client at this emulator."""
+        raise NotImplementedError
+
     def new_bucket(self) -> str:
         raise NotImplementedError
 

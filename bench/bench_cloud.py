@@ -1,0 +1,273 @@
+"""Cloud benchmark: datarun against DVC and the raw SDKs on Azurite and fake-gcs-server, in one run.
+
+    .venv/bin/python bench/bench_cloud.py              # the foundation dataset: 5,000 small files + 2 x 256 MiB
+    .venv/bin/python bench/bench_cloud.py --small      # a smoke run
+    .venv/bin/python bench/bench_cloud.py --only gcs   # one emulator
+
+Per emulator, on the same bytes and one after another:
+- first upload: `datarun bundle upload` against `dvc push` to the same emulator (DVC's azure / gs
+  remote, after an untimed `dvc add`);
+- the two big files alone: datarun against the raw SDK (`upload_blob(max_concurrency=8)` for
+  Azure; `upload_from_filename` from a thread pool for GCS), as a share of the SDK's throughput;
+- download into an empty folder: `datarun bundle download` against `dvc pull` with an empty cache.
+
+Both emulators are single processes on loopback, so they, not the network, set the ceiling; the
+ratios say how close each client gets to it. Read ratios, not seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_foundation import DVC_VENV, make_dataset, sh, timed, tree_size  # noqa: E402
+from tests.store.emulators import Azurite, Emulator, FakeGCS, azurite_missing, gcs_missing  # noqa: E402
+
+
+@dataclass
+class Row:
+    backend: str
+    scenario: str
+    datarun: float
+    peer: str
+    peer_value: float
+    ratio: float
+    bar: str
+    passed: bool
+
+
+def ensure_dvc_plugins() -> Path:
+    dvc = DVC_VENV / "bin" / "dvc"
+    pip = DVC_VENV / "bin" / "pip"
+    if not dvc.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(DVC_VENV)], check=True)
+        subprocess.run([str(pip), "install", "-q", "dvc>=3,<4"], check=True)
+    probe = subprocess.run([str(DVC_VENV / "bin" / "python"), "-c", "import dvc_azure, dvc_gs"], capture_output=True)
+    if probe.returncode != 0:
+        subprocess.run([str(pip), "install", "-q", "dvc-azure", "dvc-gs"], check=True)
+    return dvc
+
+
+def raw_azure_upload(server: Azurite, container: str, files: list[Path]) -> float:
+    from azure.storage.blob import BlobServiceClient
+
+    service = BlobServiceClient.from_connection_string(server.connection_string())
+    client = service.get_container_client(container)
+    start = time.perf_counter()
+    for path in files:
+        with path.open("rb") as handle:
+            client.upload_blob(f"raw/{path.name}", handle, length=path.stat().st_size, max_concurrency=8)
+    elapsed = time.perf_counter() - start
+    service.close()
+    return elapsed
+
+
+def raw_gcs_upload(server: FakeGCS, bucket: str, files: list[Path]) -> float:
+    client = server._client()
+    target = client.bucket(bucket)
+
+    def one(path: Path) -> None:
+        blob = target.blob(f"raw/{path.name}")
+        blob.chunk_size = 8 << 20  # resumable, in pieces, as a big-file upload should be
+        blob.upload_from_filename(str(path))
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(files)) as pool:
+        list(pool.map(one, files))
+    elapsed = time.perf_counter() - start
+    client.close()
+    return elapsed
+
+
+def dvc_remote_setup(server: Emulator, bucket: str, dvc: str, project: Path, env: dict[str, str]) -> dict[str, str]:
+    """Point a DVC project at the emulator; returns the environment DVC must run with."""
+    if isinstance(server, Azurite):
+        sh([dvc, "remote", "add", "-f", "-d", "azurite", f"azure://{bucket}/dvc"], project, env)
+        sh([dvc, "remote", "modify", "--local", "azurite", "connection_string", server.connection_string()], project, env)
+        return env
+    sh([dvc, "remote", "add", "-f", "-d", "fakegcs", f"gs://{bucket}/dvc"], project, env)
+    # gcsfs honours STORAGE_EMULATOR_HOST, and anonymous access is what the emulator wants.
+    return {**env, "STORAGE_EMULATOR_HOST": server.base_url, "GOOGLE_APPLICATION_CREDENTIALS": ""}
+
+
+def bench_backend(
+    server: Emulator, work: Path, data: Path, bigs: list[Path], datarun: str, dvc: str, reps: int
+) -> list[Row]:
+    kind = "azure" if isinstance(server, Azurite) else "gcs"
+    bucket = server.new_bucket()
+    scheme = "az" if kind == "azure" else "gs"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DATARUN_", "AZURE_", "STORAGE_EMULATOR"))},
+        "DATARUN_CACHE_DIR": str(work / f"dr-cache-{kind}"),
+        "DATARUN_CONFIG": str(work / "none.yaml"),
+        "DATARUN_HOME": str(work / f"dr-home-{kind}"),
+        **server.env(),
+    }
+    dr = [datarun, "-q", "--store", f"{scheme}://{bucket}/dr"]
+    sh([*dr, "repo", "create", "--repo", "bench"], env=env)
+    rows: list[Row] = []
+
+    # -- first upload: datarun vs dvc push ------------------------------------------------------
+    dr_up, out = timed([*dr, "bundle", "upload", "--path", str(data), "--message", "m", "--repo", "bench"], env=env)
+    bundle = out.strip().splitlines()[-1]
+    project = data.parent
+    dvc_env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
+    dvc_env = dvc_remote_setup(server, bucket, dvc, project, dvc_env)
+    if not (project / "data.dvc").exists():
+        sh([dvc, "add", "-q", "data"], project, dvc_env)
+    dvc_push, _ = timed([dvc, "push", "-q"], project, dvc_env)
+    rows.append(
+        Row(
+            kind,
+            "first upload (s)",
+            dr_up,
+            "dvc push",
+            dvc_push,
+            dvc_push / dr_up,
+            ">= 3x faster",
+            dvc_push / dr_up >= 3,
+        )
+    )
+
+    # -- the big files: datarun vs the raw SDK --------------------------------------------------
+    big_dir = work / "bigs"
+    if not big_dir.exists():
+        big_dir.mkdir()
+        for path in bigs:
+            os.link(path, big_dir / path.name)
+    raw_upload: Callable[[], float]
+    if isinstance(server, Azurite):
+        raw_upload = lambda: raw_azure_upload(server, bucket, bigs)  # noqa: E731
+        raw_name = "raw upload_blob(max_concurrency=8)"
+    else:
+        assert isinstance(server, FakeGCS)
+        raw_upload = lambda: raw_gcs_upload(server, bucket, bigs)  # noqa: E731
+        raw_name = "raw upload_from_filename x threads"
+    big_bytes = sum(p.stat().st_size for p in bigs)
+    dr_big_best = raw_best = float("inf")
+    for rep in range(reps):
+        fresh_cache = {**env, "DATARUN_CACHE_DIR": str(work / f"dr-cache-{kind}-big{rep}")}
+        # Dedup is per store, so give each repetition its own prefix: every byte is sent.
+        dr_fresh = [datarun, "-q", "--store", f"{scheme}://{bucket}/big{rep}"]
+        sh([*dr_fresh, "repo", "create", "--repo", "big"], env=fresh_cache)
+        seconds, _ = timed(
+            [*dr_fresh, "bundle", "upload", "--path", str(big_dir), "--message", "m", "--repo", "big"], env=fresh_cache
+        )
+        dr_big_best = min(dr_big_best, seconds)
+        raw_best = min(raw_best, raw_upload())
+    share = (big_bytes / dr_big_best) / (big_bytes / raw_best)
+    rows.append(
+        Row(
+            kind,
+            f"2 x {bigs[0].stat().st_size >> 20} MiB upload (MiB/s)",
+            big_bytes / dr_big_best / 2**20,
+            raw_name,
+            big_bytes / raw_best / 2**20,
+            share,
+            ">= 80% of raw SDK",
+            share >= 0.8,
+        )
+    )
+
+    # -- download: datarun vs dvc pull ------------------------------------------------------------
+    dest = work / f"dr-download-{kind}"
+    dr_down, _ = timed(
+        [*dr, "bundle", "download", "--repo", "bench", "--bundle", bundle, "--destination", str(dest)], env=env
+    )
+    same = subprocess.run(["diff", "-r", "-q", str(dest), str(data)], capture_output=True).returncode == 0
+    moved = work / f"data-kept-{kind}"
+    shutil.move(data, moved)
+    shutil.rmtree(project / ".dvc" / "cache", ignore_errors=True)
+    dvc_pull, _ = timed([dvc, "pull", "-q"], project, dvc_env)
+    shutil.rmtree(data)
+    shutil.move(moved, data)
+    rows.append(
+        Row(
+            kind,
+            "download, empty target (s)" + ("" if same else " MISMATCH"),
+            dr_down,
+            "dvc pull, empty cache",
+            dvc_pull,
+            dvc_pull / dr_down,
+            ">= 3x faster",
+            dvc_pull / dr_down >= 3 and same,
+        )
+    )
+    shutil.rmtree(dest)
+    server.drop_bucket(bucket)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", action="store_true", help="500 files + 2 x 16 MiB, for a smoke run")
+    parser.add_argument("--only", choices=["azure", "gcs"], default=None)
+    parser.add_argument("--reps", type=int, default=2, help="repetitions of the big-file comparison (best kept)")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--datarun", default=str(ROOT / ".venv" / "bin" / "datarun"))
+    parser.add_argument("--strict", action="store_true", help="exit 1 if a bar is missed")
+    args = parser.parse_args()
+    for missing in (azurite_missing(), gcs_missing()):
+        if missing:
+            raise SystemExit(f"{missing}; run scripts/install-emulators.sh")
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="datarun-bench-cloud-"))
+    project = work / "dvcproj"
+    data = project / "data"
+    data.mkdir(parents=True)
+    make_dataset(data, args.small)
+    total = tree_size(data)
+    bigs = sorted(data.glob("big*.bin"))
+    dvc = str(ensure_dvc_plugins())
+    dvc_env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    sh(["git", "init", "-q"], project)
+    sh([dvc, "init", "-q"], project, dvc_env)
+    sh([dvc, "config", "core.analytics", "false"], project, dvc_env)
+    sh([dvc, "config", "core.autostage", "false"], project, dvc_env)
+    dvc_version = sh([dvc, "--version"], project, dvc_env).strip()
+
+    servers: list[Emulator] = []
+    if args.only in (None, "azure"):
+        servers.append(Azurite(work / "azurite"))
+    if args.only in (None, "gcs"):
+        servers.append(FakeGCS(work / "gcs", persistent=False))
+    rows: list[Row] = []
+    for server in servers:
+        server.start()
+        try:
+            print(f"# {server.name}: {server.base_url}", file=sys.stderr)
+            rows += bench_backend(server, work, data, bigs, args.datarun, dvc, args.reps)
+        finally:
+            server.stop()
+
+    print(
+        f"\ndataset: {total / 2**20:.0f} MiB in {sum(1 for p in data.rglob('*') if p.is_file())} files; "
+        f"dvc {dvc_version} with dvc-azure / dvc-gs; Azurite on disk, fake-gcs-server in memory\n"
+    )
+    print("| backend | scenario | datarun | peer | peer value | ratio | bar | pass |")
+    print("|---|---|---:|---|---:|---:|---|---|")
+    for r in rows:
+        ratio = f"{r.ratio * 100:.0f}%" if "%" in r.bar else f"{r.ratio:.1f}x"
+        print(
+            f"| {r.backend} | {r.scenario} | {r.datarun:.2f} | {r.peer} | {r.peer_value:.2f} | {ratio} | {r.bar} | "
+            f"{'yes' if r.passed else 'NO'} |"
+        )
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if args.strict and not all(r.passed for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -68,7 +68,9 @@ def raw_azure_upload(server: Azurite, container: str, files: list[Path]) -> floa
     start = time.perf_counter()
     for path in files:
         with path.open("rb") as handle:
-            client.upload_blob(f"raw/{path.name}", handle, length=path.stat().st_size, max_concurrency=8)
+            client.upload_blob(
+                f"raw/{path.name}", handle, length=path.stat().st_size, max_concurrency=8, overwrite=True
+            )
     elapsed = time.perf_counter() - start
     service.close()
     return elapsed
@@ -95,7 +97,11 @@ def dvc_remote_setup(server: Emulator, bucket: str, dvc: str, project: Path, env
     """Point a DVC project at the emulator; returns the environment DVC must run with."""
     if isinstance(server, Azurite):
         sh([dvc, "remote", "add", "-f", "-d", "azurite", f"azure://{bucket}/dvc"], project, env)
-        sh([dvc, "remote", "modify", "--local", "azurite", "connection_string", server.connection_string()], project, env)
+        sh(
+            [dvc, "remote", "modify", "--local", "azurite", "connection_string", server.connection_string()],
+            project,
+            env,
+        )
         return env
     sh([dvc, "remote", "add", "-f", "-d", "fakegcs", f"gs://{bucket}/dvc"], project, env)
     # gcsfs honours STORAGE_EMULATOR_HOST, and anonymous access is what the emulator wants.

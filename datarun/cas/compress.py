@@ -17,7 +17,9 @@ _SAMPLE = 4 << 10  # three samples of 4 KiB decide as well as 16 KiB ones, at a 
 _MIN_COMPRESS = 512
 _SAMPLE_RATIO = 0.90  # samples must shrink at least this much to try the whole chunk
 _KEEP_RATIO = 0.95  # and the whole chunk must shrink at least this much to be stored compressed
-LEVEL = 3
+# Level 1, not 3: on database dumps and CSV, level 3 compressed at ~120 MB/s per core against
+# ~290 MB/s for level 1, for about 10% smaller output; the upload is what users wait for.
+LEVEL = 1
 
 _local = threading.local()
 

@@ -85,20 +85,25 @@ class PackWriter:
             "free some space or point --store at another disk"
         )
 
-    def add(self, chunk_digest: bytes, chunk: memoryview) -> PendingChunk:
+    def add(
+        self, chunk_digest: bytes, chunk: memoryview, encoded: tuple[bytes | memoryview, bool] | None = None
+    ) -> PendingChunk:
+        """Append ``chunk``; ``encoded`` is its ``compress.encode`` result when a caller already made it."""
         try:
-            return self._add(chunk_digest, chunk)
+            return self._add(chunk_digest, chunk, encoded)
         except OSError as err:
             raise self._spool_error(err) from None
 
-    def _add(self, chunk_digest: bytes, chunk: memoryview) -> PendingChunk:
+    def _add(
+        self, chunk_digest: bytes, chunk: memoryview, encoded: tuple[bytes | memoryview, bool] | None
+    ) -> PendingChunk:
         if self._handle is None:
             self.spool_dir.mkdir(parents=True, exist_ok=True)
             self._path = self.spool_dir / f"pack-{secrets.token_hex(8)}"
             self._handle = self._path.open("wb")
             self._size = 0
             self._chunks = []
-        frame, compressed = compress.encode(chunk)
+        frame, compressed = encoded if encoded is not None else compress.encode(chunk)
         self._handle.write(frame)
         pending = PendingChunk(chunk_digest, self._size, len(frame), len(chunk), compressed)
         self._size += len(frame)

@@ -1,0 +1,240 @@
+"""The kopf handlers: thin. They fetch, call the pure functions of :mod:`reconcile` and
+:mod:`resources`, and send. Run with ``kopf run -m datarun_operator.handlers -A`` or
+``python -m datarun_operator``.
+
+Settings come from DATARUN_OPERATOR_* variables (:meth:`Settings.from_env`), read at import.
+
+Lifecycle of a DataRun ``x``:
+
+- create: validate (a bad spec fails the run with the field named, an Event, and no retry); pin
+  every input label to a bundle id; write ``status.pinnedInputs`` (before the pod exists, so a
+  pod never runs unpinned inputs); create pod ``x-run``, or adopt it if it exists already (a
+  restarted operator, or a retried handler, never makes a second one).
+- pod events (and a periodic resync, for events missed while the operator was down): the pod's
+  state becomes the status (phase, outputs, timings, conditions) and Events on each transition.
+- spec update after the start: refused with a Warning Event; the pod keeps the pinned spec.
+- delete: the pod is deleted; kopf's finalizer is removed after that.
+- admission (when the webhook is enabled): the models' validation, before anything is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+
+from datarun.errors import DatarunError, NotFoundError, UsageError
+from datarun.repo import connect
+from datarun_operator import reconcile
+from datarun_operator.kube import Kube, load_config
+from datarun_operator.models import GROUP, PLURAL, VERSION, DataRun, Phase, SpecError, parse_status
+from datarun_operator.resources import LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY, get_pod, pod_name, store_of
+from datarun_operator.settings import Settings
+
+SETTINGS = Settings.from_env(os.environ)
+FINALIZER = "datarun.io/finalizer"
+logger = logging.getLogger("datarun_operator")
+
+_kube: Kube | None = None
+
+
+def kube() -> Kube:
+    global _kube
+    if _kube is None:
+        load_config()
+        _kube = Kube()
+    return _kube
+
+
+def _post(body: Mapping[str, Any], events: tuple[reconcile.Event, ...]) -> None:
+    target = body if isinstance(body, kopf.Body) else kopf.Body(cast(kopf.RawBody, dict(body)))
+    for event in events:
+        kopf.event(target, type=event.type, reason=event.reason, message=event.message)
+
+
+def _apply(namespace: str, name: str, body: Mapping[str, Any], update: reconcile.StatusUpdate) -> None:
+    if update.patch:
+        kube().patch_status(namespace, name, update.patch)
+    _post(body, update.events)
+
+
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    # Progress and the last handled spec go into annotations: the status stays ours and typed.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="datarun.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="datarun.io", key="last-handled-configuration"
+    )
+    # One replica (the chart's Deployment uses the Recreate strategy): no peering objects and no
+    # RBAC for them; the CRD is installed by the chart, so no CRD/namespace watching either.
+    settings.peering.standalone = True
+    settings.scanning.disabled = True
+    settings.execution.max_workers = SETTINGS.workers
+    if SETTINGS.webhook.enabled:
+        settings.admission.server = kopf.WebhookServer(
+            addr="0.0.0.0",  # noqa: S104 (the Service in front of the pod is the only way in)
+            port=SETTINGS.webhook.port,
+            certfile=SETTINGS.webhook.cert_file,
+            pkeyfile=SETTINGS.webhook.key_file,
+        )
+        settings.admission.managed = None  # the chart owns the ValidatingWebhookConfiguration
+    kube()
+
+
+# -- create -------------------------------------------------------------------------------------
+
+
+def _pin(run: DataRun) -> dict[str, str]:
+    if not reconcile.needs_pinning(run.spec, run.status.pinned_inputs):
+        return dict(run.status.pinned_inputs)
+    store_url, _secret = store_of(run.spec, SETTINGS)
+    try:
+        client = connect(store_url)
+    except UsageError as err:  # a malformed or unsupported URL: retrying cannot help
+        raise reconcile.PinError("spec.store.url", str(err), permanent=True) from None
+    except DatarunError as err:
+        raise reconcile.PinError("spec.store.url", f"cannot open the store: {err}", permanent=False) from None
+    try:
+        return reconcile.pin_inputs(
+            run.spec, lambda repo, bundle, label: client.resolve(repo, bundle, label).id, run.status.pinned_inputs
+        )
+    finally:
+        client.close()
+
+
+def start(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+    namespace = str(namespace)
+    when = reconcile.now()
+    status = parse_status(body.get("status"))
+    if status.phase is not None and status.phase.terminal:
+        return
+    try:
+        run = DataRun.from_body(body)
+        pinned = _pin(run)
+        pod = get_pod(run, pinned, SETTINGS)
+    except SpecError as err:
+        _apply(namespace, name, body, reconcile.failed_status(status, "InvalidSpec", err, when))
+        raise kopf.PermanentError(str(err)) from None
+    except reconcile.PinError as err:
+        if err.permanent:
+            _apply(namespace, name, body, reconcile.failed_status(status, "PinFailed", err.as_spec_error(), when))
+            raise kopf.PermanentError(str(err)) from None
+        _post(body, (reconcile.Event("Warning", "StoreUnavailable", str(err)),))
+        raise kopf.TemporaryError(str(err), delay=30) from None
+    _apply(namespace, name, body, reconcile.started_status(status, run, pinned, when))
+    if kube().create_pod(pod):
+        _post(body, (reconcile.Event("Normal", "PodCreated", f"created pod `{pod_name(name)}`"),))
+        return
+    existing = kube().get_pod(namespace, pod_name(name))
+    if existing is None:
+        raise kopf.TemporaryError("the pod was being deleted while we created it; retrying", delay=5)
+    if not reconcile.owned_by(existing, run.uid):
+        raise kopf.TemporaryError(
+            f"pod `{pod_name(name)}` exists but belongs to something else (an older DataRun `{name}`?); "
+            "waiting for it to go",
+            delay=15,
+        )
+    _post(body, (reconcile.Event("Normal", "PodAdopted", f"pod `{pod_name(name)}` exists already; following it"),))
+    sync_run(namespace, name, existing)
+
+
+# -- following the pod --------------------------------------------------------------------------
+
+
+def sync_run(namespace: str, name: str, pod: Mapping[str, Any] | None) -> None:
+    """Bring the DataRun's status up to date with its pod (None: the pod is gone)."""
+    raw = kube().get_datarun(namespace, name)
+    if raw is None or (raw.get("metadata") or {}).get("deletionTimestamp"):
+        return
+    uid = (raw.get("metadata") or {}).get("uid", "")
+    if pod is not None and not reconcile.owned_by(pod, uid):
+        return  # a pod left over from an earlier DataRun of the same name
+    try:
+        status = parse_status(raw.get("status"))
+    except SpecError as err:
+        logger.warning("DataRun %s/%s has an unreadable status (%s); rewriting it", namespace, name, err)
+        status = parse_status({})
+    if status.pod_name is None and pod is None:
+        return  # not started yet: the create handler is still at it
+    _apply(namespace, name, raw, reconcile.status_from_pod(status, pod, reconcile.now()))
+
+
+def follow_pod(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+) -> None:
+    pod = None if event.get("type") == "DELETED" else dict(body)
+    sync_run(str(namespace), labels[LABEL_RUN], pod)
+
+
+def _unfinished(status: Mapping[str, Any], **_: Any) -> bool:
+    phase = status.get("phase")
+    return bool(status.get("podName")) and phase not in (Phase.SUCCEEDED.value, Phase.FAILED.value)
+
+
+def resync(namespace: str | None, name: str, status: Mapping[str, Any], **_: Any) -> None:
+    sync_run(str(namespace), name, kube().get_pod(str(namespace), str(status.get("podName"))))
+
+
+# -- update, delete -----------------------------------------------------------------------------
+
+
+def spec_change(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
+    event = reconcile.spec_change_event(old, new, parse_status(body.get("status")))
+    if event is not None:
+        _post(body, (event,))
+
+
+def stop(namespace: str | None, name: str, **_: Any) -> None:
+    kube().delete_pod(str(namespace), pod_name(name))
+
+
+# -- admission ----------------------------------------------------------------------------------
+
+
+def _repo_exists(repo: str, store_url: str) -> bool | None:
+    try:
+        client = connect(store_url)
+    except DatarunError:
+        return None
+    try:
+        client.get_repo(repo)
+        return True
+    except NotFoundError:
+        return False
+    except DatarunError:
+        return None
+    finally:
+        client.close()
+
+
+def validate(body: kopf.Body, **kwargs: Any) -> None:
+    """The admission check; kopf passes ``operation`` and ``old`` among the kwargs."""
+    checker = None
+    if SETTINGS.webhook.check_repos:
+        spec = body.get("spec") or {}
+        url = str((spec.get("store") or {}).get("url") or SETTINGS.store.url)
+        checker = (lambda repo: _repo_exists(repo, url)) if url else None
+    try:
+        reconcile.admission_check(kwargs.get("operation"), body, kwargs.get("old"), checker)
+    except SpecError as err:
+        raise kopf.AdmissionError(str(err), code=422) from None
+
+
+# -- registration -------------------------------------------------------------------------------
+# Registered by call rather than as decorators, so the functions keep their own signatures (tests
+# call them with just the arguments they use).
+
+kopf.on.startup()(configure)
+kopf.on.create(GROUP, VERSION, PLURAL, id="start")(start)
+kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_RUN: kopf.PRESENT})(follow_pod)
+kopf.timer(GROUP, VERSION, PLURAL, id="resync", interval=SETTINGS.resync_seconds, idle=10, when=_unfinished)(resync)
+kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="spec-change")(spec_change)
+kopf.on.delete(GROUP, VERSION, PLURAL, id="stop")(stop)
+
+
+if SETTINGS.webhook.enabled:
+    # kopf refuses to start with admission handlers and no webhook server: register only when served.
+    kopf.on.validate(GROUP, VERSION, PLURAL, id="validate-datarun", operations=["CREATE", "UPDATE"])(validate)

@@ -61,6 +61,63 @@ class SidecarResult:
         }
 
 
+TERMINATION_MESSAGE_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
+
+
+def termination_message(result: SidecarResult, limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+    """The result as JSON of at most ``limit`` bytes, always parseable.
+
+    Cutting the JSON at the limit would leave the operator unable to read any bundle id, so
+    a long result is shortened in steps instead: error texts are clipped, then the fields the
+    operator can do without are dropped. Bundle ids, output names and the status always stay;
+    ``"truncated": true`` says the full result is in the coordination folder.
+    """
+    full = result.to_json()
+    text = json.dumps(full, separators=(",", ":"))
+    if len(text.encode()) <= limit:
+        return text
+
+    def clip(value: str, size: int) -> str:
+        return value if len(value) <= size else value[: size - 1] + "…"
+
+    for size in (300, 120, 40, 0):
+        outputs = [
+            {
+                "name": o.name,
+                "repo": o.repo,
+                "label": o.label,
+                "bundle": o.bundle,
+                "uploaded": o.uploaded,
+                **({"error": clip(o.error, size)} if o.error and size else {"error": "failed"} if o.error else {}),
+            }
+            for o in result.outputs
+        ]
+        errors = [clip(e, size) for e in result.errors] if size else result.errors[:1] and ["see result.json"]
+        short = {**full, "outputs": outputs, "errors": errors, "truncated": True}
+        text = json.dumps(short, separators=(",", ":"), ensure_ascii=False)
+        if len(text.encode()) <= limit:
+            return text
+    # Hundreds of outputs: keep what the operator needs to name the bundles, as many as fit.
+    minimal: dict[str, Any] = {
+        "kind": result.kind,
+        "status": full["status"],
+        "appExitCode": result.app_exit_code,
+        "outputs": [],
+        "truncated": True,
+        "outputsOmitted": 0,
+    }
+    named = [{"name": o.name, "bundle": o.bundle} for o in result.outputs if o.bundle]
+    budget = limit - len(json.dumps(minimal, separators=(",", ":"))) - 16  # room for the omitted count
+    for entry in named:
+        cost = len(json.dumps(entry, separators=(",", ":")).encode()) + 1
+        if cost > budget:
+            break
+        minimal["outputs"].append(entry)
+        budget -= cost
+    minimal["outputsOmitted"] = len(result.outputs) - len(minimal["outputs"])
+    return json.dumps(minimal, separators=(",", ":"))
+
+
 class Coordination:
     """One sidecar's view of the shared folder."""
 
@@ -101,10 +158,10 @@ class Coordination:
         payload = json.dumps(result.to_json())
         write_atomic(self.own / "result.json", payload + "\n")
         if termination_log is not None:
-            # Kubernetes keeps at most 4096 bytes of a termination message; a missing file is
-            # not worth failing the run over, the coordination folder has the full result.
+            # A missing file is not worth failing the run over: the coordination folder has the
+            # full result.
             with contextlib.suppress(OSError):
-                termination_log.write_text(payload[:4096])
+                termination_log.write_text(termination_message(result))
         write_atomic(self.own / "uploaddone", ("ok" if result.ok else "failed") + "\n")
 
     # -- app -> sidecar --------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -255,8 +255,16 @@ class Client:
         label_retries: int = 5,
         progress: Progress | None = None,
         use_hash_cache: bool = True,
+        read_fifos: bool = False,
+        before_commit: Callable[[], None] | None = None,
     ) -> UploadResult:
-        """Snapshot the folder ``path`` as a new bundle of ``repo``; optionally move ``label``."""
+        """Snapshot the folder ``path`` as a new bundle of ``repo``; optionally move ``label``.
+
+        ``read_fifos`` stores what producers write into named pipes in the folder (see
+        ``Uploader.upload_tree``). ``before_commit`` runs once every byte is durable and before
+        the bundle becomes visible; raising there leaves no bundle (for example, when the
+        producer behind a pipe exited non-zero and the bytes read are incomplete).
+        """
         started = time.perf_counter()
         self.get_repo(repo)
         if label is not None:
@@ -270,7 +278,7 @@ class Client:
         uploader = Uploader(self.blobs, index, hashes, spool, self.workers, progress)
         writer = ManifestWriter(spool)
         try:
-            uploader.upload_tree(Path(path), writer)
+            uploader.upload_tree(Path(path), writer, read_fifos=read_fifos)
             uploader.finish(writer)
             manifest_id = writer.finish()
             # Manifests are content-addressed: a plain put of identical bytes is harmless.
@@ -294,6 +302,8 @@ class Client:
             total_size=writer.total_size,
             provenance=Provenance(self.author[0], self.author[1], cfg.hostname(), tuple(inputs), run),
         )
+        if before_commit is not None:
+            before_commit()
         # Written last and create-only: this is the moment the bundle becomes visible.
         self.meta.put_if_absent(_bundle_key(repo, bundle.id), _dumps(bundle.to_json()))
         moved = self.set_label(repo, label, bundle.id, retries=label_retries) if label else None

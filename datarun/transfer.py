@@ -20,15 +20,16 @@ import queue
 import secrets
 import stat
 import threading
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from datarun.cas import compress
-from datarun.cas.chunker import digest, iter_chunks
+from datarun.cas.chunker import digest, iter_chunks, iter_stream_chunks
 from datarun.cas.index import ChunkIndex
 from datarun.cas.packs import (
     PackWriter,
@@ -190,12 +191,26 @@ def _chunks_with_digests(path: str, size: int) -> Iterator[tuple[memoryview, byt
         for chunk in iter_chunks(path, size):
             yield chunk, None
         return
+    yield from _hashed_ahead(lambda: iter_chunks(path, size))
+
+
+def _fifo_chunks_with_digests(path: str) -> Iterator[tuple[memoryview, bytes | None]]:
+    """Chunks of what a writer pushes through the named pipe at ``path``, until it closes it."""
+
+    def chunks() -> Iterator[memoryview]:
+        with open(path, "rb", buffering=0) as handle:
+            yield from iter_stream_chunks(handle)
+
+    yield from _hashed_ahead(chunks)
+
+
+def _hashed_ahead(source: Callable[[], Iterator[memoryview]]) -> Iterator[tuple[memoryview, bytes | None]]:
     ahead: queue.Queue[tuple[bytes, bytes] | BaseException | None] = queue.Queue(_READ_AHEAD_CHUNKS)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            for chunk in iter_chunks(path, size):
+            for chunk in source():
                 if stop.is_set():
                     return
                 data = bytes(chunk)  # the view is reused by the chunker once we move on
@@ -371,7 +386,26 @@ class Uploader:
         while self._drafts and self._drafts[0].ready():
             writer.add(self._drafts.popleft().finish())
 
-    def upload_tree(self, root: Path, writer: ManifestWriter) -> None:
+    def _fifo_chunks(self, abspath: str) -> tuple[list[ChunkRef | tuple[PendingChunk, _PackSlot]], int]:
+        placed: list[ChunkRef | tuple[PendingChunk, _PackSlot]] = []
+        read = 0
+        try:
+            for chunk, chunk_digest, encoded in self._compress_ahead(_fifo_chunks_with_digests(abspath)):
+                placed.append(self._add_chunk(chunk, chunk_digest, encoded))
+                read += len(chunk)
+                self.progress.advance(len(chunk))
+        except OSError as err:
+            raise local_io_error(err, abspath, "read") from None
+        self.stats.bytes_read += read
+        return placed, read
+
+    def upload_tree(self, root: Path, writer: ManifestWriter, *, read_fifos: bool = False) -> None:
+        """Upload the folder ``root`` in tree order.
+
+        With ``read_fifos``, a named pipe is read until its writer closes it and stored as a
+        regular file: a producer (``pg_dump -f <fifo>``) then streams straight into the store,
+        its writing overlapped with chunking, compression and upload, with no copy on disk.
+        """
         root = root.absolute()
         if not root.is_dir():
             if not root.exists():
@@ -391,6 +425,11 @@ class Uploader:
                 self.stats.files += 1
                 self.stats.bytes_total += st.st_size
                 self._drafts.append(_Draft(FileEntry(rel, FILE, st.st_size, mode, st.st_mtime_ns), chunks))
+            elif read_fifos and stat.S_ISFIFO(st.st_mode):
+                chunks, size = self._fifo_chunks(f"{base}/{rel}")
+                self.stats.files += 1
+                self.stats.bytes_total += size
+                self._drafts.append(_Draft(FileEntry(rel, FILE, size, mode & 0o666, time.time_ns()), chunks))
             else:
                 self.stats.skipped.append(rel)
                 log.warning("skipping `%s`: not a regular file, folder or symlink", rel)

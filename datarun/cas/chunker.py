@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import blake3
 from pyfastcdc import FastCDC
@@ -52,3 +53,13 @@ def iter_chunks(path: str | Path, size: int) -> Iterator[memoryview]:
             return
         for chunk in _cdc.cut_stream(handle):
             yield chunk.data
+
+
+def iter_stream_chunks(handle: BinaryIO) -> Iterator[memoryview]:
+    """Chunks of a stream of unknown length (a pipe), cut exactly as a file with the same bytes.
+
+    Short reads are normal on a pipe; the chunker keeps reading until its buffer is full or
+    the writer closes its end. Each view is valid only until the next one is requested.
+    """
+    for chunk in _cdc.cut_stream(handle):
+        yield chunk.data

@@ -4,10 +4,11 @@ Configured datamon-style by ``dm_pg_opts`` (``c`` coord dir, ``V`` ignore versio
 ``S`` sleep instead of exiting) and one ``dm_pg_db_<id>`` per database (``p`` port, ``r`` repo,
 ``l`` label, ``m`` message, ``sr``/``sl``/``sb`` source repo/label/bundle).
 
-The dump is ``pg_dump -Fd -Z0`` (directory format, uncompressed) of every database, plus the
-cluster's globals. Directory format splits each table into its own file and ``-Z0`` leaves the
-bytes as they are, so content-defined chunking finds unchanged rows between versions and the
-CAS compresses what is compressible. A raw data directory, which datamon shipped, is neither
+The dump is ``pg_dump -Fc -Z0`` (custom format, uncompressed) of every database, streamed
+through a named pipe into the upload, plus the cluster's globals. ``-Z0`` leaves the rows as
+they are, so content-defined chunking finds unchanged rows between versions and the CAS
+compresses what is compressible, on several cores; streaming overlaps dumping with uploading
+and writes no copy of the dump to disk. A raw data directory, which datamon shipped, is neither
 consistent while the server runs nor portable across major versions; a dump is both.
 """
 
@@ -20,13 +21,14 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from datarun.errors import DatarunError
-from datarun.repo import Client, connect
+from datarun.repo import Client, UploadResult, connect
 from datarun_sidecar.protocol import Coordination, OutputResult, SidecarResult
 from datarun_sidecar.serialmap import SerialMapError, parse_serialized_map
 
@@ -238,17 +240,38 @@ class Server:
         ).stdout
         return [line for line in out.splitlines() if line]
 
-    def dump(self, target: Path) -> None:
-        target.mkdir(parents=True, exist_ok=True)
+    def _chown(self, path: Path) -> None:
         if self.user:
-            os.chown(target, pwd.getpwnam(self.user).pw_uid, pwd.getpwnam(self.user).pw_gid)
+            entry = pwd.getpwnam(self.user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def start_dump(self, target: Path) -> DumpJob:
+        """Start dumping every database into named pipes under ``target``; return at once.
+
+        Each database gets ``pg_dump -Fc -Z0 --no-sync`` writing into a pipe that the uploader
+        reads (``read_fifos``): the dump streams straight into the CAS, overlapped with
+        chunking, compression and upload, and is never written to local disk. Custom format
+        with no compression keeps each table's rows as they are (with a small per-row header),
+        so content-defined chunking still finds the unchanged rows of the next version, and
+        ``pg_restore -j`` restores it in parallel once downloaded to a file. The cluster's
+        globals (roles) are small and go in a plain file first.
+        """
+        target.mkdir(parents=True, exist_ok=True)
+        self._chown(target)
         names = self.databases()
         self._run([str(self.bin / "pg_dumpall"), *self._conn(), "--globals-only", "-f", str(target / "globals.sql")])
-        for name in names:
-            self._run(
-                [str(self.bin / "pg_dump"), *self._conn(), "-Fd", "-Z0", "-j", "2", "-f", str(target / name), name]
-            )
-        (target / META_FILE).write_text(json.dumps({"format": 1, "major": self.major, "databases": names}) + "\n")
+        files = {name: f"db-{index:03d}.dump" for index, name in enumerate(names)}
+        meta = {"format": 2, "major": self.major, "layout": "custom", "databases": names, "files": files}
+        (target / META_FILE).write_text(json.dumps(meta) + "\n")
+        job = DumpJob(self.spec.id)
+        for name, file_name in files.items():
+            fifo = target / file_name
+            os.mkfifo(fifo, 0o600)
+            self._chown(fifo)
+            argv = [str(self.bin / "pg_dump"), *self._conn(), "-Fc", "-Z0", "--no-sync", "-f", str(fifo), name]
+            argv = ["runuser", "-u", self.user, "--", *argv] if self.user else argv
+            job.add(name, fifo, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        return job
 
     def restore(self, source: Path, ignore_version: bool) -> None:
         meta = json.loads((source / META_FILE).read_text())
@@ -260,12 +283,82 @@ class Server:
         if self.user:
             subprocess.run(["chown", "-R", self.user, str(source)], check=True)
         self._run([str(self.bin / "psql"), *self._conn(), "-q", "-d", "postgres", "-f", str(source / "globals.sql")])
+        # Format 1 bundles hold one -Fd folder per database, format 2 one custom-format file.
+        files: dict[str, str] = meta.get("files") or {name: name for name in meta["databases"]}
         for name in meta["databases"]:
             if name != "postgres":
                 self._run([str(self.bin / "createdb"), *self._conn(), name])
             self._run(
-                [str(self.bin / "pg_restore"), *self._conn(), "-j", "2", "--no-owner", "-d", name, str(source / name)]
+                [
+                    str(self.bin / "pg_restore"),
+                    *self._conn(),
+                    "-j",
+                    "2",
+                    "--no-owner",
+                    "-d",
+                    name,
+                    str(source / files[name]),
+                ]
             )
+
+
+class DumpJob:
+    """The running ``pg_dump`` processes of one server, one per database, each behind a pipe."""
+
+    def __init__(self, server_id: str) -> None:
+        self.server_id = server_id
+        self._dumps: list[tuple[str, Path, subprocess.Popen[str]]] = []
+        self._done = threading.Event()
+        self._watcher = threading.Thread(target=self._unblock_readers, name="pg-dump-watch", daemon=True)
+
+    def add(self, name: str, fifo: Path, proc: subprocess.Popen[str]) -> None:
+        self._dumps.append((name, fifo, proc))
+        if not self._watcher.is_alive():
+            self._watcher.start()
+
+    def _unblock_readers(self) -> None:
+        """A pg_dump that fails before opening its pipe would leave the uploader blocked in
+        open(2) forever. Once such a process has exited, open the pipe as a writer and close it
+        again, so the reader sees end-of-file; ``check`` then refuses to commit the bundle."""
+        while not self._done.wait(0.2):
+            for _, fifo, proc in self._dumps:
+                if proc.poll() not in (None, 0):
+                    with contextlib.suppress(OSError):
+                        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    def check(self) -> None:
+        """Wait for every pg_dump; raise if any failed, so the upload commits no bundle."""
+        failures = []
+        for name, _, proc in self._dumps:
+            _, err = proc.communicate()
+            if proc.returncode != 0:
+                failures.append(f"pg_dump of `{name}` failed ({proc.returncode}): {err.strip()[-300:]}")
+        self.close()
+        if failures:
+            raise PostgresSidecarError(f"database `{self.server_id}`: " + "; ".join(failures))
+
+    def close(self) -> None:
+        self._done.set()
+        for _, _, proc in self._dumps:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def upload_dump(server: Server, client: Client, work: Path, repo: str, message: str, label: str) -> UploadResult:
+    """Dump every database of ``server`` straight into a new bundle of ``repo``.
+
+    The server is still up, so each pg_dump reads one consistent snapshot. A failed pg_dump
+    makes ``before_commit`` raise: the bytes are in the store, but no bundle names them.
+    """
+    job: DumpJob | None = None
+    try:
+        job = server.start_dump(work)
+        return client.upload(repo, work, message, label=label or None, read_fifos=True, before_commit=job.check)
+    finally:
+        if job is not None:
+            job.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class PostgresSidecar:
@@ -324,9 +417,9 @@ class PostgresSidecar:
                     out.skipped_reason = f"app did not succeed (code {app_code})"
                     continue
                 try:
-                    dump = self.work / spec.id / "dump"
-                    server.dump(dump)  # the server is still up: pg_dump reads one consistent snapshot
-                    done = client.upload(spec.repo, dump, spec.message, label=spec.label or None)
+                    done = upload_dump(
+                        server, client, self.work / spec.id / "dump", spec.repo, spec.message, spec.label
+                    )
                     out.bundle = done.bundle.id
                     out.uploaded = True
                 except (DatarunError, PostgresSidecarError) as err:

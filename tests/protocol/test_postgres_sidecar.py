@@ -153,3 +153,34 @@ def test_yaml_config_is_equivalent_to_the_env_vars(tmp_path: Path) -> None:
     config.write_text("databases: []\n")
     with pytest.raises(PostgresSidecarError, match="needs `coord`"):
         plan_from_yaml(config)
+
+
+def test_a_failed_pg_dump_commits_no_bundle_and_does_not_hang(
+    open_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One database dumps fine, the other's pg_dump fails (it does not exist): the bytes that
+    did stream in stay unreferenced, the error names the database, and nothing waits forever on
+    a pipe that no pg_dump will ever open."""
+    _need_postgres()
+    from datarun_sidecar.postgres import DatabaseSpec, Server, upload_dump
+
+    work = open_tmp
+    server = Server(DatabaseSpec("main", _free_port()), work / "pg")
+    server.start()
+    try:
+        real = server.databases
+        monkeypatch.setattr(server, "databases", lambda: [*real(), "no_such_database"])
+        client = Client(LocalStore(tmp_path / "store"), cache_dir=tmp_path / "cache")
+        client.create_repo("db")
+        with pytest.raises(PostgresSidecarError, match="no_such_database"):
+            upload_dump(server, client, work / "dump", "db", "m", "latest")
+        assert client.list_bundles("db") == []
+        assert not (work / "dump").exists(), "the pipes and globals are cleaned up"
+        monkeypatch.setattr(server, "databases", real)
+        done = upload_dump(server, client, work / "dump", "db", "m", "latest")
+        assert [b.id for b in client.list_bundles("db")] == [done.bundle.id]
+        names = sorted(e.path for e in client.list_files(done.bundle))
+        assert names == ["datarun-postgres.json", "db-000.dump", "globals.sql"]
+        client.close()
+    finally:
+        server.stop()

@@ -75,7 +75,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = SETTINGS.workers
     if SETTINGS.webhook.enabled:
         settings.admission.server = kopf.WebhookServer(
-            addr="0.0.0.0",  # noqa: S104 (the Service in front of the pod is the only way in)
+            addr=SETTINGS.webhook.address,
             port=SETTINGS.webhook.port,
             certfile=SETTINGS.webhook.cert_file,
             pkeyfile=SETTINGS.webhook.key_file,

@@ -75,6 +75,8 @@ class PodSettings:
 class WebhookSettings:
     enabled: bool = False
     """Serve the validating admission webhook (the chart also registers it with the apiserver)."""
+    address: str = "0.0.0.0"  # noqa: S104 (in a pod, the Service in front of it is the only way in)
+    """Address the webhook server listens on; tests serve it on 127.0.0.1."""
     port: int = 9443
     """HTTPS port of the webhook server."""
     cert_file: str = "/etc/datarun/webhook/tls.crt"
@@ -167,6 +169,7 @@ class Settings:
             ),
             webhook=WebhookSettings(
                 enabled=flag("WEBHOOK_ENABLED", webhook.enabled),
+                address=get("WEBHOOK_ADDRESS", webhook.address),
                 port=int(number("WEBHOOK_PORT", webhook.port)),
                 cert_file=get("WEBHOOK_CERT_FILE", webhook.cert_file),
                 key_file=get("WEBHOOK_KEY_FILE", webhook.key_file),

@@ -14,7 +14,9 @@ Lifecycle of a DataRun ``x``:
   state becomes the status (phase, outputs, timings, conditions) and Events on each transition.
 - spec update after the start: refused with a Warning Event; the pod keeps the pinned spec.
 - delete: the pod is deleted; kopf's finalizer is removed after that.
-- admission (when the webhook is enabled): the models' validation, before anything is stored.
+- admission (when the webhook is enabled): the models' validation, before anything is stored;
+  and, for pods annotated ``datarun.io/inject: "true"`` (Argo steps), the sidecars, volumes, init
+  container and wrapper of a DataRun pod (:mod:`datarun_operator.webhook`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import kopf
 
 from datarun.errors import DatarunError, NotFoundError, UsageError
 from datarun.repo import connect
-from datarun_operator import reconcile
+from datarun_operator import reconcile, webhook
 from datarun_operator.kube import Kube, load_config
 from datarun_operator.models import GROUP, PLURAL, VERSION, DataRun, Phase, SpecError, parse_status
 from datarun_operator.resources import LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY, get_pod, pod_name, store_of
@@ -80,7 +82,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
             certfile=SETTINGS.webhook.cert_file,
             pkeyfile=SETTINGS.webhook.key_file,
         )
-        settings.admission.managed = None  # the chart owns the ValidatingWebhookConfiguration
+        settings.admission.managed = None  # the chart owns the webhook configurations
     kube()
 
 
@@ -223,6 +225,21 @@ def validate(body: kopf.Body, **kwargs: Any) -> None:
         raise kopf.AdmissionError(str(err), code=422) from None
 
 
+def _configmap(namespace: str, name: str) -> dict[str, str] | None:
+    return kube().get_configmap_data(namespace, name)
+
+
+def inject(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+    """The mutating webhook for pods: the pure module decides, kopf diffs the changed body into the
+    JSONPatch it answers with. kopf passes ``operation`` among the kwargs."""
+    try:
+        ops = webhook.injection_patch(body, SETTINGS, _configmap, kwargs.get("operation"))
+    except webhook.InjectionError as err:
+        raise kopf.AdmissionError(str(err), code=422) from None
+    if ops:
+        patch.fns.append(lambda raw: webhook.apply_patch(cast(dict[str, Any], raw), ops))
+
+
 # -- registration -------------------------------------------------------------------------------
 # Registered by call rather than as decorators, so the functions keep their own signatures (tests
 # call them with just the arguments they use).
@@ -238,3 +255,5 @@ kopf.on.delete(GROUP, VERSION, PLURAL, id="stop")(stop)
 if SETTINGS.webhook.enabled:
     # kopf refuses to start with admission handlers and no webhook server: register only when served.
     kopf.on.validate(GROUP, VERSION, PLURAL, id="validate-datarun", operations=["CREATE", "UPDATE"])(validate)
+    # Every pod the chart's objectSelector sends (label datarun.io/inject); the annotation decides.
+    kopf.on.mutate("", "v1", "pods", id="inject-datarun", operations=["CREATE"])(inject)

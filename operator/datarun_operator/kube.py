@@ -65,6 +65,16 @@ class Kube:
             raise
         return True
 
+    def get_configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The data of a ConfigMap (for the webhook's ``datarun.io/config``); None if there is none."""
+        try:
+            raw = self._raw(self.core.read_namespaced_config_map(name, namespace, _preload_content=False))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return {str(k): str(v) for k, v in (raw.get("data") or {}).items()}
+
     def get_datarun(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return cast(

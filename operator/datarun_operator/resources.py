@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,20 +110,77 @@ def serialize_map(entries: Mapping[str, str | bool]) -> str:
 
 
 # -- the pod ------------------------------------------------------------------------------------
+# The builders below serve two callers: get_pod (a DataRun's own pod) and the mutating webhook
+# (datarun_operator.webhook, an existing pod such as an Argo step). Both go through build_injection,
+# so a DataRun pod and an injected pod get the very same sidecars, volumes and wrapper.
 
 
-def fuse_commands(run: DataRun, pinned_inputs: Mapping[str, str], store_url: str) -> list[str]:
-    """The ``-d`` strings of the fuse sidecar (parsed by datarun_sidecar.fuse.parse_commands)."""
-    spec = run.spec
-    commands = [shlex.join(["config", "create", f"--name=DataRun {run.namespace}/{run.name}", f"--store={store_url}"])]
+@dataclass(frozen=True, kw_only=True)
+class RunIdentity:
+    """Who runs the app, as the sidecars record it in bundle provenance and default messages."""
+
+    description: str
+    """``DataRun team/job``; may hold ``$(VAR)`` references to the sidecars' env (the kubelet expands
+    them in commands and env values), which is how a pod names itself before it has a name or uid."""
+    env: tuple[Mapping[str, Any], ...]
+    """The sidecars' env that defines ``DATARUN_RUN_ID`` (and the variables ``description`` uses)."""
+
+
+def datarun_identity(run: DataRun) -> RunIdentity:
+    return RunIdentity(
+        description=f"DataRun {run.namespace}/{run.name}",
+        env=({"name": "DATARUN_RUN_ID", "value": f"{run.namespace}/{run.name}/{run.uid}"},),
+    )
+
+
+def _field_ref(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+POD_IDENTITY = RunIdentity(
+    # A mutating webhook sees a pod before the apiserver gives it a uid (and, with generateName, a
+    # name), so the pod names itself through the downward API when its containers start.
+    description="pod $(DATARUN_POD_NAMESPACE)/$(DATARUN_POD_NAME)",
+    env=(
+        _field_ref("DATARUN_POD_NAMESPACE", "metadata.namespace"),
+        _field_ref("DATARUN_POD_NAME", "metadata.name"),
+        _field_ref("DATARUN_POD_UID", "metadata.uid"),
+        {"name": "DATARUN_RUN_ID", "value": "$(DATARUN_POD_NAMESPACE)/$(DATARUN_POD_NAME)/$(DATARUN_POD_UID)"},
+    ),
+)
+"""The identity of a pod the webhook injects into."""
+
+
+def _source(
+    name: str, bundle: str | None, label: str | None, pinned_inputs: Mapping[str, str]
+) -> tuple[str, str] | None:
+    """("bundle", id) when pinned or given, else ("label", name) for the sidecar to resolve; None: no source."""
+    if name in pinned_inputs:
+        return "bundle", pinned_inputs[name]
+    if bundle:
+        return "bundle", bundle
+    if label:
+        return "label", label
+    return None
+
+
+def fuse_commands(
+    spec: DataRunSpec, identity: RunIdentity, pinned_inputs: Mapping[str, str], store_url: str
+) -> list[str]:
+    """The ``-d`` strings of the fuse sidecar (parsed by datarun_sidecar.fuse.parse_commands).
+
+    An input missing from ``pinned_inputs`` is mounted by its ``bundle``, or else by its ``label``,
+    which the sidecar then pins itself before mounting."""
+    commands = [shlex.join(["config", "create", f"--name={identity.description}", f"--store={store_url}"])]
     for inp in spec.inputs:
+        kind, value = _source(inp.name, inp.bundle, inp.label, pinned_inputs) or ("label", "")
         commands.append(
             shlex.join(
                 [
                     "bundle",
                     "mount",
                     f"--repo={inp.repo}",
-                    f"--bundle={pinned_inputs[inp.name]}",
+                    f"--{kind}={value}",
                     f"--mount={data_path(inp.path)}",
                     f"--mode={inp.mode.value}",
                 ]
@@ -135,7 +192,7 @@ def fuse_commands(run: DataRun, pinned_inputs: Mapping[str, str], store_url: str
             "upload",
             f"--repo={out.repo}",
             f"--path={data_path(out.path)}",
-            f"--message={out.message or default_message(run, out.name)}",
+            f"--message={out.message or default_message(identity, out.name)}",
         ]
         if out.label:
             words.append(f"--label={out.label}")
@@ -145,23 +202,27 @@ def fuse_commands(run: DataRun, pinned_inputs: Mapping[str, str], store_url: str
     return commands
 
 
-def default_message(run: DataRun, output: str) -> str:
-    return f"output {output} of DataRun {run.namespace}/{run.name}"
+def default_message(identity: RunIdentity, output: str) -> str:
+    return f"output {output} of {identity.description}"
 
 
-def postgres_env(run: DataRun, pinned_inputs: Mapping[str, str], settings: Settings) -> list[dict[str, Any]]:
+def postgres_env(
+    spec: DataRunSpec, identity: RunIdentity, pinned_inputs: Mapping[str, str], settings: Settings
+) -> list[dict[str, Any]]:
     """``dm_pg_opts`` and one ``dm_pg_db_<name>`` per database (datarun_sidecar.postgres.plan_from_env)."""
     env = [{"name": "dm_pg_opts", "value": serialize_map({"c": settings.pod.coord_dir})}]
-    for db in run.spec.databases:
+    for db in spec.databases:
         entries: dict[str, str | bool] = {"p": str(db.port)}
         if db.output_repo:
             entries["r"] = db.output_repo
-            entries["m"] = db.output_message or default_message(run, db.name)
+            entries["m"] = db.output_message or default_message(identity, db.name)
         if db.output_label:
             entries["l"] = db.output_label
         if db.source_repo:
             entries["sr"] = db.source_repo
-            entries["sb"] = pinned_inputs[db.name]  # labels are pinned like inputs
+            source = _source(db.name, db.source_bundle, db.source_label, pinned_inputs)
+            if source is not None:
+                entries["sb" if source[0] == "bundle" else "sl"] = source[1]
         env.append({"name": f"dm_pg_db_{db.name}", "value": serialize_map(entries)})
     return env
 
@@ -170,13 +231,15 @@ def _mounts_fuse(spec: DataRunSpec) -> bool:
     return any(inp.mode is InputMode.MOUNT for inp in spec.inputs)
 
 
-def _sidecar_env(run: DataRun, settings: Settings, store_url: str, secret: str) -> list[dict[str, Any]]:
+def _sidecar_env(
+    spec: DataRunSpec, identity: RunIdentity, settings: Settings, store_url: str, secret: str
+) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "DATARUN_STORE", "value": store_url},
         {"name": "DATARUN_CACHE_DIR", "value": settings.pod.cache_dir},
         {"name": "DATARUN_TERMINATION_LOG", "value": TERMINATION_LOG},
-        {"name": "DATARUN_RUN_ID", "value": f"{run.namespace}/{run.name}/{run.uid}"},
-        {"name": "DATARUN_IMAGE", "value": run.spec.image},
+        *(dict(e) for e in identity.env),
+        {"name": "DATARUN_IMAGE", "value": spec.image},
     ]
     if secret and settings.store.credentials_file_key:
         env.append(
@@ -185,7 +248,9 @@ def _sidecar_env(run: DataRun, settings: Settings, store_url: str, secret: str) 
     return env
 
 
-def _sidecar_common(run: DataRun, settings: Settings, store_url: str, secret: str) -> dict[str, Any]:
+def _sidecar_common(
+    spec: DataRunSpec, identity: RunIdentity, settings: Settings, store_url: str, secret: str
+) -> dict[str, Any]:
     mounts: list[dict[str, Any]] = [
         {"name": VOL_COORD, "mountPath": settings.pod.coord_dir},
         {"name": VOL_CACHE, "mountPath": settings.pod.cache_dir},
@@ -195,7 +260,7 @@ def _sidecar_common(run: DataRun, settings: Settings, store_url: str, secret: st
     container: dict[str, Any] = {
         "image": settings.images.sidecar,
         "imagePullPolicy": settings.images.pull_policy,
-        "env": _sidecar_env(run, settings, store_url, secret),
+        "env": _sidecar_env(spec, identity, settings, store_url, secret),
         "volumeMounts": mounts,
         # The sidecar writes its result JSON here; the kubelet puts it in the pod status.
         "terminationMessagePath": TERMINATION_LOG,
@@ -207,17 +272,9 @@ def _sidecar_common(run: DataRun, settings: Settings, store_url: str, secret: st
     return container
 
 
-def _main_env(run: DataRun) -> list[dict[str, Any]]:
-    spec = run.spec
+def data_env(spec: DataRunSpec) -> list[dict[str, Any]]:
+    """Where the app finds its inputs, outputs and databases (the same in a DataRun and an injected pod)."""
     env: list[dict[str, Any]] = []
-    for var in spec.env:
-        item: dict[str, Any] = {"name": var.name}
-        if var.value_from is not None:
-            item["valueFrom"] = var.value_from
-        else:
-            item["value"] = var.value or ""
-        env.append(item)
-    env.append({"name": "DATARUN_RUN", "value": run.name})
     env.extend({"name": f"DATARUN_INPUT_{env_suffix(i.name)}", "value": data_path(i.path)} for i in spec.inputs)
     env.extend({"name": f"DATARUN_OUTPUT_{env_suffix(o.name)}", "value": data_path(o.path)} for o in spec.outputs)
     env.extend(
@@ -227,7 +284,18 @@ def _main_env(run: DataRun) -> list[dict[str, Any]]:
         }
         for d in spec.databases
     )
-    env.extend({"name": f"DATARUN_PARAM_{key}", "value": value} for key, value in sorted(spec.params.items()))
+    return env
+
+
+def _user_env(spec: DataRunSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = []
+    for var in spec.env:
+        item: dict[str, Any] = {"name": var.name}
+        if var.value_from is not None:
+            item["valueFrom"] = var.value_from
+        else:
+            item["value"] = var.value or ""
+        env.append(item)
     return env
 
 
@@ -245,9 +313,14 @@ def _init_script(spec: DataRunSpec, settings: Settings) -> str:
 
 
 def _fuse_container(
-    run: DataRun, pinned_inputs: Mapping[str, str], settings: Settings, store_url: str, secret: str
+    spec: DataRunSpec,
+    identity: RunIdentity,
+    pinned_inputs: Mapping[str, str],
+    settings: Settings,
+    store_url: str,
+    secret: str,
 ) -> dict[str, Any]:
-    fuse = _sidecar_common(run, settings, store_url, secret)
+    fuse = _sidecar_common(spec, identity, settings, store_url, secret)
     command = [
         "datarun-sidecar",
         "fuse",
@@ -262,10 +335,10 @@ def _fuse_container(
         "--app-heartbeat-timeout",
         str(settings.timeouts.app_heartbeat_seconds),
     ]
-    for text in fuse_commands(run, pinned_inputs, store_url):
+    for text in fuse_commands(spec, identity, pinned_inputs, store_url):
         command += ["-d", text]
     data_mount: dict[str, Any] = {"name": VOL_DATA, "mountPath": DATA_ROOT}
-    if _mounts_fuse(run.spec):
+    if _mounts_fuse(spec):
         # Only this container is privileged, and only when it mounts: FUSE needs /dev/fuse and
         # CAP_SYS_ADMIN, and Bidirectional propagation (which Kubernetes allows only in privileged
         # containers) is what carries the mounts to the app's container.
@@ -276,10 +349,15 @@ def _fuse_container(
 
 
 def _postgres_container(
-    run: DataRun, pinned_inputs: Mapping[str, str], settings: Settings, store_url: str, secret: str
+    spec: DataRunSpec,
+    identity: RunIdentity,
+    pinned_inputs: Mapping[str, str],
+    settings: Settings,
+    store_url: str,
+    secret: str,
 ) -> dict[str, Any]:
-    pg = _sidecar_common(run, settings, store_url, secret)
-    pg["env"] = [*pg["env"], *postgres_env(run, pinned_inputs, settings)]
+    pg = _sidecar_common(spec, identity, settings, store_url, secret)
+    pg["env"] = [*pg["env"], *postgres_env(spec, identity, pinned_inputs, settings)]
     command = [
         "datarun-sidecar",
         "postgres",
@@ -293,7 +371,8 @@ def _postgres_container(
     return {"name": POSTGRES, "command": command, **pg}
 
 
-def _wrapped_command(spec: DataRunSpec, settings: Settings, kinds: list[str]) -> list[str]:
+def wrapper_argv(settings: Settings, kinds: Sequence[str]) -> list[str]:
+    """``wrap_application.sh`` and its options, up to and including the ``--`` before the app."""
     t = settings.timeouts
     return [
         f"{settings.pod.bin_dir}/wrap_application.sh",
@@ -307,8 +386,6 @@ def _wrapped_command(spec: DataRunSpec, settings: Settings, kinds: list[str]) ->
         "-h",
         str(t.heartbeat_seconds),
         "--",
-        *spec.command,
-        *spec.args,
     ]
 
 
@@ -337,6 +414,67 @@ def _volumes(spec: DataRunSpec, settings: Settings, secret: str, use_fuse: bool)
     return volumes
 
 
+@dataclass(frozen=True, kw_only=True)
+class Injection:
+    """What datarun adds to a pod around its app container; get_pod and the webhook both apply it."""
+
+    wrapper: list[str]
+    """Put in front of the app's command: ``wrap_application.sh -c ... -b ... --``."""
+    env: list[dict[str, Any]]
+    """Appended to the app container's env."""
+    volume_mounts: list[dict[str, Any]]
+    """Appended to the app container's volumeMounts."""
+    init_container: dict[str, Any]
+    sidecars: list[dict[str, Any]]
+    volumes: list[dict[str, Any]]
+
+
+def build_injection(
+    spec: DataRunSpec, identity: RunIdentity, pinned_inputs: Mapping[str, str], settings: Settings
+) -> Injection | None:
+    """The sidecars, volumes, init container and wrapper for ``spec``'s inputs, outputs and databases;
+    None when it has none (the app then runs as is: no wrapper, no sidecar, no store needed).
+
+    Raises SpecError if a store is needed and none is configured."""
+    use_fuse = bool(spec.inputs or spec.outputs)
+    use_postgres = bool(spec.databases)
+    if not (use_fuse or use_postgres):
+        return None
+    store_url, secret = store_of(spec, settings)
+    kinds = [k for k, used in (("fuse", use_fuse), ("postgres", use_postgres)) if used]
+    mounts: list[dict[str, Any]] = [
+        {"name": VOL_COORD, "mountPath": settings.pod.coord_dir},
+        {"name": VOL_BIN, "mountPath": settings.pod.bin_dir, "readOnly": True},
+    ]
+    init_mounts: list[dict[str, Any]] = [{"name": VOL_BIN, "mountPath": settings.pod.bin_dir}]
+    sidecars: list[dict[str, Any]] = []
+    if use_fuse:
+        data_mount: dict[str, Any] = {"name": VOL_DATA, "mountPath": DATA_ROOT}
+        if _mounts_fuse(spec):
+            # The sidecar's FUSE mounts (made under /data) propagate to the host and from there
+            # into the app's container; HostToContainer needs no privilege.
+            data_mount["mountPropagation"] = "HostToContainer"
+        mounts.append(data_mount)
+        init_mounts.append({"name": VOL_DATA, "mountPath": DATA_ROOT})
+        sidecars.append(_fuse_container(spec, identity, pinned_inputs, settings, store_url, secret))
+    if use_postgres:
+        sidecars.append(_postgres_container(spec, identity, pinned_inputs, settings, store_url, secret))
+    return Injection(
+        wrapper=wrapper_argv(settings, kinds),
+        env=data_env(spec),
+        volume_mounts=mounts,
+        init_container={
+            "name": INIT,
+            "image": settings.images.wrapper,
+            "imagePullPolicy": settings.images.pull_policy,
+            "command": ["sh", "-c", _init_script(spec, settings)],
+            "volumeMounts": init_mounts,
+        },
+        sidecars=sidecars,
+        volumes=_volumes(spec, settings, secret, use_fuse),
+    )
+
+
 def get_pod(run: DataRun, pinned_inputs: Mapping[str, str], settings: Settings) -> dict[str, Any]:
     """The pod that runs ``run`` with its inputs pinned to ``pinned_inputs`` (name -> bundle id).
 
@@ -348,13 +486,17 @@ def get_pod(run: DataRun, pinned_inputs: Mapping[str, str], settings: Settings) 
     missing = [name for name in needed if name not in pinned_inputs]
     if missing:
         raise ValueError(f"inputs not pinned: {', '.join(missing)}")
-    use_fuse = bool(spec.inputs or spec.outputs)
-    use_postgres = bool(spec.databases)
+    injection = build_injection(spec, datarun_identity(run), pinned_inputs, settings)
 
     main: dict[str, Any] = {
         "name": MAIN,
         "image": spec.image,
-        "env": _main_env(run),
+        "env": [
+            *_user_env(spec),
+            {"name": "DATARUN_RUN", "value": run.name},
+            *(injection.env if injection else []),
+            *({"name": f"DATARUN_PARAM_{key}", "value": value} for key, value in sorted(spec.params.items())),
+        ],
         # A failing app's last log lines become the termination message, and so the run's reason.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -365,40 +507,14 @@ def get_pod(run: DataRun, pinned_inputs: Mapping[str, str], settings: Settings) 
         if resources:
             main["resources"] = resources
     pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [main]}
-
-    if not (use_fuse or use_postgres):
-        # Nothing to mount, upload or serve: the app runs as is, no wrapper, no sidecar, no store.
+    if injection is None:
         main["command"] = [*spec.command, *spec.args]
     else:
-        store_url, secret = store_of(spec, settings)
-        kinds = [k for k, used in (("fuse", use_fuse), ("postgres", use_postgres)) if used]
-        main["command"] = _wrapped_command(spec, settings, kinds)
-        main["volumeMounts"] = [
-            {"name": VOL_COORD, "mountPath": settings.pod.coord_dir},
-            {"name": VOL_BIN, "mountPath": settings.pod.bin_dir, "readOnly": True},
-        ]
-        init_mounts: list[dict[str, Any]] = [{"name": VOL_BIN, "mountPath": settings.pod.bin_dir}]
-        if use_fuse:
-            data_mount: dict[str, Any] = {"name": VOL_DATA, "mountPath": DATA_ROOT}
-            if _mounts_fuse(spec):
-                # The sidecar's FUSE mounts (made under /data) propagate to the host and from there
-                # into the app's container; HostToContainer needs no privilege.
-                data_mount["mountPropagation"] = "HostToContainer"
-            main["volumeMounts"].append(data_mount)
-            init_mounts.append({"name": VOL_DATA, "mountPath": DATA_ROOT})
-            pod_spec["containers"].append(_fuse_container(run, pinned_inputs, settings, store_url, secret))
-        if use_postgres:
-            pod_spec["containers"].append(_postgres_container(run, pinned_inputs, settings, store_url, secret))
-        pod_spec["initContainers"] = [
-            {
-                "name": INIT,
-                "image": settings.images.wrapper,
-                "imagePullPolicy": settings.images.pull_policy,
-                "command": ["sh", "-c", _init_script(spec, settings)],
-                "volumeMounts": init_mounts,
-            }
-        ]
-        pod_spec["volumes"] = _volumes(spec, settings, secret, use_fuse)
+        main["command"] = [*injection.wrapper, *spec.command, *spec.args]
+        main["volumeMounts"] = injection.volume_mounts
+        pod_spec["containers"].extend(injection.sidecars)
+        pod_spec["initContainers"] = [injection.init_container]
+        pod_spec["volumes"] = injection.volumes
     if settings.pod.service_account:
         pod_spec["serviceAccountName"] = settings.pod.service_account
 

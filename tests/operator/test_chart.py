@@ -117,16 +117,17 @@ def test_the_chart_documents_the_privileged_sidecar() -> None:
         assert "CAP_SYS_ADMIN" in text and "Bidirectional" in text, path
 
 
-def test_the_webhook_path_is_the_kopf_handler_id() -> None:
-    """kopf serves a handler at /<id>; the chart's ValidatingWebhookConfiguration must use that path."""
+def test_the_webhook_paths_are_the_kopf_handler_ids() -> None:
+    """kopf serves a handler at /<id>; the chart's webhook configurations must use those paths."""
     code = (
         "import kopf, datarun_operator.handlers\n"
         "print([h.id for h in kopf.get_default_registry()._webhooks.get_all_handlers()])\n"
     )
     env = {**os.environ, "DATARUN_OPERATOR_WEBHOOK_ENABLED": "true"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert proc.stdout.strip() == "['validate-datarun']"
-    assert "path: /validate-datarun" in (CHART / "templates" / "webhook.yaml").read_text()
+    assert proc.stdout.strip() == "['validate-datarun', 'inject-datarun']"
+    template = (CHART / "templates" / "webhook.yaml").read_text()
+    assert "path: /validate-datarun" in template and "path: /inject-datarun" in template
     env["DATARUN_OPERATOR_WEBHOOK_ENABLED"] = "false"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert proc.stdout.strip() == "[]", "no admission handler without a webhook server (kopf would refuse to start)"
@@ -151,6 +152,7 @@ def test_default_render(helm: str) -> None:
         "Service",
         "Secret",
         "ValidatingWebhookConfiguration",
+        "MutatingWebhookConfiguration",
     }
     for doc in docs:
         labels = doc["metadata"]["labels"]
@@ -166,7 +168,10 @@ def test_rbac_is_least_privilege(helm: str) -> None:
         (("datarun.io",), ("dataruns/finalizers",)): {"update"},
         (("",), ("pods",)): {"create", "get", "list", "watch", "delete"},
         (("",), ("events",)): {"create"},
+        (("",), ("configmaps",)): {"get"},  # the mutating webhook's datarun.io/config
     }
+    without_inject = by_kind(render(helm, "--set", "webhook.inject.enabled=false"))["ClusterRole"]
+    assert [r for r in without_inject["rules"] if r["resources"] == ["configmaps"]] == []
     binding = by_kind(render(helm))["ClusterRoleBinding"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-datarun", "namespace": "datarun-system"}]
 
@@ -227,17 +232,62 @@ def test_the_webhook_is_wired_to_the_service_and_the_ca(helm: str) -> None:
     assert {"name": "webhook-tls", "secret": {"secretName": "rel-datarun-webhook-tls"}} in volumes
 
 
+def test_the_mutating_webhook_selects_labelled_pods_and_reinvokes(helm: str) -> None:
+    kinds = by_kind(render(helm))
+    (hook,) = kinds["MutatingWebhookConfiguration"]["webhooks"]
+    assert hook["clientConfig"]["service"] == {
+        "name": "rel-datarun-webhook",
+        "namespace": "datarun-system",
+        "port": 443,
+        "path": "/inject-datarun",
+    }
+    assert hook["clientConfig"]["caBundle"] == kinds["Secret"]["data"]["ca.crt"]
+    assert hook["rules"] == [
+        {
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    assert (hook["sideEffects"], hook["failurePolicy"], hook["reinvocationPolicy"]) == ("None", "Fail", "IfNeeded")
+    assert hook["objectSelector"] == {"matchLabels": {"datarun.io/inject": "true"}}
+    assert hook["namespaceSelector"] == {
+        "matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "datarun-system"]}
+        ]
+    }
+    custom = by_kind(
+        render(
+            helm,
+            "--set",
+            "webhook.inject.failurePolicy=Ignore",
+            "--set-json",
+            'webhook.inject.namespaceSelector={"matchLabels":{"team":"ml"}}',
+        )
+    )
+    (hook,) = custom["MutatingWebhookConfiguration"]["webhooks"]
+    assert hook["failurePolicy"] == "Ignore" and hook["namespaceSelector"] == {"matchLabels": {"team": "ml"}}
+    assert "MutatingWebhookConfiguration" not in by_kind(render(helm, "--set", "webhook.inject.enabled=false"))
+
+
 def test_webhook_modes(helm: str) -> None:
     off = by_kind(render(helm, "--set", "webhook.enabled=false"))
     assert "ValidatingWebhookConfiguration" not in off and "Service" not in off
+    assert "MutatingWebhookConfiguration" not in off
+    assert [r for r in off["ClusterRole"]["rules"] if r["resources"] == ["configmaps"]] == []
     env = {e["name"]: e["value"] for e in off["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["DATARUN_OPERATOR_WEBHOOK_ENABLED"] == "false"
     cm = by_kind(render(helm, "--set", "webhook.tls.mode=certManager"))
     assert "Certificate" in cm and "Secret" not in cm
-    annotations = cm["ValidatingWebhookConfiguration"]["metadata"]["annotations"]
-    assert annotations["cert-manager.io/inject-ca-from"] == "datarun-system/rel-datarun-webhook"
+    for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+        annotations = cm[kind]["metadata"]["annotations"]
+        assert annotations["cert-manager.io/inject-ca-from"] == "datarun-system/rel-datarun-webhook"
+        assert "caBundle" not in cm[kind]["webhooks"][0]["clientConfig"]
     existing = by_kind(render(helm, "--set", "webhook.tls.mode=existing", "--set", "webhook.tls.caBundle=Q0E="))
     assert existing["ValidatingWebhookConfiguration"]["webhooks"][0]["clientConfig"]["caBundle"] == "Q0E="
+    assert existing["MutatingWebhookConfiguration"]["webhooks"][0]["clientConfig"]["caBundle"] == "Q0E="
 
 
 def test_rbac_and_service_account_can_be_left_out(helm: str) -> None:
@@ -247,7 +297,12 @@ def test_rbac_and_service_account_can_be_left_out(helm: str) -> None:
 
 
 def test_the_values_schema_refuses_bad_values(helm: str) -> None:
-    for bad in ("webhook.tls.mode=sometimes", "sidecarImage.tag=latest", "store.url=s3://bucket"):
+    for bad in (
+        "webhook.tls.mode=sometimes",
+        "sidecarImage.tag=latest",
+        "store.url=s3://bucket",
+        "webhook.inject.failurePolicy=Sometimes",
+    ):
         proc = subprocess.run(
             [helm, "template", "rel", str(CHART), "--set", bad], capture_output=True, text=True, check=False
         )

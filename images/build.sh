@@ -75,7 +75,7 @@ conf_default() {
 conf_default containers default_ulimits "[]"
 # crun refuses hybrid cgroup v1/v2 hierarchies ("cgroups in hybrid mode not supported"), which
 # is what these machines have; runc runs on them.
-if [ ! -d /sys/fs/cgroup/unified ] || ! mountpoint -q /sys/fs/cgroup/unified; then :; else
+if mountpoint -q /sys/fs/cgroup/unified 2>/dev/null; then
   conf_default engine runtime '"runc"'
 fi
 

@@ -30,9 +30,9 @@ from tests.store.emulators import free_port
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
 
-def settings_for(images: Images, store: RunStore) -> Settings:
+def settings_for(images: Images, store: RunStore, wrapper: str = "") -> Settings:
     return Settings(
-        images=ImageSettings(sidecar=images.sidecar, wrapper=images.wrapper, pull_policy="Never"),
+        images=ImageSettings(sidecar=images.sidecar, wrapper=wrapper or images.wrapper, pull_policy="Never"),
         store=StoreSettings(url=store.url, credentials_secret=store.secret),
         # Short enough that a broken pod fails the test instead of hanging it.
         timeouts=TimeoutSettings(ready_seconds=120, heartbeat_seconds=30, mount_seconds=60, app_heartbeat_seconds=60),
@@ -50,9 +50,9 @@ def datarun(spec: dict[str, Any]) -> DataRun:
 
 
 def run_pod(
-    run: DataRun, pinned: dict[str, str], images: Images, store: RunStore, tmp_path: Path
+    run: DataRun, pinned: dict[str, str], images: Images, store: RunStore, tmp_path: Path, wrapper: str = ""
 ) -> tuple[dict[str, Any], PlayedPod]:
-    pod = get_pod(run, pinned, settings_for(images, store))
+    pod = get_pod(run, pinned, settings_for(images, store, wrapper))
     return pod, play(pod, tmp_path / "pod")
 
 
@@ -208,7 +208,9 @@ def test_postgres_run_uploads_the_dump_as_a_labelled_bundle(
     """A DataRun with a database: the app creates a table, the sidecar dumps it into a bundle.
 
     The app image here is the sidecar image, for its ``psql`` (plain Debian has no client). Pods
-    share the host's network, so the server's 127.0.0.1 port is a free host port.
+    share the host's network, so the server's 127.0.0.1 port is a free host port. The init
+    container copies the wrapper out of the sidecar image, the chart's default, instead of the
+    small wrapper image the other tests use.
     """
     run_store.client.create_repo("dumps")
     port = free_port()
@@ -221,9 +223,10 @@ def test_postgres_run_uploads_the_dump_as_a_labelled_bundle(
             "databases": [{"name": "db", "port": port, "outputRepo": "dumps", "outputLabel": "latest"}],
         }
     )
-    pod, played = run_pod(run, {}, images, run_store, tmp_path)
+    pod, played = run_pod(run, {}, images, run_store, tmp_path, wrapper=images.sidecar)
 
     assert [c["name"] for c in pod["spec"]["containers"]] == [MAIN, POSTGRES]
+    assert pod["spec"]["initContainers"][0]["image"] == images.sidecar
     assert played.pod["status"]["phase"] == "Succeeded", played.describe()
     assert "created" in played.logs[MAIN]
 

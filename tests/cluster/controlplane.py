@@ -5,8 +5,9 @@ The binaries are built from Go modules by ``tests/cluster/build.sh`` (no release
 certificates with openssl, starts etcd and a real kube-apiserver (RBAC, token auth), writes a kubeconfig for a
 ``system:masters`` token, starts kwok with the stage files in ``tests/cluster/stages`` and creates one fake node,
 ``kwok-node-0``, that kwok makes Ready. kube-scheduler binds pods to it, as on a real cluster; kwok then moves them
-Pending -> Running, and to Succeeded or Failed when annotated (see the stage files). There is no
-kube-controller-manager: nothing garbage-collects by ownerReference or finishes deleting a namespace.
+Pending -> Running and finishes their deletion (see the stage files), and tests end them with the exit codes and
+termination messages they choose (tests/cluster/kubelet.py). There is no kube-controller-manager: nothing
+garbage-collects by ownerReference or finishes deleting a namespace.
 
     with ControlPlane() as cp:
         subprocess.run(["kubectl", "--kubeconfig", str(cp.kubeconfig), "get", "nodes"])
@@ -446,6 +447,16 @@ class ControlPlane:
 
         assert self._kwok is not None
         self._wait_ready(self._kwok, f"node {self.node_name} Ready", node_ready)
+        # The TaintNodesByCondition admission plugin gave the new node a not-ready NoSchedule taint; the node
+        # lifecycle controller of kube-controller-manager would lift it once the node is Ready. None runs here.
+        patch = urllib.request.Request(
+            f"{self.server}/api/v1/nodes/{self.node_name}",
+            data=json.dumps({"spec": {"taints": None}}).encode(),
+            method="PATCH",
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/merge-patch+json"},
+        )
+        with self._opener.open(patch, timeout=10):
+            pass
 
     # -- access ---------------------------------------------------------------------------------------------------
 

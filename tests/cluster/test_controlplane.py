@@ -1,5 +1,6 @@
-"""The throwaway control plane behaves like the cluster the operator tests need: a real v1.33 apiserver, and kwok
-moving pods bound to its node through their phases as the stage files in tests/cluster/stages promise."""
+"""The throwaway control plane behaves like the cluster the operator tests need: a real v1.33 apiserver, kube-scheduler
+binding pods to the kwok node, kwok running them and finishing their deletion (tests/cluster/stages), and the
+kubelet stand-in (tests/cluster/kubelet.py) ending them with per-container exit codes and termination messages."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.controlplane import K8S_VERSION, Cluster, read_versions
+from tests.cluster.kubelet import ContainerEnd, finish_pod
 
 pytestmark = pytest.mark.cluster
 
@@ -121,47 +123,24 @@ def test_a_bound_pod_without_exit_code_runs_and_stays_running(
     assert phase_of(core_v1, name) == "Running"
 
 
-def test_exit_code_0_succeeds_with_the_termination_message(
+def test_the_kubelet_stand_in_ends_each_container_its_own_way_with_its_termination_message(
     core_v1: kubernetes.client.CoreV1Api, make_pod: Callable[..., str]
 ) -> None:
     message = json.dumps({"bundles": ["sha256:" + "ab" * 32], "note": 'quotes " and \\ and <&> and\nnewline'})
-    name = make_pod({"kwok.datarun.io/exit-code": "0", "kwok.datarun.io/termination-message": message})
+    name = make_pod()
+    wait_for_phase(core_v1, name, "Running")
 
-    pod = wait_for_phase(core_v1, name, "Succeeded")
-
-    states = terminated_states(pod)
-    assert sorted(states) == ["main", "sidecar"]
-    for state in states.values():
-        assert state.exit_code == 0
-        assert state.reason == "Completed"
-        assert state.message == message
-        assert state.message is not None and json.loads(state.message)["note"].endswith("\nnewline")
-
-
-def test_nonzero_exit_code_fails_with_that_code(
-    core_v1: kubernetes.client.CoreV1Api, make_pod: Callable[..., str]
-) -> None:
-    name = make_pod({"kwok.datarun.io/exit-code": "3"})
+    finish_pod(core_v1, "default", name, {"main": ContainerEnd(75), "sidecar": ContainerEnd(0, message)})
 
     pod = wait_for_phase(core_v1, name, "Failed")
-
     states = terminated_states(pod)
     assert {n: (s.exit_code, s.reason, s.message) for n, s in states.items()} == {
-        "main": (3, "Error", None),
-        "sidecar": (3, "Error", None),
+        "main": (75, "Error", None),
+        "sidecar": (0, "Completed", message),
     }
-
-
-def test_run_duration_keeps_the_pod_running_first(
-    core_v1: kubernetes.client.CoreV1Api, make_pod: Callable[..., str]
-) -> None:
-    start = time.monotonic()
-    name = make_pod({"kwok.datarun.io/exit-code": "0", "kwok.datarun.io/run-duration": "2s"})
-
-    wait_for_phase(core_v1, name, "Running")
-    assert time.monotonic() - start < 1.5, "the pod should be Running well before its run-duration is up"
-    wait_for_phase(core_v1, name, "Succeeded")
-    assert time.monotonic() - start >= 1.9
+    assert json.loads(states["sidecar"].message or "")["note"].endswith("\nnewline")
+    assert pod.status is not None
+    assert not any(s.state and s.state.running for s in pod.status.container_statuses or []), "none is running"
 
 
 @pytest.mark.parametrize("finalizers", [[], ["datarun.io/test-finalizer"]], ids=["plain", "with-finalizer"])

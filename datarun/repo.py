@@ -53,7 +53,15 @@ from datarun.model import (
     validate_repo_name,
 )
 from datarun.store import ObjectStore, open_store
-from datarun.transfer import DEFAULT_WORKERS, Downloader, Progress, Uploader, UploadStats, verify_entries
+from datarun.transfer import (
+    DEFAULT_WORKERS,
+    Downloader,
+    Progress,
+    Uploader,
+    UploadStats,
+    stream_entry,
+    verify_entries,
+)
 
 STORE_MARKER = "datarun-store.json"
 STORE_FORMAT = 1
@@ -350,6 +358,14 @@ class Client:
             raise ConflictError(f"`{final}` already exists; pass --force to overwrite it")
         Downloader(self.blobs, self.workers).download(iter([entry]), dest)
         return final
+
+    def stream_file(self, bundle: Bundle, path: str, sink: Callable[[bytes], object]) -> int:
+        """Hand the bytes of the file ``path`` of ``bundle`` to ``sink`` in order, verified,
+        without writing them to disk (see ``transfer.stream_entry``); return its size."""
+        entry = self.find_file(bundle, path)
+        if entry.kind != FILE:
+            raise UsageError(f"`{path}` in bundle `{bundle.id}` is a {entry.kind}, not a file")
+        return stream_entry(self.blobs, entry, sink, self.workers)
 
     def verify(self, bundle: Bundle, progress: Progress | None = None) -> VerifyReport:
         if progress is not None:

@@ -710,6 +710,53 @@ class Downloader:
             pool.shutdown(wait=True)
 
 
+def stream_entry(
+    blobs: ObjectStore, entry: FileEntry, sink: Callable[[bytes], object], workers: int = DEFAULT_WORKERS
+) -> int:
+    """Hand the bytes of one file to ``sink`` in order (a pipe's ``write``, say); return the size.
+
+    Units of about ``UNIT_BYTES`` are fetched and verified on ``workers`` threads, at most
+    ``workers + 1`` ahead of the one being written, so memory stays at a few units whatever the
+    file's size and a slow reader slows the fetching instead of filling memory. Nothing is
+    written to disk: a consumer such as ``pg_restore`` starts while the rest is still arriving.
+    """
+    units: list[list[ChunkRef]] = []
+    current: list[ChunkRef] = []
+    current_bytes = 0
+    for ref in entry.chunks:
+        if current and current_bytes + ref.stored_size > UNIT_BYTES:
+            units.append(current)
+            current, current_bytes = [], 0
+        current.append(ref)
+        current_bytes += ref.stored_size
+    if current:
+        units.append(current)
+    written = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="datarun-stream") as pool:
+        inflight: deque[Future[list[bytes]]] = deque()
+        try:
+            for unit in units:
+                inflight.append(pool.submit(fetch_chunks, blobs, unit, [entry.path] * len(unit)))
+                if len(inflight) > workers:
+                    written += _drain_one(inflight, sink)
+            while inflight:
+                written += _drain_one(inflight, sink)
+        finally:
+            for future in inflight:
+                future.cancel()
+    if written != entry.size:
+        raise IntegrityError(f"`{entry.path}`: its chunks hold {written} bytes, the manifest says {entry.size}")
+    return written
+
+
+def _drain_one(inflight: deque[Future[list[bytes]]], sink: Callable[[bytes], object]) -> int:
+    written = 0
+    for data in inflight.popleft().result():
+        sink(data)
+        written += len(data)
+    return written
+
+
 def verify_entries(
     blobs: ObjectStore, entries: Iterator[FileEntry], workers: int = DEFAULT_WORKERS, progress: Progress | None = None
 ) -> tuple[int, int, list[str]]:

@@ -260,9 +260,9 @@ def postgres_rows(work: Path, db_mib: int, reps: int) -> list[Row]:
         target = _fresh_server(work, f"side-{rep}")
         staged = work / f"restore-{rep}"
 
+        # What the sidecar does at start: the dump streams from the store into pg_restore.
         def download_and_restore(t: Server = target, s: Path = staged) -> None:
-            kept.download(bundle, s)
-            t.restore(s, ignore_version=False)
+            t.restore_bundle(kept, bundle, s, ignore_version=False)
 
         sidecar_restores.append(_timed(download_and_restore))
         target.stop()

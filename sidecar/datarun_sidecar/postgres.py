@@ -26,8 +26,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from datarun.errors import DatarunError
+from datarun.model import Bundle
 from datarun.repo import Client, UploadResult, connect
 from datarun_sidecar.protocol import Coordination, OutputResult, SidecarResult
 from datarun_sidecar.serialmap import SerialMapError, parse_serialized_map
@@ -273,13 +275,73 @@ class Server:
             job.add(name, fifo, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         return job
 
-    def restore(self, source: Path, ignore_version: bool) -> None:
-        meta = json.loads((source / META_FILE).read_text())
+    def _check_version(self, meta: dict[str, Any], ignore_version: bool) -> None:
         if meta["major"] != self.major and not ignore_version:
             raise PostgresSidecarError(
                 f"database `{self.spec.id}`: the bundle was dumped by PostgreSQL {meta['major']} but this server is "
                 f"{self.major}; use a matching image, or set V:true in dm_pg_opts to restore anyway"
             )
+
+    def restore_bundle(self, client: Client, bundle: Bundle, staging: Path, ignore_version: bool) -> None:
+        """Restore ``bundle`` into this server, each dump streamed from the store into pg_restore.
+
+        Only the small files (the metadata and the globals) are downloaded into ``staging``.
+        Each database's custom-format dump goes through a pipe into ``pg_restore``'s stdin, so
+        the restore starts with the first chunk and overlaps the download, and no copy of the
+        dump is written to disk (nor flushed to it while the server is fsyncing its own writes).
+        A pipe means one restore job: ``-j`` needs a seekable file, and these dumps carry no data
+        offsets anyway (pg_dump wrote them into a pipe), so parallel workers would each scan the
+        file for their table. Format 1 bundles (a -Fd folder per database) are downloaded whole.
+        """
+        staging.mkdir(parents=True, exist_ok=True)
+        self._chown(staging)
+        client.download_file(bundle, META_FILE, staging, force=True)
+        meta = json.loads((staging / META_FILE).read_text())
+        if meta.get("layout") != "custom":
+            client.download(bundle, staging, force=True)
+            self.restore(staging, ignore_version)
+            return
+        self._check_version(meta, ignore_version)
+        client.download_file(bundle, "globals.sql", staging, force=True)
+        self._chown(staging / "globals.sql")
+        self._run([str(self.bin / "psql"), *self._conn(), "-q", "-d", "postgres", "-f", str(staging / "globals.sql")])
+        for name in meta["databases"]:
+            if name != "postgres":
+                self._run([str(self.bin / "createdb"), *self._conn(), name])
+            self._stream_restore(client, bundle, meta["files"][name], name, staging)
+
+    def _stream_restore(self, client: Client, bundle: Bundle, file_name: str, database: str, staging: Path) -> None:
+        argv = [str(self.bin / "pg_restore"), *self._conn(), "-Fc", "--no-owner", "-d", database]
+        argv = ["runuser", "-u", self.user, "--", *argv] if self.user else argv
+        # stderr into a file, not a pipe: unread, a pipe could fill and stall pg_restore while
+        # we are blocked writing its stdin.
+        with tempfile.TemporaryFile("w+", dir=staging) as err:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+            assert proc.stdin is not None
+            try:
+                client.stream_file(bundle, file_name, proc.stdin.write)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # pg_restore stopped reading; its exit code and message say why
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            finally:
+                with contextlib.suppress(OSError):  # closing flushes, which a dead reader refuses
+                    proc.stdin.close()
+            code = proc.wait()
+            err.seek(0)
+            message = err.read().strip()
+        if code != 0:
+            raise PostgresSidecarError(
+                f"database `{self.spec.id}`: pg_restore of `{database}` failed ({code}): {message[-500:]}"
+            )
+
+    def restore(self, source: Path, ignore_version: bool) -> None:
+        """Restore from a downloaded bundle folder (any format), ``pg_restore -j 2`` per database."""
+        meta = json.loads((source / META_FILE).read_text())
+        self._check_version(meta, ignore_version)
         if self.user:
             subprocess.run(["chown", "-R", self.user, str(source)], check=True)
         self._run([str(self.bin / "psql"), *self._conn(), "-q", "-d", "postgres", "-f", str(source / "globals.sql")])
@@ -394,8 +456,7 @@ class PostgresSidecar:
                 if spec.source_label or spec.source_bundle:
                     bundle = client.resolve(spec.source_repo, spec.source_bundle or None, spec.source_label or None)
                     staged = self.work / spec.id / "restore"
-                    client.download(bundle, staged, force=True)
-                    server.restore(staged, self.plan.ignore_version)
+                    server.restore_bundle(client, bundle, staged, self.plan.ignore_version)
                     shutil.rmtree(staged, ignore_errors=True)
                 (self.plan.coord / spec.id).mkdir(parents=True, exist_ok=True)
                 (self.plan.coord / spec.id / "dbstarted").write_text("ready\n")  # datamon's marker

@@ -164,7 +164,11 @@ def main() -> int:
         operator = OperatorProcess(
             kubeconfig,
             work,
-            env={"DATARUN_OPERATOR_STORE_URL": store_url, "DATARUN_OPERATOR_SIDECAR_IMAGE": "localhost/sidecar:bench"},
+            env={
+                "DATARUN_OPERATOR_STORE_URL": store_url,
+                "DATARUN_OPERATOR_SIDECAR_IMAGE": "localhost/sidecar:bench",
+                "DATARUN_OPERATOR_RUN_POD_NODE_SELECTOR": '{"type": "kwok"}',
+            },
         )
         operator.start()
         watch = PodWatch(api)

@@ -517,6 +517,10 @@ def get_pod(run: DataRun, pinned_inputs: Mapping[str, str], settings: Settings) 
         pod_spec["volumes"] = injection.volumes
     if settings.pod.service_account:
         pod_spec["serviceAccountName"] = settings.pod.service_account
+    if settings.pod.node_selector:
+        pod_spec["nodeSelector"] = dict(settings.pod.node_selector)
+    if settings.pod.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in settings.pod.tolerations]
 
     outputs = [{"name": o.name, "repo": o.repo, "path": data_path(o.path)} for o in spec.outputs]
     outputs += [{"name": d.name, "repo": d.output_repo, "path": ""} for d in spec.databases if d.output_repo]

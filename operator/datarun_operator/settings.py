@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class SettingsError(ValueError):
@@ -69,6 +70,10 @@ class PodSettings:
     """Extra labels on run pods, e.g. ``azure.workload.identity/use: "true"``."""
     annotations: Mapping[str, str] = field(default_factory=dict)
     """Extra annotations on run pods."""
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    """nodeSelector of run pods, e.g. ``{"pool": "batch"}`` (the tests use it to keep pods on kwok's node)."""
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    """Tolerations of run pods, as Kubernetes writes them (``key``, ``operator``, ``value``, ``effect``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,6 +133,18 @@ class Settings:
                 raise SettingsError(f"DATARUN_OPERATOR_{name}={raw!r}: use true or false")
             return raw in ("true", "1", "yes")
 
+        def json_list(name: str) -> tuple[dict[str, Any], ...]:
+            raw = get(name, "")
+            if not raw:
+                return ()
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise SettingsError(f"DATARUN_OPERATOR_{name} is not JSON: {err}") from None
+            if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+                raise SettingsError(f"DATARUN_OPERATOR_{name} must be a JSON list of objects")
+            return tuple(data)
+
         def mapping(name: str) -> dict[str, str]:
             raw = get(name, "")
             if not raw:
@@ -166,6 +183,8 @@ class Settings:
                 service_account=get("RUN_SERVICE_ACCOUNT", ""),
                 labels=mapping("RUN_POD_LABELS"),
                 annotations=mapping("RUN_POD_ANNOTATIONS"),
+                node_selector=mapping("RUN_POD_NODE_SELECTOR"),
+                tolerations=json_list("RUN_POD_TOLERATIONS"),
             ),
             webhook=WebhookSettings(
                 enabled=flag("WEBHOOK_ENABLED", webhook.enabled),

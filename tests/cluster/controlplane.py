@@ -493,6 +493,66 @@ class ControlPlane:
         raise KeyError(name)
 
 
+@dataclass
+class KwokOnCluster:
+    """kwok (with tests/cluster/stages) and its fake node on a cluster this module did not start (kind, or any
+    ``--kubeconfig``), so that run pods bound to that node behave as on the throwaway control plane."""
+
+    kubeconfig: Path
+    bin_dir: Path | None = None
+    node_name: str = NODE_NAME
+    timeout: float = 60.0
+    workdir: Path = field(init=False)
+    _kwok: subprocess.Popen[bytes] | None = field(init=False, default=None)
+
+    def __enter__(self) -> KwokOnCluster:
+        binaries = find_binaries(self.bin_dir, ("kwok", "kubectl"))
+        self.workdir = Path(tempfile.mkdtemp(prefix="datarun-kwok-"))
+        key, value = NODE_ANNOTATION
+        stages = [f"--config={stage}" for stage in sorted(STAGES_DIR.glob("*.yaml"))]
+        log_file = (self.workdir / "kwok.log").open("wb")
+        self._kwok = subprocess.Popen(
+            [*_pdeathsig_prefix(), str(binaries["kwok"]), f"--kubeconfig={self.kubeconfig}", "--manage-all-nodes=false",
+             f"--manage-nodes-with-annotation-selector={key}={value}", f"--cidr={POD_CIDR}", *stages],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ,
+            "KWOK_WORKDIR": str(self.workdir)}, start_new_session=True,
+        )  # fmt: skip
+        kubectl = [str(binaries["kubectl"]), "--kubeconfig", str(self.kubeconfig)]
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.node_name,
+                "annotations": {key: value},
+                "labels": {"kubernetes.io/hostname": self.node_name, "type": "kwok"},
+            },
+        }
+        subprocess.run([*kubectl, "apply", "-f", "-"], input=json.dumps(node).encode(), check=True, capture_output=True)
+
+        ready_status = "jsonpath={.status.conditions[?(@.type=='Ready')].status}"
+
+        def ready() -> bool:
+            out = subprocess.run(
+                [*kubectl, "get", "node", self.node_name, "-o", ready_status],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            return out.stdout.strip() == "True"
+
+        wait_until(f"kwok node {self.node_name} Ready", ready, self.timeout, interval=0.5)
+        # No node lifecycle controller may run (kind has one, the throwaway plane none): lift the not-ready taint.
+        subprocess.run([*kubectl, "patch", "node", self.node_name, "--type=merge", "-p", '{"spec":{"taints":null}}'],
+                       check=True, capture_output=True)  # fmt: skip
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._kwok is not None and self._kwok.poll() is None:
+            self._kwok.terminate()
+            self._kwok.wait(10)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class Cluster:
     """What the cluster tests get: a kubeconfig with cluster-admin rights and the kwok node to bind pods to."""

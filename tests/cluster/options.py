@@ -17,7 +17,8 @@ MARKER = "cluster: needs a Kubernetes control plane (tests/cluster/build.sh; or 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("cluster", "Kubernetes control plane (tests/cluster)")
-    # ValueError: added already (this module is a plugin of tests/conftest.py and re-exported by the conftest).
+    # ValueError: added already, by this module as a plugin of tests/conftest.py re-exported by the conftest, or,
+    # for --kubeconfig, by pytest-kind, whose option means the same: use this cluster.
     with contextlib.suppress(ValueError):
         group.addoption(
             "--kubeconfig",
@@ -27,6 +28,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             help="run the cluster tests against this existing cluster instead of starting a throwaway control "
             "plane; it must run kwok with tests/cluster/stages and have a Ready kwok node 'kwok-node-0' (e.g. "
             "one started by `python -m tests.cluster.controlplane`)",
+        )
+    with contextlib.suppress(ValueError):
+        group.addoption(
+            "--kind",
+            action="store_true",
+            default=False,
+            help="run the cluster tests on a kind cluster made by pytest-kind (needs Docker and kind; skipped "
+            "with the reason where they are missing), with kwok's fake node added to it",
         )
 
 

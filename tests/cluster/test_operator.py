@@ -40,6 +40,7 @@ pytestmark = pytest.mark.cluster
 RUNS_NAMESPACE = "datarun-tests"
 SIDECAR_IMAGE = "localhost/datarun-sidecar:test"
 TIMEOUT = 30.0
+KWOK_NODE_SELECTOR = {"type": "kwok"}  # a label of the kwok node (tests/cluster/controlplane.py)
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------------
@@ -93,6 +94,8 @@ def operator(
             "DATARUN_OPERATOR_SIDECAR_IMAGE": SIDECAR_IMAGE,
             "DATARUN_OPERATOR_WRAPPER_IMAGE": SIDECAR_IMAGE,
             "DATARUN_OPERATOR_RESYNC_SECONDS": "3",
+            # On a real cluster (--kubeconfig, --kind) only the kwok node may get the run pods.
+            "DATARUN_OPERATOR_RUN_POD_NODE_SELECTOR": json.dumps(KWOK_NODE_SELECTOR),
             "DATARUN_OPERATOR_WEBHOOK_ENABLED": "true",
             "DATARUN_OPERATOR_WEBHOOK_ADDRESS": "127.0.0.1",
             "DATARUN_OPERATOR_WEBHOOK_PORT": str(port),
@@ -278,6 +281,7 @@ def test_a_datarun_gets_one_pod_of_the_built_shape_with_its_inputs_pinned(
     assert meta["labels"][LABEL_RUN] == name
     spec_ = pod["spec"]
     assert spec_["restartPolicy"] == "Never"
+    assert spec_["nodeSelector"] == KWOK_NODE_SELECTOR
     assert [c["name"] for c in spec_["initContainers"]] == [INIT]
     containers = {c["name"]: c for c in spec_["containers"]}
     assert sorted(containers) == sorted([MAIN, FUSE])

@@ -248,6 +248,15 @@ def test_run_pod_service_account_labels_and_annotations(settings: Settings) -> N
     assert pod["spec"]["serviceAccountName"] == "runner"
     assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
     assert pod["metadata"]["annotations"]["a"] == "b"
+    assert "nodeSelector" not in pod["spec"] and "tolerations" not in pod["spec"]
+
+
+def test_run_pod_node_selector_and_tolerations(settings: Settings) -> None:
+    toleration = {"key": "batch", "operator": "Exists", "effect": "NoSchedule"}
+    settings = replace(settings, pod=PodSettings(node_selector={"pool": "batch"}, tolerations=(toleration,)))
+    pod = get_pod(run(), PINNED, settings)
+    assert pod["spec"]["nodeSelector"] == {"pool": "batch"}
+    assert pod["spec"]["tolerations"] == [toleration]
 
 
 def test_cache_volume_follows_the_spec(settings: Settings) -> None:

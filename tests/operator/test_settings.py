@@ -35,7 +35,10 @@ def test_every_variable_is_read() -> None:
         "DATARUN_OPERATOR_RUN_SERVICE_ACCOUNT": "runner",
         "DATARUN_OPERATOR_RUN_POD_LABELS": '{"a": "b"}',
         "DATARUN_OPERATOR_RUN_POD_ANNOTATIONS": '{"c": "d"}',
+        "DATARUN_OPERATOR_RUN_POD_NODE_SELECTOR": '{"pool": "batch"}',
+        "DATARUN_OPERATOR_RUN_POD_TOLERATIONS": '[{"key": "batch", "operator": "Exists"}]',
         "DATARUN_OPERATOR_WEBHOOK_ENABLED": "true",
+        "DATARUN_OPERATOR_WEBHOOK_ADDRESS": "127.0.0.1",
         "DATARUN_OPERATOR_WEBHOOK_PORT": "8443",
         "DATARUN_OPERATOR_WEBHOOK_CERT_FILE": "/c",
         "DATARUN_OPERATOR_WEBHOOK_KEY_FILE": "/k",
@@ -60,8 +63,19 @@ def test_every_variable_is_read() -> None:
         5,
     )
     assert (s.pod.service_account, dict(s.pod.labels), dict(s.pod.annotations)) == ("runner", {"a": "b"}, {"c": "d"})
+    assert (dict(s.pod.node_selector), s.pod.tolerations) == (
+        {"pool": "batch"},
+        ({"key": "batch", "operator": "Exists"},),
+    )
     w = s.webhook
-    assert (w.enabled, w.port, w.cert_file, w.key_file, w.check_repos) == (True, 8443, "/c", "/k", True)
+    assert (w.enabled, w.address, w.port, w.cert_file, w.key_file, w.check_repos) == (
+        True,
+        "127.0.0.1",
+        8443,
+        "/c",
+        "/k",
+        True,
+    )
     assert (s.resync_seconds, s.workers) == (7.5, 3)
 
 
@@ -76,6 +90,8 @@ def test_datarun_store_is_the_fallback_store() -> None:
         ("DATARUN_OPERATOR_WEBHOOK_ENABLED", "maybe", "use true or false"),
         ("DATARUN_OPERATOR_RUN_POD_LABELS", "a=b", "not JSON"),
         ("DATARUN_OPERATOR_RUN_POD_LABELS", "[1]", "JSON object"),
+        ("DATARUN_OPERATOR_RUN_POD_TOLERATIONS", '{"key": "x"}', "JSON list of objects"),
+        ("DATARUN_OPERATOR_RUN_POD_TOLERATIONS", "[", "not JSON"),
     ],
 )
 def test_bad_variables_name_themselves(name: str, value: str, words: str) -> None:

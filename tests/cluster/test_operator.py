@@ -33,7 +33,7 @@ from tests.cluster.operator_harness import (
     tool,
     validating_webhook_for_loopback,
 )
-from tests.operator.builders import fuse_result
+from tests.operator.builders import fuse_result, spec
 
 pytestmark = pytest.mark.cluster
 
@@ -124,18 +124,6 @@ def operator(
 @pytest.fixture
 def custom(kube_api: kubernetes.client.ApiClient) -> kubernetes.client.CustomObjectsApi:
     return kubernetes.client.CustomObjectsApi(kube_api)
-
-
-def spec(**overrides: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "image": "busybox:1.36",
-        "command": ["sh", "-c"],
-        "args": ["cp -r $DATARUN_INPUT_NUMBERS/. $DATARUN_OUTPUT_RESULT/"],
-        "inputs": [{"name": "numbers", "repo": "in", "label": "v1", "path": "in/numbers"}],
-        "outputs": [{"name": "result", "repo": "out", "path": "out/result", "label": "latest"}],
-    }
-    base.update(overrides)
-    return base
 
 
 @pytest.fixture
@@ -370,7 +358,6 @@ def test_a_failed_app_fails_the_run_with_its_exit_code(
 
     run = wait_for_phase(custom, name, "Failed", operator)
     status = run["status"]
-    print(json.dumps(get_pod(core_v1, name + "-run"), indent=1))
     assert status["reason"] == "AppFailed", status
     assert "exited with code 3" in status["message"]
     assert status["appExitCode"] == 3

@@ -5,6 +5,7 @@ kubelet stand-in (tests/cluster/kubelet.py) ending them with per-container exit 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -170,7 +171,10 @@ def test_built_kubectl_and_helm_report_their_pinned_versions(control_plane: Clus
     bin_dir = control_plane.control_plane.binaries["kube-apiserver"].parent
     kubectl, helm = bin_dir / "kubectl", bin_dir / "helm"
     if not (kubectl.exists() and helm.exists()):
-        pytest.skip(f"kubectl/helm not built in {bin_dir} (tests/cluster/build.sh kubectl helm)")
+        missing = f"kubectl/helm not built in {bin_dir} (tests/cluster/build.sh kubectl helm)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and {missing}")
+        pytest.skip(missing)
     nodes = subprocess.run(
         [kubectl, "--kubeconfig", control_plane.kubeconfig, "get", "node", control_plane.node_name, "-o", "name"],
         capture_output=True,

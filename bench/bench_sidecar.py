@@ -17,6 +17,7 @@ Rows:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import socket
@@ -143,8 +144,12 @@ def fuse_overhead(work: Path) -> Row:
     )
 
 
+_STARTED: list[Server] = []  # stopped by main() whatever happens, so a failed run leaves no server behind
+
+
 def _fresh_server(work: Path, name: str) -> Server:
     server = Server(DatabaseSpec(name, _port()), work / name)
+    _STARTED.append(server)
     server.start()
     return server
 
@@ -337,6 +342,9 @@ def main() -> int:
     try:
         rows = [fuse_overhead(work / "fuse"), *postgres_rows(work / "pg", 64 if args.small else args.db_mib, args.reps)]
     finally:
+        for server in _STARTED:
+            with contextlib.suppress(Exception):  # already failing: keep the first error
+                server.stop()
         for mnt in work.rglob("*mnt"):
             subprocess.run(["fusermount3", "-uz", str(mnt)], check=False, capture_output=True)
     version = subprocess.run([str(pg_bin() / "postgres"), "--version"], capture_output=True, text=True).stdout

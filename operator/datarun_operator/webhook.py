@@ -96,6 +96,14 @@ def injection_patch(
         return []  # the idempotency that reinvocation (reinvocationPolicy: IfNeeded) relies on
 
     spec_pod: Mapping[str, Any] = pod.get("spec") or {}
+    # A run ends once: with Always the kubelet would restart the finished app and sidecars, and each restart would
+    # upload the outputs again. Argo's step pods use Never; Kubernetes' default (unset) is Always.
+    policy = spec_pod.get("restartPolicy") or "Always"
+    if policy == "Always":
+        raise InjectionError(
+            f"spec.restartPolicy: `{policy}` restarts the app after it ends and uploads its outputs again; "
+            "use `Never` or `OnFailure` for pods with datarun sidecars"
+        )
     containers: list[Mapping[str, Any]] = list(spec_pod.get("containers") or [])
     index = _app_container(containers, annotations.get(ANNOTATION_CONTAINER))
     app = containers[index]

@@ -157,7 +157,7 @@ def test_a_database_gets_the_postgres_sidecar_with_its_source_label(settings: Se
 
 def test_a_plain_pod_without_argo_is_wrapped_from_its_command(settings: Settings) -> None:
     pod = argo_pod(command=["python", "app.py"], args=["--fast"])
-    pod["spec"] = {"containers": [pod["spec"]["containers"][1]]}
+    pod["spec"] = {"containers": [pod["spec"]["containers"][1]], "restartPolicy": "Never"}
     pod["spec"]["containers"][0].update(name="app")
     del pod["spec"]["containers"][0]["env"], pod["spec"]["containers"][0]["volumeMounts"]
 
@@ -259,6 +259,22 @@ def test_a_bad_annotation_is_refused_naming_the_annotation_and_the_field(
     settings: Settings, annotations: dict[str, str], message: str
 ) -> None:
     assert refusal(argo_pod(annotations), settings).startswith(message)
+
+
+@pytest.mark.parametrize("policy", ["Always", None])
+def test_a_pod_that_restarts_when_it_ends_is_refused(settings: Settings, policy: str | None) -> None:
+    pod = argo_pod()
+    if policy is None:
+        del pod["spec"]["restartPolicy"]  # Kubernetes' default is Always
+    else:
+        pod["spec"]["restartPolicy"] = policy
+    assert refusal(pod, settings).startswith("spec.restartPolicy: `Always` restarts the app after it ends")
+
+
+def test_a_pod_restarted_on_failure_is_injected(settings: Settings) -> None:
+    pod = argo_pod()
+    pod["spec"]["restartPolicy"] = "OnFailure"
+    assert injected(pod, settings)["spec"]["restartPolicy"] == "OnFailure"
 
 
 def test_an_app_container_without_a_command_is_refused(settings: Settings) -> None:

@@ -15,6 +15,7 @@ consistent while the server runs nor portable across major versions; a dump is b
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pwd
@@ -186,8 +187,9 @@ class Server:
             )
         return proc
 
-    @property
+    @functools.cached_property
     def major(self) -> int:
+        """The server's major version; asked once (a subprocess), since the binaries do not change under us."""
         out = subprocess.run(
             [str(self.bin / "postgres"), "--version"], capture_output=True, text=True, check=True
         ).stdout

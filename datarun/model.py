@@ -55,9 +55,23 @@ def validate_relpath(path: str) -> str:
 
 
 def validate_link_target(path: str, target: str) -> str:
-    """A symlink may point only inside the bundle, relative to its own folder."""
+    """A symlink may point only inside the bundle, relative to its own folder.
+
+    Its `..` steps must all come first (``../../a/b``, never ``a/../b``). The lexical check alone
+    let a chain escape: with ``a/b -> ..``, the link ``c -> a/b/..`` normalises to ``a`` but goes
+    through ``a/b`` to the bundle's parent. Leading `..` steps climb real folders, since every
+    entry's own path is a real one; the names after them only go down, and each link met on the way
+    obeys the same rule, so no chain can climb out.
+    """
     if not target or target.startswith("/") or "\x00" in target:
         raise UnsafePathError(f"unsafe symlink {path!r} -> {target!r}: absolute or empty targets are refused")
+    parts = target.split("/")
+    first_name = next((i for i, part in enumerate(parts) if part != ".."), len(parts))
+    if ".." in parts[first_name:]:
+        raise UnsafePathError(
+            f"unsafe symlink {path!r} -> {target!r}: `..` after a name could climb through another link; "
+            "put every `..` first"
+        )
     resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
     if resolved == ".." or resolved.startswith("../"):
         raise UnsafePathError(f"unsafe symlink {path!r} -> {target!r}: it points outside the bundle")

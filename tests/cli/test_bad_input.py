@@ -241,6 +241,22 @@ def test_manifest_paths_escaping_the_destination_are_refused(env: Env, entry: di
     assert not dest.exists() or not any(dest.iterdir())
 
 
+def test_a_chain_of_links_climbing_out_is_refused(env: Env) -> None:
+    """Each link alone normalises inside the bundle; together `c` would reach the destination's parent."""
+    env.ok("repo", "create", "--repo", "r")
+    entries: list[dict[str, object]] = [
+        {"p": "a", "k": "d", "m": 493, "t": 0},
+        {"p": "a/b", "k": "l", "m": 511, "t": 0, "l": ".."},
+        {"p": "c", "k": "l", "m": 511, "t": 0, "l": "a/b/.."},
+    ]
+    bundle = _craft_bundle(env, entries)
+    dest = env.tmp / "chain" / "dest"
+    result = env.run("bundle", "download", "--repo", "r", "--bundle", bundle, "--destination", str(dest))
+    assert result.code == ExitCode.INTEGRITY, result.err
+    assert "unsafe symlink 'c' -> 'a/b/..'" in result.err
+    assert not (dest / "c").is_symlink()
+
+
 def test_download_refuses_to_write_through_a_symlink_in_the_destination(env: Env) -> None:
     _repo_with_bundle(env)
     dest = env.tmp / "dest"

@@ -41,6 +41,16 @@ def test_symlinks_must_stay_inside_the_bundle() -> None:
             validate_link_target("a/b", target)
 
 
+def test_a_chain_of_links_cannot_climb_out() -> None:
+    """With ``a/b -> ..``, ``c -> a/b/..`` is lexically ``a`` but really the bundle's parent."""
+    assert validate_link_target("a/b", "..") == ".."
+    for target in ["a/b/..", "a/../..", "x/..", "../a/../b"]:
+        with pytest.raises(UnsafePathError, match=r"put every `\.\.` first"):
+            validate_link_target("c", target)
+    for fine in ["a/b", "./a", "../c/d", "a/./b"]:
+        assert validate_link_target("x/y", fine) == fine
+
+
 @pytest.mark.parametrize("name", ["bad/label", "..", "", "-x", "a" * 200, "a b"])
 def test_bad_labels_are_usage_errors(name: str) -> None:
     with pytest.raises(UsageError, match="invalid label"):

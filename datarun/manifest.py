@@ -143,6 +143,7 @@ def read_manifest_records(store: ObjectStore, manifest_id: str) -> Iterator[dict
     where = f"manifest {manifest_id[:16]}"
     hasher = blake3.blake3()
     last: tuple[str, ...] | None = None
+    last_kind = DIRECTORY
     try:
         with open_manifest_stream(store, manifest_id) as stream:
             lines = io.BufferedReader(cast(io.RawIOBase, stream), buffer_size=1 << 20)
@@ -166,7 +167,12 @@ def read_manifest_records(store: ObjectStore, manifest_id: str) -> Iterator[dict
                 key = tree_key(path)
                 if last is not None and key <= last:
                     raise IntegrityError(f"{where}: entry `{path}` is duplicated or out of order")
-                last = key
+                # Tree order puts whatever lies under `a` right after `a`: if that is a file or a link,
+                # an entry below it would be written or mounted through it.
+                if last is not None and last_kind != DIRECTORY and key[: len(last)] == last:
+                    what = "symlink" if last_kind == SYMLINK else "file"
+                    raise IntegrityError(f"{where}: entry `{path}` lies inside `{'/'.join(last)}`, which is a {what}")
+                last, last_kind = key, kind
                 yield raw
     except (zstandard.ZstdError, orjson.JSONDecodeError) as err:
         raise IntegrityError(f"{where} is corrupt: {err}") from None

@@ -257,6 +257,26 @@ def test_a_chain_of_links_climbing_out_is_refused(env: Env) -> None:
     assert not (dest / "c").is_symlink()
 
 
+@pytest.mark.parametrize(
+    ("first", "what"),
+    [
+        ({"p": "a", "k": "f", "m": 420, "t": 0, "s": 0, "c": []}, "file"),
+        ({"p": "a", "k": "l", "m": 511, "t": 0, "l": "x"}, "symlink"),
+    ],
+    ids=["under-a-file", "under-a-link"],
+)
+def test_an_entry_inside_a_file_or_link_is_refused(env: Env, first: dict[str, object], what: str) -> None:
+    env.ok("repo", "create", "--repo", "r")
+    inner = {"p": "a/b", "k": "f", "m": 420, "t": 0, "s": 0, "c": []}
+    bundle = _craft_bundle(env, [first, inner])
+    dest = env.tmp / "inside" / "dest"
+    result = env.run("bundle", "download", "--repo", "r", "--bundle", bundle, "--destination", str(dest))
+    assert result.code == ExitCode.INTEGRITY, result.err
+    assert f"entry `a/b` lies inside `a`, which is a {what}" in result.err
+    listing = env.run("bundle", "list", "files", "--repo", "r", "--bundle", bundle)
+    assert listing.code == ExitCode.INTEGRITY, listing.err
+
+
 def test_download_refuses_to_write_through_a_symlink_in_the_destination(env: Env) -> None:
     _repo_with_bundle(env)
     dest = env.tmp / "dest"

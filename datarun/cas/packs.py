@@ -141,9 +141,12 @@ class PackWriter:
             self._path = None
 
 
+_PACK_ID_DOMAIN = b"datarun-pack-v1\0"
+
+
 def pack_id_of(chunks: list[PendingChunk]) -> str:
     table = b"".join(_RECORD.pack(c.digest, c.offset, c.stored_size, c.size, int(c.compressed)) for c in chunks)
-    return str(blake3.blake3(b"datarun-pack-v1\0" + table).hexdigest())
+    return str(blake3.blake3(_PACK_ID_DOMAIN + table).hexdigest())
 
 
 def encode_segment(pack_id: str, chunks: Iterable[PendingChunk]) -> bytes:
@@ -164,6 +167,12 @@ def decode_segment(name: str, data: bytes) -> list[ChunkRef]:
     pack_id = pack_raw.hex()
     if len(data) != _HEADER.size + count * _RECORD.size + 32:
         raise IntegrityError(f"index segment `{name}` is truncated")
+    # A segment certifies itself: its records are the pack's chunk table, whose hash is the pack id,
+    # and it is stored under that id. A segment copied to another name would send dedup to the wrong pack.
+    if name != pack_id:
+        raise IntegrityError(f"index segment `{name}` describes pack `{pack_id}`, not the one it is named after")
+    if blake3.blake3(_PACK_ID_DOMAIN + data[_HEADER.size : -32]).hexdigest() != pack_id:
+        raise IntegrityError(f"index segment `{name}` does not match its pack id (chunk table hash)")
     refs = []
     for i in range(count):
         dig, offset, stored, size, flags = _RECORD.unpack_from(data, _HEADER.size + i * _RECORD.size)

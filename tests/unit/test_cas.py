@@ -89,8 +89,21 @@ def test_segment_round_trip_and_checksum(tmp_path: Path) -> None:
     writer.add(blake3.blake3(b"x").digest(), memoryview(b"x"))
     sealed = writer.seal()
     data = encode_segment(sealed.pack_id, sealed.chunks)
-    assert decode_segment("s", data) == sealed.refs()
+    assert decode_segment(sealed.pack_id, data) == sealed.refs()
     broken = bytearray(data)
     broken[60] ^= 1
     with pytest.raises(IntegrityError, match="corrupt"):
-        decode_segment("s", bytes(broken))
+        decode_segment(sealed.pack_id, bytes(broken))
+
+
+def test_a_segment_must_describe_the_pack_it_is_named_after(tmp_path: Path) -> None:
+    writer = PackWriter(tmp_path)
+    writer.add(blake3.blake3(b"x").digest(), memoryview(b"x"))
+    sealed = writer.seal()
+    data = encode_segment(sealed.pack_id, sealed.chunks)
+    other = "ab" * 32
+    with pytest.raises(IntegrityError, match="not the one it is named after"):
+        decode_segment(other, data)  # a valid segment copied under another pack's name
+    forged = encode_segment(other, sealed.chunks)  # well-formed, but its table is not pack `other`'s
+    with pytest.raises(IntegrityError, match="does not match its pack id"):
+        decode_segment(other, forged)

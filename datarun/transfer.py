@@ -132,6 +132,18 @@ class _Draft:
         return FileEntry(e.path, e.kind, e.size, e.mode, e.mtime_ns, refs, e.target)
 
 
+def _require_utf8(where: str, text: str, what: str) -> None:
+    """Manifests store names as UTF-8 JSON; os.scandir hands undecodable bytes over as surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(where).decode("utf-8", "backslashreplace")
+        raise LocalIOError(
+            f"the {what} of `{shown}` is not valid UTF-8, and bundles keep names as UTF-8; rename it "
+            "(e.g. `convmv -f latin1 -t utf8 --notest`) or leave it out of the folder"
+        ) from None
+
+
 def walk_tree(root: Path) -> Iterator[tuple[str, os.stat_result, str]]:
     """Yield (relative path, lstat, kind) in tree order: depth first, names sorted."""
 
@@ -143,6 +155,7 @@ def walk_tree(root: Path) -> Iterator[tuple[str, os.stat_result, str]]:
             raise local_io_error(err, folder, "read folder") from None
         for entry in entries:
             path = f"{rel}{entry.name}"
+            _require_utf8(entry.path, entry.name, "file name")
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as err:
@@ -437,6 +450,7 @@ class Uploader:
 
     def _add_symlink(self, root: Path, rel: str, st: os.stat_result) -> None:
         target = os.readlink(root / rel)
+        _require_utf8(str(root / rel), target, "symlink target")
         try:
             validate_link_target(rel, target)
         except UnsafePathError:

@@ -277,6 +277,24 @@ def test_an_entry_inside_a_file_or_link_is_refused(env: Env, first: dict[str, ob
     assert listing.code == ExitCode.INTEGRITY, listing.err
 
 
+@pytest.mark.parametrize("what", ["file name", "symlink target"])
+def test_a_name_that_is_not_utf8_is_a_local_error_naming_it_and_commits_nothing(env: Env, what: str) -> None:
+    env.ok("repo", "create", "--repo", "r")
+    src = env.tmp / "latin1"
+    src.mkdir()
+    (src / "ok.txt").write_text("fine")
+    if what == "file name":
+        Path(os.fsdecode(bytes(src) + b"/caf\xe9.txt")).write_text("x")
+    else:
+        os.symlink(os.fsdecode(b"caf\xe9.txt"), src / "link")
+    result = env.run("bundle", "upload", "--path", str(src), "--message", "m", "--repo", "r", "--label", "v1")
+    assert result.code == ExitCode.LOCAL_IO, result.err
+    assert f"the {what} of `" in result.err and "is not valid UTF-8" in result.err and "rename it" in result.err
+    assert "internal error" not in result.err
+    assert env.ok("bundle", "list", "--repo", "r").out.strip() == ""
+    assert env.run("label", "get", "--repo", "r", "--label", "v1").code == ExitCode.NOT_FOUND
+
+
 def test_download_refuses_to_write_through_a_symlink_in_the_destination(env: Env) -> None:
     _repo_with_bundle(env)
     dest = env.tmp / "dest"

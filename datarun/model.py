@@ -237,7 +237,12 @@ class Repo:
 
     @staticmethod
     def from_json(raw: dict[str, Any]) -> Repo:
-        return Repo(str(raw["name"]), str(raw.get("description", "")), str(raw["created"]), str(raw.get("creator", "")))
+        try:
+            return Repo(
+                str(raw["name"]), str(raw.get("description", "")), str(raw["created"]), str(raw.get("creator", ""))
+            )
+        except (KeyError, TypeError) as err:
+            raise IntegrityError(f"malformed repo record: {err}") from None
 
 
 @dataclass(frozen=True, slots=True)

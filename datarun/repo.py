@@ -41,6 +41,7 @@ from datarun.ids import is_ksuid, new_ksuid
 from datarun.manifest import ManifestWriter, manifest_key, read_manifest, read_manifest_records, tree_key
 from datarun.model import (
     FILE,
+    FORMAT_VERSION,
     Bundle,
     BundleRef,
     FileEntry,
@@ -119,6 +120,24 @@ class VerifyReport:
         return not self.problems
 
 
+def _record(key: str, raw: bytes) -> Any:
+    """A metadata record, refused if it is not JSON or a newer datarun wrote it."""
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        raise IntegrityError(f"record `{key}` is corrupt: {err}") from None
+    if not isinstance(record, dict):
+        raise IntegrityError(f"record `{key}` is corrupt: not a JSON object")
+    version = record.get("format", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise IntegrityError(f"record `{key}` is corrupt: its `format` is {version!r}")
+    if version > FORMAT_VERSION:
+        raise UsageError(
+            f"record `{key}` has format v{version}, newer than this datarun reads (v{FORMAT_VERSION}); upgrade datarun"
+        )
+    return record
+
+
 class Client:
     """A connection to one datarun store (metadata + blobs)."""
 
@@ -137,6 +156,7 @@ class Client:
         self.author = author
         self.workers = workers
         self._index: ChunkIndex | None = None
+        self._format_checked = False
 
     def close(self) -> None:
         if self._index is not None:
@@ -155,16 +175,25 @@ class Client:
 
     def _read_record(self, key: str, missing: str) -> Any:
         """One JSON record; ``missing`` is the not-found message (name the thing, say the fix)."""
+        self._check_read_format()
         try:
             raw, _ = self.meta.read(key)
         except ObjectNotFound:
             raise NotFoundError(missing) from None
-        return orjson.loads(raw)
+        return _record(key, raw)
 
     def _read_records(self, prefix: str) -> Iterator[Any]:
+        self._check_read_format()
         for info in self.meta.list(prefix):
             raw, _ = self.meta.read(info.key)
-            yield orjson.loads(raw)
+            yield _record(info.key, raw)
+
+    def _check_read_format(self) -> None:
+        # Readers check the store marker too, once per client: a store written by a newer format
+        # must be refused before its records are misread, not only before they are written.
+        if not self._format_checked:
+            self._check_format(create=False)
+            self._format_checked = True
 
     # -- store marker --------------------------------------------------------------------
 
@@ -206,11 +235,12 @@ class Client:
         )
 
     def list_repos(self) -> list[Repo]:
+        self._check_read_format()
         repos = []
         for info in self.meta.list("repos/"):
             if info.key.endswith("/repo.json") and info.key.count("/") == 2:
                 raw, _ = self.meta.read(info.key)
-                repos.append(Repo.from_json(orjson.loads(raw)))
+                repos.append(Repo.from_json(_record(info.key, raw)))
         return repos
 
     # -- bundles -------------------------------------------------------------------------
@@ -433,7 +463,7 @@ class Client:
         for attempt in range(retries + 1):
             try:
                 raw, info = self.meta.read(key)
-                current: Label | None = Label.from_json(orjson.loads(raw))
+                current: Label | None = Label.from_json(_record(key, raw))
                 etag: str | None = info.etag
             except ObjectNotFound:
                 current, etag = None, None

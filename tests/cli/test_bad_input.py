@@ -295,6 +295,31 @@ def test_a_name_that_is_not_utf8_is_a_local_error_naming_it_and_commits_nothing(
     assert env.run("label", "get", "--repo", "r", "--label", "v1").code == ExitCode.NOT_FOUND
 
 
+def test_records_from_a_newer_format_are_refused_on_read_too(env: Env) -> None:
+    bundle_id = _repo_with_bundle(env)
+    store = LocalStore(env.store)
+    key = f"repos/r/bundles/{bundle_id}.json"
+    record = orjson.loads(store.read(key)[0])
+    store.put(key, orjson.dumps({**record, "format": 2}))
+    result = env.run("bundle", "get", "--repo", "r", "--bundle", bundle_id)
+    assert result.code == ExitCode.USAGE, result.err
+    assert f"record `{key}` has format v2" in result.err and "upgrade datarun" in result.err
+
+    store.put(key, b"{not json")
+    result = env.run("bundle", "get", "--repo", "r", "--bundle", bundle_id)
+    assert result.code == ExitCode.INTEGRITY, result.err
+    assert f"record `{key}` is corrupt" in result.err
+
+
+def test_a_store_of_a_newer_format_is_refused_by_readers(env: Env) -> None:
+    _repo_with_bundle(env)
+    LocalStore(env.store).put("datarun-store.json", orjson.dumps({"format": "datarun-store", "version": 2}))
+    for args in (["bundle", "list", "--repo", "r"], ["repo", "list"], ["label", "get", "--repo", "r", "--label", "v1"]):
+        result = env.run(*args)
+        assert result.code == ExitCode.USAGE, (args, result.err)
+        assert "uses format v2" in result.err and "Upgrade datarun" in result.err
+
+
 def test_download_refuses_to_write_through_a_symlink_in_the_destination(env: Env) -> None:
     _repo_with_bundle(env)
     dest = env.tmp / "dest"

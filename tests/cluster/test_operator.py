@@ -225,6 +225,19 @@ def events_of(core_v1: kubernetes.client.CoreV1Api, name: str) -> list[tuple[str
     return [(str(e.type), str(e.reason)) for e in events.items]
 
 
+def wait_for_event(
+    core_v1: kubernetes.client.CoreV1Api, name: str, event: tuple[str, str], operator: OperatorProcess
+) -> list[tuple[str, str]]:
+    """The run's Events once ``event`` (type, reason) is among them: kopf posts Events in the background, after
+    the status patch that goes with them, so a test that saw the status may be ahead of the Event."""
+    found = wait_for(
+        f"Event {event} on {name}",
+        lambda: seen if event in (seen := events_of(core_v1, name)) else None,
+        operator=operator,
+    )
+    return list(found)
+
+
 def pods_of(core_v1: kubernetes.client.CoreV1Api, name: str) -> list[str]:
     pods = core_v1.list_namespaced_pod(RUNS_NAMESPACE, label_selector=f"{LABEL_RUN}={name}")
     return [str(p.metadata.name) for p in pods.items if p.metadata]
@@ -289,7 +302,7 @@ def test_a_datarun_gets_one_pod_of_the_built_shape_with_its_inputs_pinned(
     pod = wait_for_pod(core_v1, name, operator, phase="Running")
     assert pod["spec"]["nodeName"] == control_plane.node_name
     run = wait_for_phase(custom, name, "Running", operator)
-    assert ("Normal", "PodCreated") in events_of(core_v1, name)
+    wait_for_event(core_v1, name, ("Normal", "PodCreated"), operator)
     assert pods_of(core_v1, name) == [f"{name}-run"]
 
 
@@ -326,11 +339,7 @@ def test_a_finished_pod_gives_outputs_and_succeeded(
     assert status["startTime"] and status["completionTime"]
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions == {"InputsPinned": "True", "AppCompleted": "True", "OutputsUploaded": "True"}
-    reasons = wait_for(
-        "the Succeeded event",
-        lambda: r if ("Normal", "Succeeded") in (r := events_of(core_v1, name)) else None,
-        operator=operator,
-    )
+    reasons = wait_for_event(core_v1, name, ("Normal", "Succeeded"), operator)
     assert ("Normal", "InputsPinned") in reasons
 
 
@@ -362,7 +371,7 @@ def test_a_failed_app_fails_the_run_with_its_exit_code(
     assert "exited with code 3" in status["message"]
     assert status["appExitCode"] == 3
     assert [o.get("bundle", "") for o in status["outputs"]] == [""]
-    assert ("Warning", "AppFailed") in events_of(core_v1, name)
+    wait_for_event(core_v1, name, ("Warning", "AppFailed"), operator)
 
 
 def test_an_unknown_label_fails_the_run_naming_the_field_and_makes_no_pod(

@@ -4,7 +4,7 @@
     client = connect()                       # the default store, or connect("file:///data")
     client.create_repo("images", "raw camera frames")
     result = client.upload("images", "./frames", message="day 1", label="latest")
-    client.download("images", "./copy", label="latest")
+    client.download(client.resolve("images", label="latest"), "./copy")
 
 Store layout (see FORMAT.md): metadata (repos, bundles, labels, manifests) lives in the
 metadata store and chunk data (packs, index segments) in the blob store; they are the same

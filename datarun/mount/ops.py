@@ -24,7 +24,6 @@ log = logging.getLogger("datarun.mount")
 # Bundles are immutable, so the kernel may cache names and attributes for as long as it likes.
 CACHE_TIMEOUT = 365 * 24 * 3600.0
 _SEQUENTIAL_SLACK = 4 << 20
-_SIZES: dict[int, int] | None = {} if os.environ.get("DATARUN_MOUNT_TRACE") else None
 
 
 @dataclass
@@ -159,8 +158,6 @@ class BundleOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
 
     async def release(self, fh: int) -> None:
-        if _SIZES:
-            log.warning("read sizes: %s", sorted(_SIZES.items()))
         handle = self._handles.pop(fh, None)
         if handle is not None and handle.staged_fd >= 0:
             os.close(handle.staged_fd)
@@ -174,8 +171,6 @@ class BundleOperations(pyfuse3.Operations):
         return "/".join(reversed(parts))
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        if _SIZES is not None:
-            _SIZES[size] = _SIZES.get(size, 0) + 1
         handle = self._handles.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from datarun_operator import models
-from datarun_operator.models import F
+from datarun_operator.schema import FieldSchema, Rule, fields_of, has_default, json_name
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "charts" / "datarun" / "crds" / "datarun.io_dataruns.yaml"
 HEADER = (
@@ -31,13 +31,13 @@ HEADER = (
 )
 
 
-def _described(schema: dict[str, Any], meta: F | None) -> dict[str, Any]:
+def _described(schema: dict[str, Any], meta: FieldSchema | None) -> dict[str, Any]:
     if meta is not None and meta.description:
         return {"description": meta.description, **schema}
     return schema
 
 
-def _scalar_schema(tp: Any, *, pattern: str | None, int_or_string: bool, meta: F | None) -> dict[str, Any]:
+def _scalar_schema(tp: Any, *, pattern: str | None, int_or_string: bool, meta: FieldSchema | None) -> dict[str, Any]:
     if isinstance(tp, type) and issubclass(tp, StrEnum):
         return {"type": "string", "enum": [m.value for m in tp]}
     if tp is bool:
@@ -66,7 +66,7 @@ def _scalar_schema(tp: Any, *, pattern: str | None, int_or_string: bool, meta: F
     raise TypeError(f"no schema for {tp!r}")
 
 
-def type_schema(tp: Any, meta: F | None) -> dict[str, Any]:
+def type_schema(tp: Any, meta: FieldSchema | None) -> dict[str, Any]:
     """The OpenAPI v3 schema of one field type."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
@@ -114,15 +114,15 @@ def object_schema(cls: type) -> dict[str, Any]:
     """A dataclass as an OpenAPI object: properties, required (fields without a default), CEL rules."""
     properties: dict[str, Any] = {}
     required: list[str] = []
-    for f, tp, meta in models.fields_of(cls):
-        name = models.json_name(f, meta)
+    for f, tp, meta in fields_of(cls):
+        name = json_name(f, meta)
         properties[name] = type_schema(tp, meta)
-        if not models.has_default(f):
+        if not has_default(f):
             required.append(name)
     out: dict[str, Any] = {"type": "object", "properties": properties}
     if required:
         out["required"] = required
-    rules: tuple[models.Rule, ...] = getattr(cls, "CEL", ())
+    rules: tuple[Rule, ...] = getattr(cls, "CEL", ())
     if rules:
         out["x-kubernetes-validations"] = [
             {"rule": r.rule, "message": r.message, **({"fieldPath": r.field_path} if r.field_path else {})}

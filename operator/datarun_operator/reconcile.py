@@ -20,9 +20,9 @@ from datarun_operator.models import (
     OutputStatus,
     Phase,
     SpecError,
-    dump,
 )
 from datarun_operator.resources import RunResult, parse_pod_result, pod_name
+from datarun_operator.schema import dump
 
 INPUTS_PINNED = "InputsPinned"
 APP_COMPLETED = "AppCompleted"

@@ -19,10 +19,10 @@ from datarun_operator.models import (
     OutputStatus,
     Phase,
     SpecError,
-    dump,
     parse_spec,
     parse_status,
 )
+from datarun_operator.schema import dump
 from tests.operator.builders import BUNDLE_A, body, spec
 
 

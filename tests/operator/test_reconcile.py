@@ -38,7 +38,7 @@ T0, T1, T2 = "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", "2026-01-01T00:02:0
 
 def apply(status: DataRunStatus, update: reconcile.StatusUpdate) -> DataRunStatus:
     """What the apiserver does with the merge patch."""
-    from datarun_operator.models import dump
+    from datarun_operator.schema import dump
 
     return parse_status({**dump(status), **update.patch})
 

@@ -34,8 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from datarun_operator.builder import get_pod  # noqa: E402
 from datarun_operator.models import DataRun, Phase  # noqa: E402
-from datarun_operator.resources import get_pod, parse_pod_result  # noqa: E402
+from datarun_operator.result import parse_pod_result  # noqa: E402
 from datarun_operator.settings import ImageSettings, Settings, StoreSettings  # noqa: E402
 from tests.containers.kubeplay import create_secret, play, podman_missing, remove_secret  # noqa: E402
 from tests.store.emulators import FakeGCS, gcs_missing  # noqa: E402

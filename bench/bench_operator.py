@@ -31,8 +31,8 @@ import kubernetes
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests.cluster
 
 from datarun.repo import connect
+from datarun_operator.builder import FUSE, LABEL_RUN
 from datarun_operator.models import GROUP, PLURAL, VERSION
-from datarun_operator.resources import FUSE, LABEL_RUN
 from tests.cluster.controlplane import NODE_NAME, Cluster, ControlPlane
 from tests.cluster.kubelet import ContainerEnd, finish_pod
 from tests.cluster.operator_harness import OperatorProcess, install_chart, service_account_kubeconfig

@@ -4,9 +4,13 @@ It is the only package that talks to the Kubernetes API, and it uses :mod:`datar
 API (labels, bundles) only; :mod:`datarun` never imports it. Layers, top to bottom:
 
 - ``handlers`` (kopf registration, thin) and ``__main__`` (``python -m datarun_operator``);
-- ``kube`` (the few API calls) and ``reconcile`` (pure decisions: pins, status, events, admission);
-- ``resources`` (pure pod builder and pod-result parser) and ``crd`` (CRD generated from the models);
-- ``settings`` and ``models`` (typed records, validation that names the field).
+- ``kube`` (the few API calls), ``reconcile`` (pure decisions: pins, status, events, admission) and
+  ``webhook`` (the pure JSONPatch for pods the operator does not create);
+- ``result`` (pure pod -> run-result parser) and ``crd`` (CRD generated from the models);
+- ``builder`` (pure DataRun -> pod builder, and the webhook's injection);
+- ``wire`` (the operator <-> sidecar wire format: commands, serialised maps, env, exit codes);
+- ``settings`` and ``models`` (typed records, validation that names the field);
+- ``schema`` (the generic engine: JSON <-> records, with the schema facts the CRD is made from).
 """
 
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
 """The kopf handlers: thin. They fetch, call the pure functions of :mod:`reconcile` and
-:mod:`resources`, and send. Run with ``kopf run -m datarun_operator.handlers -A`` or
+:mod:`builder`, and send. Run with ``kopf run -m datarun_operator.handlers -A`` or
 ``python -m datarun_operator``.
 
 Settings come from DATARUN_OPERATOR_* variables (:meth:`Settings.from_env`), read at import.
@@ -31,10 +31,11 @@ import kopf
 from datarun.errors import DatarunError, NotFoundError, UsageError
 from datarun.repo import connect
 from datarun_operator import reconcile, webhook
+from datarun_operator.builder import LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY, get_pod, pod_name
 from datarun_operator.kube import Kube, load_config
 from datarun_operator.models import GROUP, PLURAL, VERSION, DataRun, Phase, SpecError, parse_status
-from datarun_operator.resources import LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY, get_pod, pod_name, store_of
 from datarun_operator.settings import Settings
+from datarun_operator.wire import store_of
 
 SETTINGS = Settings.from_env(os.environ)
 FINALIZER = "datarun.io/finalizer"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from datarun.errors import DatarunError, NotFoundError, UsageError
+from datarun_operator.builder import pod_name
 from datarun_operator.models import (
     Condition,
     ConditionStatus,
@@ -21,7 +22,7 @@ from datarun_operator.models import (
     Phase,
     SpecError,
 )
-from datarun_operator.resources import RunResult, parse_pod_result, pod_name
+from datarun_operator.result import RunResult, parse_pod_result
 from datarun_operator.schema import dump
 
 INPUTS_PINNED = "InputsPinned"

@@ -2,7 +2,7 @@
 
 An Argo Workflow step (or any pod) asks for them with annotations; the webhook answers with a
 JSONPatch that gives the pod what a DataRun pod gets, built by the same code
-(:func:`datarun_operator.resources.build_injection`)::
+(:func:`datarun_operator.builder.build_injection`)::
 
     metadata:
       labels:
@@ -43,9 +43,10 @@ from typing import Any
 
 import yaml
 
+from datarun_operator.builder import FUSE, INIT, MAIN, POSTGRES, build_injection
 from datarun_operator.models import SpecError, parse_spec
-from datarun_operator.resources import FUSE, INIT, MAIN, POD_IDENTITY, POSTGRES, build_injection
 from datarun_operator.settings import Settings
+from datarun_operator.wire import POD_IDENTITY
 
 PREFIX = "datarun.io/"
 LABEL_INJECT = "datarun.io/inject"

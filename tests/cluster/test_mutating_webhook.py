@@ -30,8 +30,8 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from datarun_operator import handlers
+from datarun_operator.builder import FUSE, INIT
 from datarun_operator.kube import Kube
-from datarun_operator.resources import FUSE, INIT
 from tests.cluster.controlplane import Cluster
 from tests.operator.builders import make_settings
 

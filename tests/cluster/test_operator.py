@@ -21,8 +21,8 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from datarun.repo import Client, connect
+from datarun_operator.builder import FUSE, INIT, LABEL_RUN, MAIN
 from datarun_operator.models import GROUP, PLURAL, VERSION
-from datarun_operator.resources import FUSE, INIT, LABEL_RUN, MAIN
 from tests.cluster.controlplane import Cluster, free_port
 from tests.cluster.kubelet import ContainerEnd, finish_pod
 from tests.cluster.operator_harness import (

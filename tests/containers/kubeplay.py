@@ -1,6 +1,6 @@
 """Run the operator's pods for real with ``podman kube play``, and read them back as Kubernetes would.
 
-The pod is the one :func:`datarun_operator.resources.get_pod` builds, byte for byte, with three
+The pod is the one :func:`datarun_operator.builder.get_pod` builds, byte for byte, with three
 additions that stand in for the parts of a cluster podman does not have:
 
 - **termination-log files.** The kubelet bind-mounts a fresh, world-writable host file at each
@@ -16,7 +16,7 @@ additions that stand in for the parts of a cluster podman does not have:
 
 :func:`pod_status` is the adapter: it turns ``podman pod inspect`` and ``podman inspect`` into the
 ``status`` of a Kubernetes Pod (phase, startTime, containerStatuses with running / terminated /
-waiting states), which is what :func:`datarun_operator.resources.parse_pod_result` reads.
+waiting states), which is what :func:`datarun_operator.result.parse_pod_result` reads.
 """
 
 from __future__ import annotations

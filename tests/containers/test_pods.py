@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
+from datarun_operator.builder import FUSE, MAIN, POSTGRES, get_pod
 from datarun_operator.models import DataRun, Phase
-from datarun_operator.resources import FUSE, MAIN, POSTGRES, get_pod, parse_pod_result
+from datarun_operator.result import parse_pod_result
 from datarun_operator.settings import ImageSettings, Settings, StoreSettings, TimeoutSettings
 from tests.containers.conftest import Images, RunStore
 from tests.containers.kubeplay import PlayedPod, play

@@ -22,7 +22,7 @@ import yaml
 
 import datarun_sidecar.fuse as sidecar_fuse
 from datarun_operator import webhook
-from datarun_operator.resources import FUSE, INIT, MAIN
+from datarun_operator.builder import FUSE, INIT, MAIN
 from datarun_operator.settings import Settings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "argo"

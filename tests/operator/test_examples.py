@@ -10,8 +10,8 @@ import yaml
 
 import datarun_sidecar.fuse as sidecar_fuse
 from datarun_operator import reconcile
+from datarun_operator.builder import FUSE, POSTGRES, get_pod
 from datarun_operator.models import DataRun
-from datarun_operator.resources import FUSE, POSTGRES, get_pod
 from datarun_operator.settings import Settings
 from datarun_sidecar.postgres import plan_from_env
 from tests.operator.schema_check import schema, validate

@@ -19,7 +19,7 @@ import pytest
 from datarun.repo import Client
 from datarun.store import LocalStore
 from datarun_operator import handlers
-from datarun_operator.resources import FUSE, MAIN, pod_name
+from datarun_operator.builder import FUSE, MAIN, pod_name
 from datarun_operator.settings import Settings, StoreSettings
 from tests.operator.builders import body, fuse_result, spec, terminated, with_status
 

@@ -13,8 +13,8 @@ from typing import Any
 import kubernetes
 import pytest
 
+from datarun_operator.builder import get_pod
 from datarun_operator.kube import Kube
-from datarun_operator.resources import get_pod
 from datarun_operator.settings import Settings
 from tests.operator.builders import BUNDLE_A, BUNDLE_DB, run, spec
 

@@ -9,6 +9,7 @@ import pytest
 
 from datarun.errors import NotFoundError, StoreError
 from datarun_operator import reconcile
+from datarun_operator.builder import FUSE, MAIN, get_pod
 from datarun_operator.models import (
     Condition,
     ConditionStatus,
@@ -18,7 +19,6 @@ from datarun_operator.models import (
     parse_spec,
     parse_status,
 )
-from datarun_operator.resources import FUSE, MAIN, get_pod
 from datarun_operator.settings import Settings
 from tests.operator.builders import (
     BUNDLE_A,

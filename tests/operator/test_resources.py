@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -13,18 +14,12 @@ import pytest
 
 import datarun_sidecar.cli as sidecar_cli
 import datarun_sidecar.postgres as sidecar_postgres
+from datarun_operator import wire
+from datarun_operator.builder import ANNOTATION_OUTPUTS, FUSE, INIT, MAIN, POSTGRES, get_pod
 from datarun_operator.models import Phase, SpecError
-from datarun_operator.resources import (
-    ANNOTATION_OUTPUTS,
-    FUSE,
-    INIT,
-    MAIN,
-    POSTGRES,
-    get_pod,
-    parse_pod_result,
-    serialize_map,
-)
+from datarun_operator.result import parse_pod_result
 from datarun_operator.settings import PodSettings, Settings, StoreSettings
+from datarun_operator.wire import serialize_map
 from datarun_sidecar.fuse import FusePlan
 from datarun_sidecar.postgres import PostgresPlan
 from datarun_sidecar.serialmap import parse_serialized_map
@@ -557,3 +552,16 @@ def test_without_sidecars_every_exit_code_is_the_apps(settings: Settings) -> Non
     result = parse_pod_result(with_status(pod, "Failed", {MAIN: terminated(75, "oops")}))
     assert (result.reason, result.app_exit_code) == ("AppFailed", 75)
     assert parse_pod_result(with_status(pod, "Succeeded", {MAIN: terminated(0)})).phase is Phase.SUCCEEDED
+
+
+def test_the_wrappers_exit_codes_are_the_ones_the_parser_reads() -> None:
+    """The wrapper is shell and cannot import wire.py, so its header table is held to the constants."""
+    header = (ROOT / "wrap_application.sh").read_text().split("\nset -u", 1)[0]
+    documented = {int(m.group(1)): m.group(2) for m in re.finditer(r"^#\s+(7\d)\s+(.*)$", header, re.M)}
+    assert documented.keys() == set(wire.WRAPPER_EXIT_CODES)
+    assert "upload failed" in documented[wire.EXIT_UPLOAD_FAILED]
+    assert "never became ready" in documented[wire.EXIT_NOT_READY]
+    assert "stopped answering" in documented[wire.EXIT_NO_ANSWER]
+    script = (ROOT / "wrap_application.sh").read_text()
+    for code in wire.WRAPPER_EXIT_CODES:
+        assert re.search(rf"(exit|result=) ?{code}\b", script), f"the wrapper never exits with {code}"

@@ -15,7 +15,7 @@ import pytest
 
 import datarun_sidecar.fuse as sidecar_fuse
 from datarun_operator import handlers, webhook
-from datarun_operator.resources import FUSE, INIT, MAIN, POSTGRES, get_pod
+from datarun_operator.builder import FUSE, INIT, MAIN, POSTGRES, get_pod
 from datarun_operator.settings import PodSettings, Settings, StoreSettings
 from datarun_sidecar.postgres import plan_from_env
 from tests.operator.builders import BUNDLE_A, run, spec

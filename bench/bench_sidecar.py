@@ -31,7 +31,8 @@ from pathlib import Path
 
 from datarun.repo import Client, UploadResult
 from datarun.store import LocalStore
-from datarun_sidecar.postgres import DatabaseSpec, Server, pg_bin, upload_dump
+from datarun_sidecar.postgres import Server, pg_bin, upload_dump
+from datarun_sidecar.postgres_plan import DatabaseSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ imports the sidecars, so the tests run both sides against each other):
 - ``fuse_commands``: the fuse sidecar's ``-d "<datarun command>"`` strings
   (``datarun_sidecar.fuse.parse_commands``);
 - ``postgres_env``: ``dm_pg_opts`` and ``dm_pg_db_<name>``, datamon's serialised maps
-  (``datarun_sidecar.postgres.plan_from_env``);
+  (``datarun_sidecar.postgres_plan.plan_from_env``);
 - ``sidecar_env``: the env both sidecars read: the store and the run's identity;
 - ``fuse_argv``, ``postgres_argv``, ``wrapper_argv``: the command lines (``datarun_sidecar.cli``
   and ``wrap_application.sh``'s options);
@@ -205,7 +205,7 @@ def fuse_commands(plan: SidecarPlan) -> list[str]:
 
 
 def postgres_env(plan: SidecarPlan) -> list[dict[str, Any]]:
-    """``dm_pg_opts`` and one ``dm_pg_db_<name>`` per database (datarun_sidecar.postgres.plan_from_env)."""
+    """``dm_pg_opts`` and one ``dm_pg_db_<name>`` per database (datarun_sidecar.postgres_plan.plan_from_env)."""
     env = [{"name": "dm_pg_opts", "value": serialize_map({"c": plan.settings.pod.coord_dir})}]
     for db in plan.spec.databases:
         entries: dict[str, str | bool] = {"p": str(db.port)}

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     if log_path is not None and not log_path.parent.exists():
         log_path = None
     if args.kind == "postgres":
-        from datarun_sidecar.postgres import PostgresSidecar, PostgresSidecarError, plan_from_env, plan_from_yaml
+        from datarun_sidecar.postgres import PostgresSidecar
+        from datarun_sidecar.postgres_plan import PostgresSidecarError, plan_from_env, plan_from_yaml
 
         try:
             pg_plan = plan_from_yaml(Path(args.config)) if args.config else plan_from_env(os.environ)

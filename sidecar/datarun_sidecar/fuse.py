@@ -15,20 +15,20 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from datarun.errors import DatarunError
 from datarun.model import BundleRef, RunRecord
-from datarun.repo import Client, connect
-from datarun_sidecar.protocol import Coordination, OutputResult, SidecarResult
+from datarun.repo import Client, UploadResult, connect
+from datarun_sidecar.protocol import Coordination, PlannedOutput, SidecarError, run_lifecycle
 
 
-class SidecarUsageError(Exception):
-    pass
+class SidecarUsageError(SidecarError):
+    """A ``-d`` command the sidecar cannot parse (exit 2 before anything starts)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class MountSpec:
-    argv: list[str]  # arguments after `bundle mount`
     repo: str
     mountpoint: str
     bundle: str = ""
@@ -36,7 +36,7 @@ class MountSpec:
     download: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class UploadSpec:
     repo: str
     path: str
@@ -89,7 +89,6 @@ def parse_commands(commands: list[str]) -> FusePlan:
                 raise SidecarUsageError(f"-d `{command}`: give exactly one of --bundle or --label")
             plan.mounts.append(
                 MountSpec(
-                    words[2:],
                     opts["repo"],
                     opts["mount"],
                     opts.get("bundle", ""),
@@ -119,6 +118,11 @@ def parse_commands(commands: list[str]) -> FusePlan:
 
 
 class FuseSidecar:
+    """Mounts (or downloads) the inputs before the app, uploads the outputs after it."""
+
+    kind = "fuse"
+    ready_marker = "mountdone"
+
     def __init__(
         self,
         coord: Path,
@@ -142,11 +146,21 @@ class FuseSidecar:
         store = ["--store", self.store] if self.store else []
         return [sys.executable, "-m", "datarun.cli.main", *store, *args]
 
-    def _client(self) -> Client:
-        return connect(self.store)
+    def prepare(self) -> dict[str, Any]:
+        if self.plan.config:
+            from datarun.cli.main import main as cli_main
+
+            os.environ.setdefault("DATARUN_CONFIG", str(self.coord.own / "config.yaml"))
+            if cli_main(self.plan.config) != 0:
+                raise SidecarError("config create failed")
+        try:
+            self.mount_inputs()
+        except DatarunError as err:
+            raise SidecarError(f"mount: {err}") from None
+        return {"inputs": [i.to_json() for i in self.inputs]}
 
     def mount_inputs(self) -> None:
-        client = self._client()
+        client = connect(self.store)
         try:
             for index, spec in enumerate(self.plan.mounts):
                 # Pin the label now: the app must see one bundle even if the label moves meanwhile.
@@ -155,33 +169,29 @@ class FuseSidecar:
                 if spec.download:
                     client.download(bundle, spec.mountpoint, force=True)
                     continue
-                ready = self.coord.own / "mounts" / f"{index}.ready"
-                ready.unlink(missing_ok=True)
-                args = [
-                    "bundle",
-                    "mount",
-                    "--repo",
-                    spec.repo,
-                    "--bundle",
-                    bundle.id,
-                    "--mount",
-                    spec.mountpoint,
-                    "--ready-file",
-                    str(ready),
-                ]
-                log = (self.coord.own / f"mount-{index}.log").open("wb")
-                self._mounts.append(subprocess.Popen(self._cli(args), stdout=log, stderr=log))
-                deadline = time.monotonic() + self.mount_timeout
-                while not ready.exists():
-                    proc = self._mounts[-1]
-                    if proc.poll() is not None:
-                        tail = (self.coord.own / f"mount-{index}.log").read_text(errors="replace").strip()
-                        raise DatarunError(f"mount of `{spec.repo}` at {spec.mountpoint} failed: {tail[-300:]}")
-                    if time.monotonic() > deadline:
-                        raise DatarunError(f"mount of `{spec.repo}` at {spec.mountpoint} not ready in time")
-                    time.sleep(0.02)
+                self._mount(index, spec, bundle.id)
         finally:
             client.close()
+
+    def _mount(self, index: int, spec: MountSpec, bundle_id: str) -> None:
+        ready = self.coord.own / "mounts" / f"{index}.ready"
+        ready.unlink(missing_ok=True)
+        args = ["bundle", "mount", "--repo", spec.repo, "--bundle", bundle_id, "--mount", spec.mountpoint]
+        log_path = self.coord.own / f"mount-{index}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(self._cli([*args, "--ready-file", str(ready)]), stdout=log, stderr=log)
+        self._mounts.append(proc)
+        deadline = time.monotonic() + self.mount_timeout
+        while not ready.exists():
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace").strip()
+                raise DatarunError(f"mount of `{spec.repo}` at {spec.mountpoint} failed: {tail[-300:]}")
+            if time.monotonic() > deadline:
+                raise DatarunError(f"mount of `{spec.repo}` at {spec.mountpoint} not ready in time")
+            time.sleep(0.02)
+
+    def app_ended(self) -> None:
+        self.unmount_all()
 
     def unmount_all(self) -> None:
         for proc in self._mounts:
@@ -193,65 +203,36 @@ class FuseSidecar:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    def upload_outputs(self, app_code: int | None, why: str) -> SidecarResult:
-        result = SidecarResult("fuse", app_code)
-        command = _read_command(self.coord.root)
-        run = RunRecord(
-            run_id=os.environ.get("DATARUN_RUN_ID", ""),
-            command=tuple(command),
-            image=os.environ.get("DATARUN_IMAGE", ""),
-            exit_code=app_code,
-        )
-        client = self._client()
-        try:
-            for spec in self.plan.uploads:
-                out = OutputResult(name=spec.label or spec.path, repo=spec.repo, path=spec.path, label=spec.label)
-                result.outputs.append(out)
-                if app_code != 0 and not spec.upload_on_failure:
-                    out.skipped_reason = f"app did not succeed ({why}, code {app_code}); uploadOnFailure is off"
-                    continue
-                try:
-                    done = client.upload(
-                        spec.repo, spec.path, spec.message, label=spec.label or None, inputs=tuple(self.inputs), run=run
-                    )
-                    out.bundle = done.bundle.id
-                    out.uploaded = True
-                except DatarunError as err:
-                    out.error = str(err)
-        finally:
-            client.close()
-        return result
+    def outputs(self, app_code: int | None, why: str) -> list[PlannedOutput]:
+        inputs = tuple(self.inputs)
+        planned = []
+        for spec in self.plan.uploads:
+
+            def upload(client: Client, run: RunRecord, spec: UploadSpec = spec) -> UploadResult:
+                return client.upload(
+                    spec.repo, spec.path, spec.message, label=spec.label or None, inputs=inputs, run=run
+                )
+
+            skip = ""
+            if app_code != 0 and not spec.upload_on_failure:
+                skip = f"app did not succeed ({why}, code {app_code}); uploadOnFailure is off"
+            planned.append(
+                PlannedOutput(
+                    name=spec.label or spec.path,
+                    repo=spec.repo,
+                    path=spec.path,
+                    label=spec.label,
+                    skipped_reason=skip,
+                    upload=upload,
+                )
+            )
+        return planned
+
+    def linger(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.unmount_all()
 
     def run(self) -> int:
-        self.coord.start_heartbeat()
-        try:
-            if self.plan.config:
-                from datarun.cli.main import main as cli_main
-
-                os.environ.setdefault("DATARUN_CONFIG", str(self.coord.own / "config.yaml"))
-                if cli_main(self.plan.config) != 0:
-                    self.coord.report_failed("config create failed")
-                    return 1
-            try:
-                self.mount_inputs()
-            except DatarunError as err:
-                self.coord.report_failed(str(err))
-                self.unmount_all()
-                self.coord.report_result(SidecarResult("fuse", None, errors=[f"mount: {err}"]), self.termination_log)
-                return 1
-            self.coord.report_ready({"inputs": [i.to_json() for i in self.inputs]}, "mountdone")
-            code, why = self.coord.wait_for_app_end(self.app_heartbeat_timeout)
-            self.unmount_all()
-            result = self.upload_outputs(code, why)
-            self.coord.report_result(result, self.termination_log)
-            return 0 if result.ok else 1
-        finally:
-            self.coord.stop_heartbeat()
-
-
-def _read_command(coord: Path) -> list[str]:
-    path = coord / "app" / "command"
-    try:
-        return [line for line in path.read_text().splitlines() if line]
-    except OSError:
-        return []
+        return run_lifecycle(self)

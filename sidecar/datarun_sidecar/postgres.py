@@ -1,8 +1,7 @@
 """The postgres sidecar: serve databases, restored from bundles, dumped back to bundles.
 
-Configured datamon-style by ``dm_pg_opts`` (``c`` coord dir, ``V`` ignore version mismatch,
-``S`` sleep instead of exiting) and one ``dm_pg_db_<id>`` per database (``p`` port, ``r`` repo,
-``l`` label, ``m`` message, ``sr``/``sl``/``sb`` source repo/label/bundle).
+Configured datamon-style by ``dm_pg_opts`` and one ``dm_pg_db_<id>`` per database
+(:mod:`datarun_sidecar.postgres_plan`).
 
 The dump is ``pg_dump -Fc -Z0`` (custom format, uncompressed) of every database, streamed
 through a named pipe into the upload, plus the cluster's globals. ``-Z0`` leaves the rows as
@@ -24,131 +23,17 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datarun.errors import DatarunError
-from datarun.model import Bundle
+from datarun.model import Bundle, BundleRef, RunRecord
 from datarun.repo import Client, UploadResult, connect
-from datarun_sidecar.protocol import Coordination, OutputResult, SidecarResult
-from datarun_sidecar.serialmap import SerialMapError, parse_serialized_map
+from datarun_sidecar.postgres_plan import DatabaseSpec, PostgresPlan, PostgresSidecarError
+from datarun_sidecar.protocol import Coordination, PlannedOutput, run_lifecycle
 
 META_FILE = "datarun-postgres.json"
-
-
-class PostgresSidecarError(Exception):
-    pass
-
-
-@dataclass
-class DatabaseSpec:
-    id: str
-    port: int
-    repo: str = ""
-    label: str = ""
-    message: str = ""
-    source_repo: str = ""
-    source_label: str = ""
-    source_bundle: str = ""
-
-
-@dataclass
-class PostgresPlan:
-    coord: Path
-    ignore_version: bool
-    sleep_after: bool
-    databases: list[DatabaseSpec]
-
-
-def plan_from_env(env: Mapping[str, str]) -> PostgresPlan:
-    if "dm_pg_opts" not in env:
-        raise PostgresSidecarError(
-            "dm_pg_opts is not set; it needs at least the coordination folder, e.g. ';:c:/coord'"
-        )
-    try:
-        opts = parse_serialized_map(env["dm_pg_opts"], name="dm_pg_opts")
-        if "c" not in opts or opts["c"] is True:
-            raise PostgresSidecarError("dm_pg_opts: `c` (the coordination folder) is required")
-        databases = []
-        for key in sorted(k for k in env if k.startswith("dm_pg_db_")):
-            raw = parse_serialized_map(env[key], name=key)
-            db_id = key[len("dm_pg_db_") :]
-            port = raw.get("p")
-            if not isinstance(port, str) or not port.isdigit():
-                raise PostgresSidecarError(f"{key}: `p` (the port) must be a number")
-            if bool(raw.get("sl")) and bool(raw.get("sb")):
-                raise PostgresSidecarError(f"{key}: give at most one of `sl` (source label) and `sb` (source bundle)")
-            databases.append(
-                DatabaseSpec(
-                    db_id,
-                    int(port),
-                    str(raw.get("r", "")),
-                    str(raw.get("l", "")),
-                    str(raw.get("m", f"database {db_id}")),
-                    str(raw.get("sr", raw.get("r", ""))),
-                    str(raw.get("sl", "")),
-                    str(raw.get("sb", "")),
-                )
-            )
-    except SerialMapError as err:
-        raise PostgresSidecarError(str(err)) from None
-    if not databases:
-        raise PostgresSidecarError("no dm_pg_db_<id> variables: nothing to serve")
-    return PostgresPlan(
-        Path(str(opts["c"])), str(opts.get("V", "false")).lower() == "true", opts.get("S") is True, databases
-    )
-
-
-def plan_from_yaml(path: Path) -> PostgresPlan:
-    """The same settings as the env vars, as a YAML file (see sidecar/PROTOCOL.md):
-
-    coord: /coord               # c
-    ignoreVersionMismatch: false  # V
-    sleepAfter: false           # S
-    databases:
-      - id: main
-        port: 5432              # p
-        repo: db                # r
-        label: latest           # l
-        message: nightly state  # m
-        source: {repo: db, label: latest}   # sr + sl, or {repo, bundle}: sr + sb
-    """
-    import yaml
-
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise PostgresSidecarError(f"config `{path}`: {err}") from None
-    if not isinstance(raw, dict) or "coord" not in raw or not raw.get("databases"):
-        raise PostgresSidecarError(f"config `{path}`: needs `coord` and a non-empty `databases` list")
-    databases = []
-    for index, db in enumerate(raw["databases"]):
-        where = f"config `{path}`: databases[{index}]"
-        if not isinstance(db, dict) or "id" not in db or not isinstance(db.get("port"), int):
-            raise PostgresSidecarError(f"{where}: needs `id` and an integer `port`")
-        source = db.get("source") or {}
-        if source.get("label") and source.get("bundle"):
-            raise PostgresSidecarError(f"{where}: source takes `label` or `bundle`, not both")
-        databases.append(
-            DatabaseSpec(
-                str(db["id"]),
-                db["port"],
-                str(db.get("repo", "")),
-                str(db.get("label", "")),
-                str(db.get("message", f"database {db['id']}")),
-                str(source.get("repo", db.get("repo", ""))),
-                str(source.get("label", "")),
-                str(source.get("bundle", "")),
-            )
-        )
-    return PostgresPlan(
-        Path(str(raw["coord"])),
-        bool(raw.get("ignoreVersionMismatch", False)),
-        bool(raw.get("sleepAfter", False)),
-        databases,
-    )
+DUMP_FORMAT = 2
+"""What ``META_FILE`` says a bundle holds: one ``pg_dump -Fc`` file per database."""
 
 
 def pg_bin() -> Path:
@@ -265,7 +150,7 @@ class Server:
         names = self.databases()
         self._run([str(self.bin / "pg_dumpall"), *self._conn(), "--globals-only", "-f", str(target / "globals.sql")])
         files = {name: f"db-{index:03d}.dump" for index, name in enumerate(names)}
-        meta = {"format": 2, "major": self.major, "layout": "custom", "databases": names, "files": files}
+        meta = {"format": DUMP_FORMAT, "major": self.major, "layout": "custom", "databases": names, "files": files}
         (target / META_FILE).write_text(json.dumps(meta) + "\n")
         job = DumpJob(self.spec.id)
         for name, file_name in files.items():
@@ -293,16 +178,12 @@ class Server:
         dump is written to disk (nor flushed to it while the server is fsyncing its own writes).
         A pipe means one restore job: ``-j`` needs a seekable file, and these dumps carry no data
         offsets anyway (pg_dump wrote them into a pipe), so parallel workers would each scan the
-        file for their table. Format 1 bundles (a -Fd folder per database) are downloaded whole.
+        file for their table.
         """
         staging.mkdir(parents=True, exist_ok=True)
         self._chown(staging)
         client.download_file(bundle, META_FILE, staging, force=True)
-        meta = json.loads((staging / META_FILE).read_text())
-        if meta.get("layout") != "custom":
-            client.download(bundle, staging, force=True)
-            self.restore(staging, ignore_version)
-            return
+        meta = self._read_meta(staging / META_FILE, bundle)
         self._check_version(meta, ignore_version)
         client.download_file(bundle, "globals.sql", staging, force=True)
         self._chown(staging / "globals.sql")
@@ -311,6 +192,27 @@ class Server:
             if name != "postgres":
                 self._run([str(self.bin / "createdb"), *self._conn(), name])
             self._stream_restore(client, bundle, meta["files"][name], name, staging)
+
+    def _read_meta(self, path: Path, bundle: Bundle) -> dict[str, Any]:
+        """The dump's metadata; anything but what ``start_dump`` writes is refused, naming the bundle."""
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            meta = None
+        files = meta.get("files") if isinstance(meta, dict) else None
+        if (
+            not isinstance(meta, dict)
+            or meta.get("format") != DUMP_FORMAT
+            or not isinstance(meta.get("major"), int)
+            or not isinstance(files, dict)
+            or not isinstance(meta.get("databases"), list)
+            or any(name not in files for name in meta["databases"])
+        ):
+            raise PostgresSidecarError(
+                f"database `{self.spec.id}`: bundle {bundle.id} of repo `{bundle.repo}` is not a postgres dump this "
+                f"sidecar reads ({META_FILE} format {DUMP_FORMAT}); restore from a bundle the postgres sidecar uploaded"
+            )
+        return meta
 
     def _stream_restore(self, client: Client, bundle: Bundle, file_name: str, database: str, staging: Path) -> None:
         argv = [str(self.bin / "pg_restore"), *self._conn(), "-Fc", "--no-owner", "-d", database]
@@ -338,31 +240,6 @@ class Server:
         if code != 0:
             raise PostgresSidecarError(
                 f"database `{self.spec.id}`: pg_restore of `{database}` failed ({code}): {message[-500:]}"
-            )
-
-    def restore(self, source: Path, ignore_version: bool) -> None:
-        """Restore from a downloaded bundle folder (any format), ``pg_restore -j 2`` per database."""
-        meta = json.loads((source / META_FILE).read_text())
-        self._check_version(meta, ignore_version)
-        if self.user:
-            subprocess.run(["chown", "-R", self.user, str(source)], check=True)
-        self._run([str(self.bin / "psql"), *self._conn(), "-q", "-d", "postgres", "-f", str(source / "globals.sql")])
-        # Format 1 bundles hold one -Fd folder per database, format 2 one custom-format file.
-        files: dict[str, str] = meta.get("files") or {name: name for name in meta["databases"]}
-        for name in meta["databases"]:
-            if name != "postgres":
-                self._run([str(self.bin / "createdb"), *self._conn(), name])
-            self._run(
-                [
-                    str(self.bin / "pg_restore"),
-                    *self._conn(),
-                    "-j",
-                    "2",
-                    "--no-owner",
-                    "-d",
-                    name,
-                    str(source / files[name]),
-                ]
             )
 
 
@@ -409,8 +286,19 @@ class DumpJob:
                 proc.wait()
 
 
-def upload_dump(server: Server, client: Client, work: Path, repo: str, message: str, label: str) -> UploadResult:
-    """Dump every database of ``server`` straight into a new bundle of ``repo``.
+def upload_dump(
+    server: Server,
+    client: Client,
+    work: Path,
+    repo: str,
+    message: str,
+    label: str,
+    *,
+    inputs: tuple[BundleRef, ...] = (),
+    run: RunRecord | None = None,
+) -> UploadResult:
+    """Dump every database of ``server`` straight into a new bundle of ``repo``, whose provenance
+    names ``inputs`` (the bundle the server was restored from) and ``run``.
 
     The server is still up, so each pg_dump reads one consistent snapshot. A failed pg_dump
     makes ``before_commit`` raise: the bytes are in the store, but no bundle names them.
@@ -418,7 +306,16 @@ def upload_dump(server: Server, client: Client, work: Path, repo: str, message: 
     job: DumpJob | None = None
     try:
         job = server.start_dump(work)
-        return client.upload(repo, work, message, label=label or None, read_fifos=True, before_commit=job.check)
+        return client.upload(
+            repo,
+            work,
+            message,
+            label=label or None,
+            inputs=inputs,
+            run=run,
+            read_fifos=True,
+            before_commit=job.check,
+        )
     finally:
         if job is not None:
             job.close()
@@ -426,6 +323,11 @@ def upload_dump(server: Server, client: Client, work: Path, repo: str, message: 
 
 
 class PostgresSidecar:
+    """Serves the databases while the app runs (restored from their sources), then dumps them."""
+
+    kind = "postgres"
+    ready_marker = "dbstarted"
+
     def __init__(
         self,
         plan: PostgresPlan,
@@ -444,12 +346,11 @@ class PostgresSidecar:
         self.app_heartbeat_timeout = app_heartbeat_timeout
         self.coord = Coordination(plan.coord, "postgres")
         self.servers: list[Server] = []
+        self.sources: dict[str, BundleRef] = {}
+        """Database id -> the bundle it was restored from (pinned here when given by label)."""
 
-    def _client(self) -> Client:
-        return connect(self.store)
-
-    def _start_all(self) -> None:
-        client = self._client()
+    def prepare(self) -> dict[str, Any]:
+        client = connect(self.store)
         try:
             for spec in self.plan.databases:
                 server = Server(spec, self.work / spec.id)
@@ -457,6 +358,7 @@ class PostgresSidecar:
                 server.start()
                 if spec.source_label or spec.source_bundle:
                     bundle = client.resolve(spec.source_repo, spec.source_bundle or None, spec.source_label or None)
+                    self.sources[spec.id] = BundleRef(spec.source_repo, bundle.id)
                     staged = self.work / spec.id / "restore"
                     server.restore_bundle(client, bundle, staged, self.plan.ignore_version)
                     shutil.rmtree(staged, ignore_errors=True)
@@ -464,52 +366,44 @@ class PostgresSidecar:
                 (self.plan.coord / spec.id / "dbstarted").write_text("ready\n")  # datamon's marker
         finally:
             client.close()
+        return {"databases": [s.spec.id for s in self.servers]}
 
-    def _dump_and_upload(self, app_code: int | None) -> SidecarResult:
-        result = SidecarResult("postgres", app_code)
-        client = self._client()
-        try:
-            for server in self.servers:
-                spec = server.spec
-                out = OutputResult(name=spec.id, repo=spec.repo, path="", label=spec.label)
-                result.outputs.append(out)
-                if not spec.repo:
-                    out.skipped_reason = "no output repo (`r`) configured"
-                    continue
-                if app_code != 0:
-                    out.skipped_reason = f"app did not succeed (code {app_code})"
-                    continue
-                try:
-                    done = upload_dump(
-                        server, client, self.work / spec.id / "dump", spec.repo, spec.message, spec.label
-                    )
-                    out.bundle = done.bundle.id
-                    out.uploaded = True
-                except (DatarunError, PostgresSidecarError) as err:
-                    out.error = str(err)
-        finally:
-            client.close()
-        return result
+    def app_ended(self) -> None:
+        pass  # the servers stay up: the dumps read them
+
+    def outputs(self, app_code: int | None, why: str) -> list[PlannedOutput]:
+        planned = []
+        for server in self.servers:
+            spec = server.spec
+            source = self.sources.get(spec.id)
+
+            def upload(
+                client: Client, run: RunRecord, server: Server = server, source: BundleRef | None = source
+            ) -> UploadResult:
+                work = self.work / server.spec.id / "dump"
+                s = server.spec
+                return upload_dump(
+                    server, client, work, s.repo, s.message, s.label, inputs=(source,) if source else (), run=run
+                )
+
+            skip = ""
+            if not spec.repo:
+                skip = "no output repo (`r`) configured"
+            elif app_code != 0:
+                skip = f"app did not succeed (code {app_code})"
+            planned.append(
+                PlannedOutput(name=spec.id, repo=spec.repo, label=spec.label, skipped_reason=skip, upload=upload)
+            )
+        return planned
+
+    def linger(self) -> None:
+        while self.plan.sleep_after:  # `S`: keep the pod around for debugging
+            time.sleep(3600)
+
+    def close(self) -> None:
+        for server in self.servers:
+            with contextlib.suppress(PostgresSidecarError):  # best effort: the pod is ending anyway
+                server.stop()
 
     def run(self) -> int:
-        self.coord.start_heartbeat()
-        try:
-            try:
-                self._start_all()
-            except (DatarunError, PostgresSidecarError) as err:
-                self.coord.report_failed(str(err))
-                self.coord.report_result(SidecarResult("postgres", None, errors=[str(err)]), self.termination_log)
-                return 1
-            self.coord.report_ready({"databases": [s.spec.id for s in self.servers]}, "dbstarted")
-            code, _why = self.coord.wait_for_app_end(self.app_heartbeat_timeout)
-            result = self._dump_and_upload(code)
-            self.coord.report_result(result, self.termination_log)
-            if self.plan.sleep_after:
-                while True:  # `S`: keep the pod around for debugging
-                    time.sleep(3600)
-            return 0 if result.ok else 1
-        finally:
-            for server in self.servers:
-                with contextlib.suppress(PostgresSidecarError):  # best effort: the pod is ending anyway
-                    server.stop()
-            self.coord.stop_heartbeat()
+        return run_lifecycle(self)

@@ -1,7 +1,10 @@
-"""The coordination directory, the sidecar side (see sidecar/PROTOCOL.md).
+"""The coordination directory, the sidecar side (see sidecar/PROTOCOL.md), and the one lifecycle
+every sidecar follows: heartbeat -> prepare -> ready -> wait for the app -> upload -> report.
 
 Everything is a small file written atomically (temp + rename), so a reader never sees half a
-marker. The wrapper's side of the same protocol is ``wrap_application.sh``.
+marker. The wrapper's side of the same protocol is ``wrap_application.sh``; its exit codes
+(75/76/77) are its own, and the operator reads them (``datarun_operator.wire``): a sidecar
+exits 0 or 1 and says the rest in its result.
 """
 
 from __future__ import annotations
@@ -11,14 +14,22 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from datarun.errors import DatarunError
+from datarun.model import RunRecord
+from datarun.repo import Client, UploadResult, connect
 
 HEARTBEAT_SECONDS = 2.0
-EXIT_UPLOAD_FAILED = 75
-EXIT_NOT_READY = 76
-EXIT_NO_ANSWER = 77
+ENV_RUN_PARAMS = "DATARUN_RUN_PARAMS"
+"""The run's params, a JSON object of strings, set by the operator (``datarun_operator.wire``)."""
+
+
+class SidecarError(Exception):
+    """A sidecar cannot do its job; the message says why, for the wrapper, the result and the user."""
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -189,3 +200,138 @@ class Coordination:
                 if time.time() - last > app_heartbeat_timeout:
                     return None, f"the wrapper stopped sending heartbeats for {app_heartbeat_timeout:.0f}s"
             time.sleep(poll)
+
+
+# -- the run's provenance ---------------------------------------------------------------------
+
+
+def run_params(env: Mapping[str, str]) -> dict[str, str]:
+    """The params the operator passed in ``DATARUN_RUN_PARAMS``; none when it is unset."""
+    raw = env.get(ENV_RUN_PARAMS, "")
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as err:
+        data, detail = None, f"not JSON ({err})"
+    else:
+        detail = "not an object of string values"
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise SidecarError(f'{ENV_RUN_PARAMS}: {detail}; it must look like {{"lr": "0.1"}} (the operator sets it)')
+    return data
+
+
+def run_record(coord: Path, env: Mapping[str, str], app_code: int | None, params: Mapping[str, str]) -> RunRecord:
+    """The run as the bundles' provenance records it: who (``DATARUN_RUN_ID``), what (the app's
+    command, as the wrapper wrote it, and ``DATARUN_IMAGE``), with which params, and how it ended."""
+    try:
+        command = [line for line in (coord / "app" / "command").read_text().splitlines() if line]
+    except OSError:
+        command = []
+    return RunRecord(
+        run_id=env.get("DATARUN_RUN_ID", ""),
+        command=tuple(command),
+        image=env.get("DATARUN_IMAGE", ""),
+        exit_code=app_code,
+        params=dict(params),
+    )
+
+
+# -- the lifecycle ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlannedOutput:
+    """One output a sidecar means to upload once the app has ended."""
+
+    name: str
+    repo: str
+    path: str = ""
+    label: str = ""
+    skipped_reason: str = ""
+    """Why it is not uploaded (the app failed, nowhere to upload to); empty: upload it."""
+    upload: Callable[[Client, RunRecord], UploadResult]
+
+
+class Sidecar(Protocol):
+    """What a sidecar brings to :func:`run_lifecycle`; the order, the markers and the reports are the
+    lifecycle's."""
+
+    kind: str
+    ready_marker: str
+    """datamon's marker name (``mountdone``, ``dbstarted``), for scripts that still wait on it."""
+    coord: Coordination
+    store: str | None
+    termination_log: Path | None
+    app_heartbeat_timeout: float
+
+    def prepare(self) -> dict[str, Any]:
+        """Get ready for the app (mount, restore); the details go into the ``ready`` marker.
+        Raises SidecarError or DatarunError: the app is then never started. It connects to the
+        store itself: the fuse sidecar's ``config create`` must come first."""
+        ...
+
+    def app_ended(self) -> None:
+        """Called once the app has ended, before the uploads (the fuse sidecar unmounts)."""
+        ...
+
+    def outputs(self, app_code: int | None, why: str) -> Sequence[PlannedOutput]: ...
+
+    def linger(self) -> None:
+        """After the result is reported; returns at once unless asked to keep the pod around."""
+        ...
+
+    def close(self) -> None:
+        """Release what ``prepare`` made; called on every way out, even after a failed prepare."""
+        ...
+
+
+def upload_outputs(
+    kind: str, app_code: int | None, planned: Sequence[PlannedOutput], client: Client, run: RunRecord
+) -> SidecarResult:
+    """Upload each planned output; a failed one is named in the result and the others still go."""
+    result = SidecarResult(kind, app_code)
+    for item in planned:
+        out = OutputResult(name=item.name, repo=item.repo, path=item.path, label=item.label)
+        result.outputs.append(out)
+        if item.skipped_reason:
+            out.skipped_reason = item.skipped_reason
+            continue
+        try:
+            out.bundle = item.upload(client, run).bundle.id
+            out.uploaded = True
+        except (DatarunError, SidecarError) as err:
+            out.error = str(err)
+    return result
+
+
+def run_lifecycle(sidecar: Sidecar, env: Mapping[str, str] = os.environ) -> int:
+    """heartbeat -> prepare -> ready -> wait for the app -> upload -> report; 0 if all went well, else 1."""
+    coord = sidecar.coord
+    coord.start_heartbeat()
+    try:
+        try:
+            params = run_params(env)
+            details = sidecar.prepare()
+        except (DatarunError, SidecarError) as err:
+            coord.report_failed(str(err))
+            coord.report_result(SidecarResult(sidecar.kind, None, errors=[str(err)]), sidecar.termination_log)
+            return 1
+        coord.report_ready(details, sidecar.ready_marker)
+        code, why = coord.wait_for_app_end(sidecar.app_heartbeat_timeout)
+        sidecar.app_ended()
+        run = run_record(coord.root, env, code, params)
+        planned = sidecar.outputs(code, why)
+        try:
+            client = connect(sidecar.store)
+        except DatarunError as err:
+            result = SidecarResult(sidecar.kind, code, errors=[f"store: {err}"])
+        else:
+            with contextlib.closing(client):
+                result = upload_outputs(sidecar.kind, code, planned, client, run)
+        coord.report_result(result, sidecar.termination_log)
+        sidecar.linger()
+        return 0 if result.ok else 1
+    finally:
+        sidecar.close()
+        coord.stop_heartbeat()

@@ -13,7 +13,7 @@ from datarun_operator import reconcile
 from datarun_operator.builder import FUSE, POSTGRES, get_pod
 from datarun_operator.models import DataRun
 from datarun_operator.settings import Settings
-from datarun_sidecar.postgres import plan_from_env
+from datarun_sidecar.postgres_plan import plan_from_env
 from tests.operator.schema_check import schema, validate
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))

@@ -21,7 +21,7 @@ from datarun_operator.result import parse_pod_result
 from datarun_operator.settings import PodSettings, Settings, StoreSettings
 from datarun_operator.wire import serialize_map
 from datarun_sidecar.fuse import FusePlan
-from datarun_sidecar.postgres import PostgresPlan
+from datarun_sidecar.postgres_plan import PostgresPlan
 from datarun_sidecar.serialmap import parse_serialized_map
 from tests.operator.builders import (
     BUNDLE_A,

@@ -17,7 +17,7 @@ import datarun_sidecar.fuse as sidecar_fuse
 from datarun_operator import handlers, webhook
 from datarun_operator.builder import FUSE, INIT, MAIN, POSTGRES, get_pod
 from datarun_operator.settings import PodSettings, Settings, StoreSettings
-from datarun_sidecar.postgres import plan_from_env
+from datarun_sidecar.postgres_plan import plan_from_env
 from tests.operator.builders import BUNDLE_A, run, spec
 
 INPUTS = "- {name: numbers, repo: in, label: v1, path: in/numbers}\n"

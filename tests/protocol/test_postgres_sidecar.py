@@ -16,7 +16,7 @@ import pytest
 
 from datarun.repo import Client
 from datarun.store import LocalStore
-from datarun_sidecar.postgres import PostgresSidecarError, plan_from_env
+from datarun_sidecar.postgres_plan import PostgresSidecarError, plan_from_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,7 +135,7 @@ def test_env_parsing_errors_are_clear() -> None:
 
 
 def test_yaml_config_is_equivalent_to_the_env_vars(tmp_path: Path) -> None:
-    from datarun_sidecar.postgres import plan_from_yaml
+    from datarun_sidecar.postgres_plan import plan_from_yaml
 
     config = tmp_path / "pg.yaml"
     config.write_text(
@@ -162,7 +162,8 @@ def test_a_failed_pg_dump_commits_no_bundle_and_does_not_hang(
     did stream in stay unreferenced, the error names the database, and nothing waits forever on
     a pipe that no pg_dump will ever open."""
     _need_postgres()
-    from datarun_sidecar.postgres import DatabaseSpec, Server, upload_dump
+    from datarun_sidecar.postgres import Server, upload_dump
+    from datarun_sidecar.postgres_plan import DatabaseSpec
 
     work = open_tmp
     server = Server(DatabaseSpec("main", _free_port()), work / "pg")

@@ -7,7 +7,8 @@ imports the sidecars, so the tests run both sides against each other):
   (``datarun_sidecar.fuse.parse_commands``);
 - ``postgres_env``: ``dm_pg_opts`` and ``dm_pg_db_<name>``, datamon's serialised maps
   (``datarun_sidecar.postgres_plan.plan_from_env``);
-- ``sidecar_env``: the env both sidecars read: the store and the run's identity;
+- ``sidecar_env``: the env both sidecars read: the store, the run's identity and params for the
+  bundle provenance (``datarun_sidecar.protocol.run_record``);
 - ``fuse_argv``, ``postgres_argv``, ``wrapper_argv``: the command lines (``datarun_sidecar.cli``
   and ``wrap_application.sh``'s options);
 - the wrapper's exit codes, which :mod:`datarun_operator.result` reads back.
@@ -17,6 +18,7 @@ Pure: no I/O, no kopf.
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ from datarun_operator.settings import Settings
 
 TERMINATION_LOG = "/dev/termination-log"
 CREDENTIAL_FILE = "credential"
+ENV_RUN_PARAMS = "DATARUN_RUN_PARAMS"
+"""The DataRun's params as a JSON object; the sidecars record them in the bundles' provenance."""
 
 # wrap_application.sh's own exit codes (its header and sidecar/PROTOCOL.md say when; a test checks
 # the script's header against these). The sidecars never exit with them: only the wrapper does.
@@ -232,6 +236,7 @@ def sidecar_env(plan: SidecarPlan) -> list[dict[str, Any]]:
         {"name": "DATARUN_TERMINATION_LOG", "value": TERMINATION_LOG},
         *(dict(e) for e in plan.identity.env),
         {"name": "DATARUN_IMAGE", "value": plan.spec.image},
+        {"name": ENV_RUN_PARAMS, "value": json.dumps(dict(sorted(plan.spec.params.items())), separators=(",", ":"))},
     ]
     if plan.credentials_file:
         env.append(

@@ -89,6 +89,7 @@ def test_unmodified_app_reads_inputs_and_writes_labelled_outputs(
             "image": images.base,
             "command": ["sh", "-c"],
             "args": [COPY_APP],
+            "params": {"lr": "0.1", "note": "two words"},
             "inputs": [{"name": "numbers", "repo": "numbers", "label": "v1", "path": "in/numbers", "mode": "download"}],
             "outputs": [{"name": "result", "repo": "results", "path": "out/result", "label": "latest"}],
         }
@@ -111,6 +112,7 @@ def test_unmodified_app_reads_inputs_and_writes_labelled_outputs(
     assert bundle.provenance.run is not None
     assert bundle.provenance.run.run_id == f"team/{run.name}/{run.uid}"
     assert bundle.provenance.run.image == images.base
+    assert bundle.provenance.run.params == {"lr": "0.1", "note": "two words"}
 
     # The pod status: the termination message carries the id, and the operator's parser finds it.
     message = json.loads(played.container(FUSE)["state"]["terminated"]["message"])

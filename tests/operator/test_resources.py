@@ -565,3 +565,21 @@ def test_the_wrappers_exit_codes_are_the_ones_the_parser_reads() -> None:
     script = (ROOT / "wrap_application.sh").read_text()
     for code in wire.WRAPPER_EXIT_CODES:
         assert re.search(rf"(exit|result=) ?{code}\b", script), f"the wrapper never exits with {code}"
+
+
+def test_both_sidecars_are_given_the_params_and_read_them_back_for_the_provenance(settings: Settings) -> None:
+    """The DataRun's params reach the sidecars (the app gets them as DATARUN_PARAM_*), through the
+    sidecars' own reader, so that every bundle they commit records them."""
+    from datarun_sidecar.protocol import ENV_RUN_PARAMS, run_params
+
+    params = {"lr": "0.1", "who": 'a "quoted" value; $(x)', "empty": ""}
+    raw = {**db_spec(), "params": params}
+    pod = get_pod(run(raw), {**PINNED, "inventory": BUNDLE_DB}, settings)
+    c = containers(pod)
+    assert ENV_RUN_PARAMS == wire.ENV_RUN_PARAMS
+    for name in (FUSE, POSTGRES):
+        env = {k: str(v) for k, v in env_of(c[name]).items()}
+        assert run_params(env) == params, name
+    assert ENV_RUN_PARAMS not in env_of(c[MAIN])
+    no_params = containers(get_pod(run(), PINNED, settings))[FUSE]
+    assert run_params({k: str(v) for k, v in env_of(no_params).items()}) == {}

@@ -30,6 +30,10 @@ class Pod:
             "DATARUN_CACHE_DIR": str(tmp / "cache"),
             "DATARUN_CONFIG": str(tmp / "c.yaml"),
             "DATARUN_HOME": str(tmp / "home"),
+            # What the operator's builder sets (datarun_operator.wire.sidecar_env).
+            "DATARUN_RUN_ID": "team/job/uid-1",
+            "DATARUN_IMAGE": "busybox:1.36",
+            "DATARUN_RUN_PARAMS": '{"lr":"0.1","tag":"a b"}',
         }
         client = Client(LocalStore(self.store), cache_dir=tmp / "cache")
         client.create_repo("in")
@@ -109,6 +113,8 @@ def test_happy_path_inputs_readable_outputs_labelled_with_provenance(pod: Pod) -
     assert [ref.bundle for ref in bundle.provenance.inputs] == [pod.input_bundle]
     assert bundle.provenance.run is not None and bundle.provenance.run.exit_code == 0
     assert "awk" in " ".join(bundle.provenance.run.command)
+    assert bundle.provenance.run.params == {"lr": "0.1", "tag": "a b"}
+    assert (bundle.provenance.run.run_id, bundle.provenance.run.image) == ("team/job/uid-1", "busybox:1.36")
     dest = pod.tmp / "check"
     client.download(bundle, dest)
     assert (dest / "sum.txt").read_text() == "6\n"

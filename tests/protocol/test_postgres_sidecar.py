@@ -42,6 +42,9 @@ def _run_pod(tmp: Path, name: str, db_env: str, app_sql: str, port: int) -> tupl
         "DATARUN_CONFIG": str(tmp / "c.yaml"),
         "dm_pg_opts": f";:c:{coord}",
         "dm_pg_db_main": db_env,
+        # What the operator's builder sets (datarun_operator.wire.sidecar_env).
+        "DATARUN_RUN_ID": f"team/{name}/uid-{name}",
+        "DATARUN_RUN_PARAMS": json.dumps({"pod": name}),
     }
     sidecar = subprocess.Popen(
         [
@@ -121,6 +124,18 @@ def test_rows_survive_a_dump_upload_and_a_restore(open_tmp: Path) -> None:
     assert second_sum.strip() == first_sum.strip().splitlines()[-1] and len(second_sum.strip()) == 32
     client = Client(LocalStore(tmp_path / "store"), cache_dir=tmp_path / "cache2")
     assert [h.seq for h in client.label_history("db", "latest")] == [1, 2]
+
+    # Each dump is committed with its run, and the second with the bundle it was restored from.
+    first, second = (client.get_bundle("db", h.bundle) for h in client.label_history("db", "latest"))
+    outputs = result["outputs"]
+    assert isinstance(outputs, list) and second.id == outputs[0]["bundle"]
+    assert first.provenance.inputs == ()
+    assert [(i.repo, i.bundle) for i in second.provenance.inputs] == [("db", first.id)]
+    for bundle, name in ((first, "one"), (second, "two")):
+        run = bundle.provenance.run
+        assert run is not None, name
+        assert (run.run_id, run.exit_code, run.params) == (f"team/{name}/uid-{name}", 0, {"pod": name})
+        assert "psql" in " ".join(run.command)
 
 
 def test_env_parsing_errors_are_clear() -> None:

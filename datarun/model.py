@@ -162,7 +162,7 @@ class BundleRef:
 
 @dataclass(frozen=True, slots=True)
 class RunRecord:
-    """The run that produced a bundle: filled by sidecars and the operator in later issues."""
+    """The run that produced a bundle, as the sidecars record it (sidecar/PROTOCOL.md, Provenance)."""
 
     run_id: str = ""
     command: tuple[str, ...] = ()

@@ -7,6 +7,7 @@ string may carry ``--upload-on-failure`` to upload even when the app failed (def
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import signal
@@ -204,15 +205,8 @@ class FuseSidecar:
                 proc.kill()
 
     def outputs(self, app_code: int | None, why: str) -> list[PlannedOutput]:
-        inputs = tuple(self.inputs)
         planned = []
         for spec in self.plan.uploads:
-
-            def upload(client: Client, run: RunRecord, spec: UploadSpec = spec) -> UploadResult:
-                return client.upload(
-                    spec.repo, spec.path, spec.message, label=spec.label or None, inputs=inputs, run=run
-                )
-
             skip = ""
             if app_code != 0 and not spec.upload_on_failure:
                 skip = f"app did not succeed ({why}, code {app_code}); uploadOnFailure is off"
@@ -223,10 +217,14 @@ class FuseSidecar:
                     path=spec.path,
                     label=spec.label,
                     skipped_reason=skip,
-                    upload=upload,
+                    upload=functools.partial(self._upload, spec),
                 )
             )
         return planned
+
+    def _upload(self, spec: UploadSpec, client: Client, run: RunRecord) -> UploadResult:
+        label = spec.label or None
+        return client.upload(spec.repo, spec.path, spec.message, label=label, inputs=tuple(self.inputs), run=run)
 
     def linger(self) -> None:
         pass

@@ -375,26 +375,23 @@ class PostgresSidecar:
         planned = []
         for server in self.servers:
             spec = server.spec
-            source = self.sources.get(spec.id)
-
-            def upload(
-                client: Client, run: RunRecord, server: Server = server, source: BundleRef | None = source
-            ) -> UploadResult:
-                work = self.work / server.spec.id / "dump"
-                s = server.spec
-                return upload_dump(
-                    server, client, work, s.repo, s.message, s.label, inputs=(source,) if source else (), run=run
-                )
-
             skip = ""
             if not spec.repo:
                 skip = "no output repo (`r`) configured"
             elif app_code != 0:
                 skip = f"app did not succeed (code {app_code})"
+            upload = functools.partial(self._upload_dump, server)
             planned.append(
                 PlannedOutput(name=spec.id, repo=spec.repo, label=spec.label, skipped_reason=skip, upload=upload)
             )
         return planned
+
+    def _upload_dump(self, server: Server, client: Client, run: RunRecord) -> UploadResult:
+        spec = server.spec
+        source = self.sources.get(spec.id)
+        work = self.work / spec.id / "dump"
+        inputs = (source,) if source else ()
+        return upload_dump(server, client, work, spec.repo, spec.message, spec.label, inputs=inputs, run=run)
 
     def linger(self) -> None:
         while self.plan.sleep_after:  # `S`: keep the pod around for debugging

@@ -200,3 +200,29 @@ def test_a_failed_pg_dump_commits_no_bundle_and_does_not_hang(
         client.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        '{"format": 1, "major": 15, "databases": ["postgres"]}',  # a -Fd folder per database: never released
+        '{"format": 2, "major": 15, "databases": ["postgres"], "files": {}}',
+        "not json",
+    ],
+)
+def test_a_bundle_that_is_not_a_dump_it_reads_is_refused_naming_it(open_tmp: Path, meta: str) -> None:
+    """Restoring from anything but what the sidecar uploads is a clear error before the server is touched."""
+    _need_postgres()
+    from datarun_sidecar.postgres import META_FILE, Server
+    from datarun_sidecar.postgres_plan import DatabaseSpec
+
+    client = Client(LocalStore(open_tmp / "store"), cache_dir=open_tmp / "cache")
+    client.create_repo("db")
+    src = open_tmp / "src"
+    src.mkdir()
+    (src / META_FILE).write_text(meta)
+    bundle = client.upload("db", src, "not a dump").bundle
+    server = Server(DatabaseSpec("main", _free_port()), open_tmp / "pg")
+    with pytest.raises(PostgresSidecarError, match=f"bundle {bundle.id} of repo `db` is not a postgres dump"):
+        server.restore_bundle(client, bundle, open_tmp / "staging", ignore_version=False)
+    client.close()

@@ -263,13 +263,16 @@ class Run:
     def with_annotations(self, values: dict[str, str]) -> Run:
         return replace(self, annotations={**self.annotations, **values})
 
+    def with_outputs(self, outputs: tuple[BundleLink, ...]) -> Run:
+        """Outputs add to those already recorded (each sidecar of a pod adds its own)."""
+        merged = (*self.outputs, *(o for o in outputs if o not in self.outputs))
+        return replace(self, outputs=merged)
+
     def finished(
         self, phase: str, exit_code: int | None, outputs: tuple[BundleLink, ...] = (), end: str | None = None
     ) -> Run:
-        """The run at its end; outputs add to those already recorded (each sidecar adds its own)."""
-        known = {(o.name, o.repo, o.bundle) for o in self.outputs}
-        merged = (*self.outputs, *(o for o in outputs if (o.name, o.repo, o.bundle) not in known))
-        return replace(self, phase=phase, exit_code=exit_code, outputs=merged, end=end or now_iso())
+        """The run at its end, with ``outputs`` added to the recorded ones."""
+        return replace(self.with_outputs(outputs), phase=phase, exit_code=exit_code, end=end or now_iso())
 
 
 def _str(raw: Any, key: str) -> str:

@@ -19,7 +19,9 @@ from pathlib import Path
 from datarun.errors import DatarunError
 from datarun.model import BundleRef, RunRecord
 from datarun.repo import Client, connect
+from datarun.runs import BundleLink
 from datarun_sidecar.protocol import Coordination, OutputResult, SidecarResult
+from datarun_sidecar.runrecord import record_run
 
 
 class SidecarUsageError(Exception):
@@ -137,6 +139,7 @@ class FuseSidecar:
         self.app_heartbeat_timeout = app_heartbeat_timeout
         self._mounts: list[subprocess.Popen[bytes]] = []
         self.inputs: list[BundleRef] = []
+        self.started = time.time()
 
     def _cli(self, args: list[str]) -> list[str]:
         store = ["--store", self.store] if self.store else []
@@ -218,6 +221,11 @@ class FuseSidecar:
                     out.uploaded = True
                 except DatarunError as err:
                     out.error = str(err)
+            links = [
+                BundleLink(Path(spec.mountpoint).name or ref.repo, ref.repo, ref.bundle)
+                for spec, ref in zip(self.plan.mounts, self.inputs, strict=False)
+            ]
+            record_run(client, result, started=self.started, inputs=links, command=command)
         finally:
             client.close()
         return result

@@ -32,7 +32,9 @@ from typing import Any
 from datarun.errors import DatarunError
 from datarun.model import Bundle
 from datarun.repo import Client, UploadResult, connect
+from datarun.runs import BundleLink
 from datarun_sidecar.protocol import Coordination, OutputResult, SidecarResult
+from datarun_sidecar.runrecord import record_run
 from datarun_sidecar.serialmap import SerialMapError, parse_serialized_map
 
 META_FILE = "datarun-postgres.json"
@@ -444,6 +446,8 @@ class PostgresSidecar:
         self.app_heartbeat_timeout = app_heartbeat_timeout
         self.coord = Coordination(plan.coord, "postgres")
         self.servers: list[Server] = []
+        self.sources: list[BundleLink] = []
+        self.started = time.time()
 
     def _client(self) -> Client:
         return connect(self.store)
@@ -457,6 +461,7 @@ class PostgresSidecar:
                 server.start()
                 if spec.source_label or spec.source_bundle:
                     bundle = client.resolve(spec.source_repo, spec.source_bundle or None, spec.source_label or None)
+                    self.sources.append(BundleLink(spec.id, spec.source_repo, bundle.id))
                     staged = self.work / spec.id / "restore"
                     server.restore_bundle(client, bundle, staged, self.plan.ignore_version)
                     shutil.rmtree(staged, ignore_errors=True)
@@ -487,6 +492,7 @@ class PostgresSidecar:
                     out.uploaded = True
                 except (DatarunError, PostgresSidecarError) as err:
                     out.error = str(err)
+            record_run(client, result, started=self.started, inputs=self.sources, command=())
         finally:
             client.close()
         return result

@@ -46,6 +46,10 @@ class SidecarResult:
     app_exit_code: int | None
     outputs: list[OutputResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    run: str = ""
+    """The run record (datarun.runs) that names these uploads, once written."""
+    run_error: str = ""
+    """Why the run record could not be written (the uploads stand; see sidecar/runrecord.py)."""
 
     @property
     def ok(self) -> bool:
@@ -58,6 +62,8 @@ class SidecarResult:
             "appExitCode": self.app_exit_code,
             "outputs": [vars(o) for o in self.outputs],
             "errors": self.errors,
+            **({"run": self.run} if self.run else {}),
+            **({"runError": self.run_error} if self.run_error else {}),
         }
 
 

@@ -1,0 +1,60 @@
+"""The fuse sidecar writes a run record for its uploads, read back here through datarun's API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datarun.repo import Client
+from datarun.runs import Run
+from datarun.store import LocalStore
+from tests.protocol.test_fuse_sidecar import Pod, _commands, pod
+
+__all__ = ["pod"]  # the fixture is registered by import
+
+
+def _client(p: Pod, name: str) -> Client:
+    return Client(LocalStore(p.store), cache_dir=p.tmp / name)
+
+
+def test_an_upload_outside_a_datarun_creates_a_run_with_inputs_outputs_and_the_command(pod: Pod) -> None:
+    (pod.tmp / "outdir").mkdir()
+    sidecar = pod.sidecar(*_commands(pod))
+    done = pod.wrap("awk '{s+=$1} END {print s}' mnt/numbers.txt > outdir/sum.txt")
+    assert done.returncode == 0, done.stderr
+    assert sidecar.wait(timeout=60) == 0
+    result = pod.result()
+    run_id = str(result["run"])
+    outputs = result["outputs"]
+    assert isinstance(outputs, list)
+    run = _client(pod, "c2").runs.get(run_id)
+    assert (run.phase, run.exit_code, run.version) == ("Succeeded", 0, 1)
+    assert [(o.repo, o.bundle) for o in run.outputs] == [("out", outputs[0]["bundle"])]
+    assert [(i.name, i.repo, i.bundle) for i in run.inputs] == [("mnt", "in", pod.input_bundle)]
+    assert "awk" in " ".join(run.command)
+    assert run.end is not None and run.start <= run.end
+    assert run.annotations == {"datarun.io/sidecar": "fuse"}
+
+
+def test_a_failed_app_is_recorded_as_a_failed_run_without_outputs(pod: Pod) -> None:
+    (pod.tmp / "outdir").mkdir()
+    sidecar = pod.sidecar(*_commands(pod))
+    assert pod.wrap("exit 3").returncode == 3
+    assert sidecar.wait(timeout=60) == 0
+    run = _client(pod, "c2").runs.get(str(pod.result()["run"]))
+    assert (run.phase, run.exit_code, run.outputs) == ("Failed", 3, ())
+
+
+def test_in_a_datarun_pod_the_sidecar_adds_its_outputs_to_the_operators_run(pod: Pod, tmp_path: Path) -> None:
+    client = _client(pod, "c1")
+    created = client.runs.create(Run(id=client.runs.new_id(), start="2023-06-09T14:28:56Z", title="ns/job"))
+    pod.env["DATARUN_RUN_RECORD"] = created.id
+    (pod.tmp / "outdir").mkdir()
+    sidecar = pod.sidecar(*_commands(pod))
+    assert pod.wrap("echo 42 > outdir/answer.txt").returncode == 0
+    assert sidecar.wait(timeout=60) == 0
+    assert pod.result()["run"] == created.id
+    outputs = pod.result()["outputs"]
+    assert isinstance(outputs, list)
+    run = client.runs.get(created.id)
+    assert run.version == 2 and run.phase == "Running", "the operator, not the sidecar, ends the run"
+    assert [(o.repo, o.bundle) for o in run.outputs] == [("out", outputs[0]["bundle"])]

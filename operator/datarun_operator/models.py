@@ -48,6 +48,10 @@ BUNDLE_PATTERN = r"^[0-9A-Za-z]{27}$"
 _SEGMENT = r"([A-Za-z0-9_@+=,~-][A-Za-z0-9._@+=,~-]*|\.[A-Za-z0-9_@+=,~-][A-Za-z0-9._@+=,~-]*|\.\.[A-Za-z0-9._@+=,~-]+)"
 PATH_PATTERN = rf"^{_SEGMENT}(/{_SEGMENT})*$"
 """A relative path under /data: no leading ``/``, no ``.``/``..`` or empty components, no spaces."""
+ABSOLUTE_PATH_PATTERN = rf"^/({_SEGMENT}(/{_SEGMENT})*)?$"
+"""An absolute path in the app's container, with the same component rules as PATH_PATTERN."""
+PARAMS_FILE = "params.json"
+"""The file in the app's working folder that holds ``spec.params`` as one JSON object."""
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 """Kubernetes' rule for environment variable names."""
 PARAM_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -261,9 +265,21 @@ class DataRunSpec:
     env: Annotated[tuple[EnvVar, ...], F("Environment of the app.", list_map_key="name", max_items=256)] = ()
     resources: Annotated[Resources | None, F("Resources of the app's container.")] = None
     params: Annotated[
-        dict[str, str],
-        F("Parameters, passed as env DATARUN_PARAM_<key>.", key_pattern=PARAM_KEY_PATTERN),
+        dict[str, Any],
+        F(
+            f"Parameters: any JSON values, mounted as one object in {PARAMS_FILE} in the working folder and recorded "
+            "in the run record; string values are also passed as env DATARUN_PARAM_<key>.",
+            key_pattern=PARAM_KEY_PATTERN,
+        ),
     ] = field(default_factory=dict)
+    working_dir: Annotated[
+        str,
+        F(
+            f"The app's working folder, where {PARAMS_FILE} is (default {DATA_ROOT}: the inputs and outputs).",
+            pattern=ABSOLUTE_PATH_PATTERN,
+            max_length=255,
+        ),
+    ] = DATA_ROOT
     inputs: Annotated[tuple[Input, ...], F("Bundles to read.", list_map_key="name", max_items=64)] = ()
     outputs: Annotated[tuple[Output, ...], F("Folders to upload as bundles.", list_map_key="name", max_items=64)] = ()
     databases: Annotated[
@@ -359,6 +375,9 @@ class DataRunStatus:
     start_time: Annotated[str | None, F("When the pod started.", date_time=True)] = None
     completion_time: Annotated[str | None, F("When the run ended.", date_time=True)] = None
     observed_generation: Annotated[int | None, F("The spec generation this status describes.")] = None
+    run_record: Annotated[
+        str | None, F("Id of the run record in the store (`datarun run show ID`), written when inputs are pinned.")
+    ] = None
     conditions: Annotated[tuple[Condition, ...], F("Conditions.", list_map_key="type")] = ()
 
 
@@ -372,6 +391,8 @@ class DataRun:
     generation: int
     spec: DataRunSpec
     status: DataRunStatus
+    created: str = ""
+    """``metadata.creationTimestamp``: with the uid, it makes the run record's id (datarun_operator.runrecord)."""
 
     @staticmethod
     def from_body(body: Mapping[str, Any]) -> DataRun:
@@ -386,6 +407,7 @@ class DataRun:
             generation=int(meta.get("generation") or 0),
             spec=parse_spec(body.get("spec")),
             status=parse_status(body.get("status")),
+            created=str(meta.get("creationTimestamp") or ""),
         )
 
 
@@ -486,6 +508,7 @@ def _pattern_hint(pattern: str) -> str:
         LABEL_PATTERN: "use letters, digits, `.`, `_` or `-`, starting with a letter or digit, no `..`",
         BUNDLE_PATTERN: "a bundle id is 27 letters and digits, as printed by upload",
         PATH_PATTERN: f"a relative path under {DATA_ROOT}: no leading `/`, no `.` or `..` parts, no spaces",
+        ABSOLUTE_PATH_PATTERN: "an absolute path: a leading `/`, no `.` or `..` parts, no spaces",
         ENV_NAME_PATTERN: "letters, digits, `_`, `-` or `.`, not starting with a digit",
         PARAM_KEY_PATTERN: "letters, digits and `_`, not starting with a digit",
         QUANTITY_PATTERN: "a quantity such as 500m, 2Gi or 1",
@@ -520,6 +543,12 @@ def _value(tp: Any, meta: F | None, raw: object, where: str, allow_unknown: bool
         if not isinstance(raw, dict):
             raise SpecError(where, f"must be an object, not {_type_name(raw)}")
         if item_tp is Any:
+            if meta is not None and meta.key_pattern is not None:
+                for key in raw:
+                    if not re.match(meta.key_pattern, str(key)):
+                        raise SpecError(
+                            f"{where}.{key}", f"key {key!r} is not valid ({_pattern_hint(meta.key_pattern)})"
+                        )
             return dict(raw)
         out = {}
         for key, item in raw.items():

@@ -171,6 +171,8 @@ class Run:
             link.check()
         for tag in self.tags:
             validate_tag(tag)
+        if len(set(self.tags)) != len(self.tags):
+            raise UsageError(f"run `{self.id}`: tags must not repeat")
         for key, value in self.annotations.items():
             validate_annotation_key(key)
             if not isinstance(value, str):

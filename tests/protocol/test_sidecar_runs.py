@@ -1,4 +1,4 @@
-"""The fuse sidecar writes a run record for its uploads, read back here through datarun's API."""
+"""The fuse and postgres sidecars write a run record for their uploads, read back through datarun's API."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from datarun.repo import Client
 from datarun.runs import Run
 from datarun.store import LocalStore
 from tests.protocol.test_fuse_sidecar import Pod, _commands, pod
+from tests.protocol.test_postgres_sidecar import _free_port, _need_postgres, _run_pod, open_tmp
 
-__all__ = ["pod"]  # the fixture is registered by import
+__all__ = ["open_tmp", "pod"]  # the fixtures are registered by import
 
 
 def _client(p: Pod, name: str) -> Client:
@@ -58,3 +59,22 @@ def test_in_a_datarun_pod_the_sidecar_adds_its_outputs_to_the_operators_run(pod:
     run = client.runs.get(created.id)
     assert run.version == 2 and run.phase == "Running", "the operator, not the sidecar, ends the run"
     assert [(o.repo, o.bundle) for o in run.outputs] == [("out", outputs[0]["bundle"])]
+
+
+def test_a_postgres_dump_upload_records_its_source_and_its_dump(open_tmp: Path) -> None:
+    _need_postgres()
+    Client(LocalStore(open_tmp / "store"), cache_dir=open_tmp / "cache").create_repo("db")
+    port = _free_port()
+    code, first, _ = _run_pod(open_tmp, "one", f";:p:{port};r:db;l:latest", "CREATE TABLE t (id int)", port)
+    assert code == 0 and first["status"] == "ok"
+    port2 = _free_port()
+    code, second, _ = _run_pod(open_tmp, "two", f";:p:{port2};sr:db;sl:latest;r:db", "SELECT 1", port2)
+    assert code == 0 and second["status"] == "ok"
+    runs = Client(LocalStore(open_tmp / "store"), cache_dir=open_tmp / "cache2").runs
+    dumps = [o["bundle"] for r in (first, second) for o in r["outputs"]]  # type: ignore[attr-defined]
+    one, two = runs.get(str(first["run"])), runs.get(str(second["run"]))
+    assert (one.phase, one.exit_code, one.inputs) == ("Succeeded", 0, ())
+    assert [(o.name, o.repo, o.bundle) for o in one.outputs] == [("main", "db", dumps[0])]
+    assert [(i.name, i.repo, i.bundle) for i in two.inputs] == [("main", "db", dumps[0])], "the restored dump"
+    assert [(o.name, o.repo, o.bundle) for o in two.outputs] == [("main", "db", dumps[1])]
+    assert two.annotations == {"datarun.io/sidecar": "postgres"}

@@ -1,4 +1,6 @@
-"""Two processes update the same run on Azurite at once: every change lands, no version is lost.
+"""Runs on Azurite: two processes racing updates of one run, and `run import` of a container.
+
+Two processes update the same run at once: every change lands, no version is lost.
 
 Azure's ``If-None-Match: *`` on ``runs/records/<id>/<N+1>.json`` is the compare-and-swap; each
 process tags the run N times with its own tags, so any lost update would show as a missing tag,
@@ -18,6 +20,7 @@ import pytest
 
 from datarun.ids import new_ksuid
 from datarun.runs import CHANGES, Run, RunStore
+from tests.cli.conftest import Env
 from tests.store.emulators import Azurite
 
 pytestmark = pytest.mark.slow
@@ -95,4 +98,39 @@ def test_two_processes_racing_updates_lose_no_version(azurite_server: Azurite, t
         assert {d["version"]: d for d in feed}[final.version] == final.to_json()
     finally:
         meta.close()
+        azurite_server.drop_bucket(bucket)
+
+
+def test_import_indexes_an_exekias_container_in_place(
+    azurite_server: Azurite, env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exekias user's container: runs appear at once, their files stay where they are."""
+    bucket = azurite_server.new_bucket()
+    lake = azurite_server.store(bucket, "project-a")
+    try:
+        lake.put("20230609-142856-alpha/params.json", b'{"description": "sample", "model": {"lr": 0.02}}')
+        lake.put("20230609-142856-alpha/out/loss.csv", b"step,loss\n1,0.5\n")
+        lake.put("2023/20230610-090000-beta/params.json", b'{"description": "other"}')
+        lake.put("2023/20230610-090000-beta/model.bin", b"\x00" * 1000)
+        lake.put("notes/readme.txt", b"not a run")
+        for key, value in azurite_server.env().items():
+            monkeypatch.setenv(key, value)
+        result = env.ok("run", "import", f"az://{bucket}/project-a")
+        ids = result.out.split()
+        assert len(ids) == 2 and "imported 2 new runs" in result.err
+        docs = [orjson.loads(env.ok("run", "show", i, "--json").out) for i in ids]  # in key order
+        assert [(d["title"], d["params"]) for d in docs] == [
+            ("beta", {"description": "other"}),
+            ("alpha", {"description": "sample", "model": {"lr": 0.02}}),
+        ]
+        assert docs[0]["source"] == {"kind": "import", "uri": f"az://{bucket}/project-a/2023/20230610-090000-beta/"}
+        assert env.ok("run", "files", ids[0]).out.splitlines() == [
+            "source , model.bin , 1000",
+            "source , params.json , 24",
+        ]
+        env.ok("run", "download", ids[1], "--destination", str(env.tmp / "alpha"))
+        assert (env.tmp / "alpha" / "out" / "loss.csv").read_bytes() == b"step,loss\n1,0.5\n"
+        assert not (env.store / "packs").exists(), "nothing was copied into datarun's store"
+    finally:
+        lake.close()
         azurite_server.drop_bucket(bucket)

@@ -57,6 +57,7 @@ def _read_params(folder: Path) -> dict[str, Any]:
     try:
         text = path.read_bytes()
     except FileNotFoundError:
+        info(f"no {PARAMS_FILE} in `{folder}`: the run's params are {{}}")
         return {}
     except OSError as err:
         raise LocalIOError(f"cannot read `{path}`: {err.strerror}; check its permissions") from None

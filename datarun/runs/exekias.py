@@ -108,8 +108,8 @@ def scan(source: ObjectStore) -> tuple[list[FoundRun], list[Refusal]]:
         if parsed is None:
             refused.append(Refusal(folder, f"the folder name `{name}` is not {NAME_HINT}"))
             continue
-        raw, _ = source.read(key)
         try:
+            raw, _ = source.read(key)  # refused here if the key is no valid object key (a space)
             params = parse_params(raw, f"{source.url}/{key}")
         except UsageError as err:
             refused.append(Refusal(folder, str(err)))

@@ -100,6 +100,8 @@ def termination_message(result: SidecarResult, limit: int = TERMINATION_MESSAGE_
         ]
         errors = [clip(e, size) for e in result.errors] if size else result.errors[:1] and ["see result.json"]
         short = {**full, "outputs": outputs, "errors": errors, "truncated": True}
+        if result.run_error:
+            short["runError"] = clip(result.run_error, size or 40)
         text = json.dumps(short, separators=(",", ":"), ensure_ascii=False)
         if len(text.encode()) <= limit:
             return text
@@ -111,6 +113,7 @@ def termination_message(result: SidecarResult, limit: int = TERMINATION_MESSAGE_
         "outputs": [],
         "truncated": True,
         "outputsOmitted": 0,
+        **({"run": result.run} if result.run else {}),
     }
     named = [{"name": o.name, "bundle": o.bundle} for o in result.outputs if o.bundle]
     budget = limit - len(json.dumps(minimal, separators=(",", ":"))) - 16  # room for the omitted count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from datarun.repo import Client
@@ -78,3 +79,16 @@ def test_a_postgres_dump_upload_records_its_source_and_its_dump(open_tmp: Path) 
     assert [(i.name, i.repo, i.bundle) for i in two.inputs] == [("main", "db", dumps[0])], "the restored dump"
     assert [(o.name, o.repo, o.bundle) for o in two.outputs] == [("main", "db", dumps[1])]
     assert two.annotations == {"datarun.io/sidecar": "postgres"}
+
+
+def test_the_termination_message_keeps_the_run_and_clips_its_error() -> None:
+    from datarun_sidecar.protocol import OutputResult, SidecarResult, termination_message
+
+    result = SidecarResult("fuse", 0, [OutputResult("o", "out", "/data/o", error="x" * 5000)])
+    result.run, result.run_error = "R" * 27, "e" * 5000
+    short = json.loads(termination_message(result))
+    assert short["run"] == "R" * 27 and short["truncated"] is True
+    assert len(short["runError"]) <= 300
+    many = SidecarResult("fuse", 0, [OutputResult(f"o{i}", "out", f"/p{i}", bundle="B" * 27) for i in range(200)])
+    many.run = "R" * 27
+    assert json.loads(termination_message(many))["run"] == "R" * 27, "even the minimal form names the run"

@@ -163,3 +163,21 @@ def test_import_indexes_in_place_refuses_bad_folders_and_is_idempotent(env: Env)
     assert _show(env, ids[0])["tags"] == ["kept"], "a re-import keeps what people added"
     changes = sorted(p.name for p in (env.store / CHANGES).iterdir())
     assert len(changes) == 2 + 1 + 1 + 1  # two imports, a tag, a new run, an update
+
+
+def test_a_folder_without_params_json_has_empty_params_and_says_so(env: Env) -> None:
+    folder = _folder(env.tmp, params=None)
+    result = env.ok("run", "upload", "--path", str(folder), "--json")
+    assert f"no params.json in `{folder}`: the run's params are {{}}" in result.err
+    assert _show(env, result.last_line)["params"] == {}
+
+
+def test_importing_a_run_folder_itself_and_a_missing_folder(env: Env) -> None:
+    folder = _folder(env.tmp / "lake", "20230609-142856-solo")
+    [run_id] = env.ok("run", "import", str(folder)).out.split()
+    assert _show(env, run_id)["title"] == "solo"
+    result = env.run("run", "import", str(env.tmp / "nothing-here"))
+    assert result.code == ExitCode.LOCAL_IO and "nothing-here` is not a folder" in result.err
+    (env.tmp / "empty").mkdir()
+    result = env.ok("run", "import", str(env.tmp / "empty"))
+    assert result.out == "" and "imported 0 new runs" in result.err

@@ -18,11 +18,17 @@ _LENGTH = 27
 KSUID_RE = re.compile(r"^[0-9A-Za-z]{27}$")
 
 
-def new_ksuid(now: float | None = None) -> str:
+def new_ksuid(now: float | None = None, tail: bytes | None = None) -> str:
+    """A new id for the time ``now``; ``tail`` (13 bytes) replaces the random part, for ids that
+    must come out the same when a writer retries (a DataRun's run record, an imported folder)."""
     stamp = now if now is not None else time.time()
     seconds = int(stamp) - _EPOCH
     micros = int((stamp - int(stamp)) * 1_000_000)
-    raw = seconds.to_bytes(4, "big") + micros.to_bytes(3, "big") + secrets.token_bytes(13)
+    if tail is not None and len(tail) != 13:
+        raise ValueError("a KSUID tail is 13 bytes")
+    raw = (
+        seconds.to_bytes(4, "big") + micros.to_bytes(3, "big") + (tail if tail is not None else secrets.token_bytes(13))
+    )
     number = int.from_bytes(raw, "big")
     digits = []
     while number:

@@ -168,7 +168,8 @@ class RunRecord:
     command: tuple[str, ...] = ()
     image: str = ""
     exit_code: int | None = None
-    params: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    """Any JSON values (a DataRun's ``spec.params``); records written before held strings only."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -186,7 +187,7 @@ class RunRecord:
             command=tuple(str(c) for c in raw.get("command", [])),
             image=str(raw.get("image", "")),
             exit_code=raw.get("exit_code"),
-            params={str(k): str(v) for k, v in raw.get("params", {}).items()},
+            params={str(k): v for k, v in (raw.get("params") or {}).items()},
         )
 
 

@@ -53,6 +53,7 @@ from datarun.model import (
     validate_relpath,
     validate_repo_name,
 )
+from datarun.runs import RunStore
 from datarun.store import ObjectStore, open_store
 from datarun.transfer import (
     DEFAULT_WORKERS,
@@ -194,6 +195,17 @@ class Client:
         if not self._format_checked:
             self._check_format(create=False)
             self._format_checked = True
+
+    @property
+    def runs(self) -> RunStore:
+        """The run records of this store (datarun.runs): create, update with CAS, get, history."""
+        self._check_read_format()
+        return RunStore(
+            self.meta,
+            author=f"{self.author[0]} <{self.author[1]}>" if self.author[1] else self.author[0],
+            host=cfg.hostname(),
+            before_write=lambda: self._check_format(create=True),
+        )
 
     # -- store marker --------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from datarun_operator.models import API_VERSION, DATA_ROOT, KIND, CacheMedium, DataRun, DataRunSpec
+from datarun_operator.models import API_VERSION, DATA_ROOT, KIND, PARAMS_FILE, CacheMedium, DataRun, DataRunSpec
 from datarun_operator.settings import Settings
 from datarun_operator.wire import (
     CREDENTIAL_FILE,
@@ -53,6 +53,7 @@ MANAGED_BY = "datarun-operator"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_RUN = "datarun.io/run"
 ANNOTATION_OUTPUTS = "datarun.io/outputs"
+ANNOTATION_PARAMS = "datarun.io/params"
 """Which DataRun output each sidecar result belongs to (JSON), for result.parse_pod_result."""
 
 VOL_COORD = "datarun-coord"
@@ -60,6 +61,7 @@ VOL_BIN = "datarun-bin"
 VOL_DATA = "datarun-data"
 VOL_CACHE = "datarun-cache"
 VOL_CREDENTIALS = "datarun-credentials"
+VOL_PARAMS = "datarun-params"
 
 
 def pod_name(run_name: str) -> str:
@@ -248,6 +250,33 @@ def _user_env(spec: DataRunSpec) -> list[dict[str, Any]]:
     return env
 
 
+# -- params.json ----------------------------------------------------------------------------------
+# spec.params reaches the app as a file through the downward API: the pod carries the JSON in an
+# annotation and a downwardAPI volume turns that annotation into params.json. Unlike a ConfigMap
+# this needs no second object (no create-before-the-pod ordering, no RBAC for configmaps, nothing
+# to garbage-collect), and the file is exactly as immutable as the pod. The price is the size:
+# all annotations of a pod share 256 KiB, which bounds params well above what params.json holds.
+
+PARAMS_VOLUME: dict[str, Any] = {
+    "name": VOL_PARAMS,
+    "downwardAPI": {
+        "items": [{"path": PARAMS_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_PARAMS}']"}}],
+        "defaultMode": 0o444,
+    },
+}
+
+
+def params_json(spec: DataRunSpec) -> str:
+    """``spec.params`` as the one JSON object the app reads (keys sorted, so a pod is reproducible)."""
+    return json.dumps(spec.params, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def params_mount(spec: DataRunSpec) -> dict[str, Any]:
+    """params.json alone (subPath) in the working folder, over whatever the folder holds."""
+    folder = spec.working_dir.rstrip("/")
+    return {"name": VOL_PARAMS, "mountPath": f"{folder}/{PARAMS_FILE}", "subPath": PARAMS_FILE, "readOnly": True}
+
+
 def get_pod(run: DataRun, pinned_inputs: Mapping[str, str], settings: Settings) -> dict[str, Any]:
     """The pod that runs ``run`` with its inputs pinned to ``pinned_inputs`` (name -> bundle id).
 
@@ -268,8 +297,13 @@ def get_pod(run: DataRun, pinned_inputs: Mapping[str, str], settings: Settings) 
             *_user_env(spec),
             {"name": "DATARUN_RUN", "value": run.name},
             *(injection.env if injection else []),
-            *({"name": f"DATARUN_PARAM_{key}", "value": value} for key, value in sorted(spec.params.items())),
+            *(
+                {"name": f"DATARUN_PARAM_{key}", "value": value}
+                for key, value in sorted(spec.params.items())
+                if isinstance(value, str)
+            ),
         ],
+        "workingDir": spec.working_dir,
         # A failing app's last log lines become the termination message, and so the run's reason.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -288,6 +322,8 @@ def get_pod(run: DataRun, pinned_inputs: Mapping[str, str], settings: Settings) 
         pod_spec["containers"].extend(injection.sidecars)
         pod_spec["initContainers"] = [injection.init_container]
         pod_spec["volumes"] = injection.volumes
+    main["volumeMounts"] = [*main.get("volumeMounts", []), params_mount(spec)]
+    pod_spec["volumes"] = [*pod_spec.get("volumes", []), PARAMS_VOLUME]
     if settings.pod.service_account:
         pod_spec["serviceAccountName"] = settings.pod.service_account
     if settings.pod.node_selector:
@@ -308,6 +344,7 @@ def get_pod(run: DataRun, pinned_inputs: Mapping[str, str], settings: Settings) 
             "annotations": {
                 **settings.pod.annotations,
                 ANNOTATION_OUTPUTS: json.dumps(outputs, separators=(",", ":")),
+                ANNOTATION_PARAMS: params_json(spec),
             },
             "ownerReferences": [
                 {

@@ -28,9 +28,10 @@ from typing import Any, cast
 
 import kopf
 
-from datarun.errors import DatarunError, NotFoundError, UsageError
+from datarun.errors import ConflictError, DatarunError, NotFoundError, UsageError
 from datarun.repo import connect
-from datarun_operator import reconcile, webhook
+from datarun.runs import Run
+from datarun_operator import reconcile, runrecord, webhook
 from datarun_operator.builder import LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY, get_pod, pod_name
 from datarun_operator.kube import Kube, load_config
 from datarun_operator.models import GROUP, PLURAL, VERSION, DataRun, Phase, SpecError, parse_status
@@ -127,7 +128,12 @@ def start(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
             raise kopf.PermanentError(str(err)) from None
         _post(body, (reconcile.Event("Warning", "StoreUnavailable", str(err)),))
         raise kopf.TemporaryError(str(err), delay=30) from None
-    _apply(namespace, name, body, reconcile.started_status(status, run, pinned, when))
+    try:
+        record = _create_record(run, runrecord.started_record(run, pinned, when))
+    except DatarunError as err:
+        _post(body, (reconcile.Event("Warning", "StoreUnavailable", f"cannot write the run record: {err}"),))
+        raise kopf.TemporaryError(str(err), delay=30) from None
+    _apply(namespace, name, body, reconcile.started_status(status, run, pinned, when, record))
     if kube().create_pod(pod):
         _post(body, (reconcile.Event("Normal", "PodCreated", f"created pod `{pod_name(name)}`"),))
         return
@@ -142,6 +148,48 @@ def start(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         )
     _post(body, (reconcile.Event("Normal", "PodAdopted", f"pod `{pod_name(name)}` exists already; following it"),))
     sync_run(namespace, name, existing)
+
+
+# -- the run record (datarun.runs) -------------------------------------------------------------
+
+
+def _create_record(run: DataRun, record: Run) -> str | None:
+    """Version 1 of the run record, and its id; a retried create finds the one it wrote (the id
+    is stable). None when no store is configured: a run without data has nowhere to record."""
+    try:
+        url = store_of(run.spec, SETTINGS)[0]
+    except SpecError:
+        return None
+    client = connect(url)
+    try:
+        client.runs.create(record)
+    except ConflictError:
+        pass
+    finally:
+        client.close()
+    return record.id
+
+
+def _finish_record(raw: Mapping[str, Any], status: Any, update: reconcile.StatusUpdate) -> bool:
+    """Write the run's end into its record before the status says the run ended: if the store
+    fails, the status stays unfinished and the resync timer tries again. False: try later."""
+    finish = runrecord.finish_of(status, update.patch)
+    if finish is None or not status.run_record:
+        return True
+    try:
+        run = DataRun.from_body(raw)
+        client = connect(store_of(run.spec, SETTINGS)[0])
+    except (SpecError, DatarunError) as err:
+        logger.warning("DataRun %s: cannot open the store for its run record: %s", status.run_record, err)
+        return True  # a spec that cannot run never had a record worth waiting for
+    try:
+        client.runs.finish(status.run_record, finish.phase, finish.exit_code, finish.outputs, end=finish.end)
+    except DatarunError as err:
+        _post(raw, (reconcile.Event("Warning", "RunRecordFailed", f"cannot finish the run record: {err}"),))
+        return False
+    finally:
+        client.close()
+    return True
 
 
 # -- following the pod --------------------------------------------------------------------------
@@ -162,7 +210,10 @@ def sync_run(namespace: str, name: str, pod: Mapping[str, Any] | None) -> None:
         status = parse_status({})
     if status.pod_name is None and pod is None:
         return  # not started yet: the create handler is still at it
-    _apply(namespace, name, raw, reconcile.status_from_pod(status, pod, reconcile.now()))
+    update = reconcile.status_from_pod(status, pod, reconcile.now())
+    if not _finish_record(raw, status, update):
+        return
+    _apply(namespace, name, raw, update)
 
 
 def follow_pod(

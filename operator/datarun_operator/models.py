@@ -49,6 +49,10 @@ BUNDLE_PATTERN = r"^[0-9A-Za-z]{27}$"
 _SEGMENT = r"([A-Za-z0-9_@+=,~-][A-Za-z0-9._@+=,~-]*|\.[A-Za-z0-9_@+=,~-][A-Za-z0-9._@+=,~-]*|\.\.[A-Za-z0-9._@+=,~-]+)"
 PATH_PATTERN = rf"^{_SEGMENT}(/{_SEGMENT})*$"
 """A relative path under /data: no leading ``/``, no ``.``/``..`` or empty components, no spaces."""
+ABSOLUTE_PATH_PATTERN = rf"^/({_SEGMENT}(/{_SEGMENT})*)?$"
+"""An absolute path in the app's container, with the same component rules as PATH_PATTERN."""
+PARAMS_FILE = "params.json"
+"""The file in the app's working folder that holds ``spec.params`` as one JSON object."""
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 """Kubernetes' rule for environment variable names."""
 PARAM_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -68,6 +72,7 @@ PATTERN_HINTS: Mapping[str, str] = {
     LABEL_PATTERN: "use letters, digits, `.`, `_` or `-`, starting with a letter or digit, no `..`",
     BUNDLE_PATTERN: "a bundle id is 27 letters and digits, as printed by upload",
     PATH_PATTERN: f"a relative path under {DATA_ROOT}: no leading `/`, no `.` or `..` parts, no spaces",
+    ABSOLUTE_PATH_PATTERN: "an absolute path: a leading `/`, no `.` or `..` parts, no spaces",
     ENV_NAME_PATTERN: "letters, digits, `_`, `-` or `.`, not starting with a digit",
     PARAM_KEY_PATTERN: "letters, digits and `_`, not starting with a digit",
     QUANTITY_PATTERN: "a quantity such as 500m, 2Gi or 1",
@@ -254,9 +259,21 @@ class DataRunSpec:
     env: Annotated[tuple[EnvVar, ...], FieldSchema("Environment of the app.", list_map_key="name", max_items=256)] = ()
     resources: Annotated[Resources | None, FieldSchema("Resources of the app's container.")] = None
     params: Annotated[
-        dict[str, str],
-        FieldSchema("Parameters, passed as env DATARUN_PARAM_<key>.", key_pattern=PARAM_KEY_PATTERN),
+        dict[str, Any],
+        FieldSchema(
+            f"Parameters: any JSON values, mounted as one object in {PARAMS_FILE} in the working folder and recorded "
+            "in the run record; string values are also passed as env DATARUN_PARAM_<key>.",
+            key_pattern=PARAM_KEY_PATTERN,
+        ),
     ] = field(default_factory=dict)
+    working_dir: Annotated[
+        str,
+        FieldSchema(
+            f"The app's working folder, where {PARAMS_FILE} is (default {DATA_ROOT}: the inputs and outputs).",
+            pattern=ABSOLUTE_PATH_PATTERN,
+            max_length=255,
+        ),
+    ] = DATA_ROOT
     inputs: Annotated[tuple[Input, ...], FieldSchema("Bundles to read.", list_map_key="name", max_items=64)] = ()
     outputs: Annotated[
         tuple[Output, ...], FieldSchema("Folders to upload as bundles.", list_map_key="name", max_items=64)
@@ -355,6 +372,10 @@ class DataRunStatus:
     start_time: Annotated[str | None, FieldSchema("When the pod started.", date_time=True)] = None
     completion_time: Annotated[str | None, FieldSchema("When the run ended.", date_time=True)] = None
     observed_generation: Annotated[int | None, FieldSchema("The spec generation this status describes.")] = None
+    run_record: Annotated[
+        str | None,
+        FieldSchema("Id of the run record in the store (`datarun run show ID`), written when inputs are pinned."),
+    ] = None
     conditions: Annotated[tuple[Condition, ...], FieldSchema("Conditions.", list_map_key="type")] = ()
 
 
@@ -368,6 +389,8 @@ class DataRun:
     generation: int
     spec: DataRunSpec
     status: DataRunStatus
+    created: str = ""
+    """``metadata.creationTimestamp``: with the uid, it makes the run record's id (datarun_operator.runrecord)."""
 
     @staticmethod
     def from_body(body: Mapping[str, Any]) -> DataRun:
@@ -382,6 +405,7 @@ class DataRun:
             generation=int(meta.get("generation") or 0),
             spec=parse_spec(body.get("spec")),
             status=parse_status(body.get("status")),
+            created=str(meta.get("creationTimestamp") or ""),
         )
 
 

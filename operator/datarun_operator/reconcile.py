@@ -154,8 +154,11 @@ def pin_inputs(spec: DataRunSpec, resolve: Resolver, pinned: Mapping[str, str] |
     return out
 
 
-def started_status(current: DataRunStatus, run: DataRun, pinned: Mapping[str, str], when: str) -> StatusUpdate:
-    """Written BEFORE the pod is created: the pins are on record whatever happens next."""
+def started_status(
+    current: DataRunStatus, run: DataRun, pinned: Mapping[str, str], when: str, run_record: str | None = None
+) -> StatusUpdate:
+    """Written BEFORE the pod is created: the pins (and the run record's id) are on record whatever
+    happens next."""
     pins = ", ".join(f"{name}={bundle}" for name, bundle in sorted(pinned.items())) or "no inputs"
     new = replace(
         current,
@@ -165,6 +168,7 @@ def started_status(current: DataRunStatus, run: DataRun, pinned: Mapping[str, st
         pinned_inputs=dict(pinned),
         pod_name=pod_name(run.name),
         observed_generation=run.generation,
+        run_record=current.run_record or run_record,
         conditions=set_condition(current.conditions, INPUTS_PINNED, ConditionStatus.TRUE, "Pinned", pins, when),
     )
     events = (Event("Normal", INPUTS_PINNED, pins),) if not current.pinned_inputs and pinned else ()

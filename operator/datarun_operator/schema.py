@@ -189,6 +189,12 @@ class RecordCodec:
             if not isinstance(raw, dict):
                 raise SpecError(where, f"must be an object, not {_type_name(raw)}")
             if item_tp is Any:
+                if meta is not None and meta.key_pattern is not None:
+                    for key in raw:
+                        if not re.match(meta.key_pattern, str(key)):
+                            raise SpecError(
+                                f"{where}.{key}", f"key {key!r} is not valid ({self._hint(meta.key_pattern)})"
+                            )
                 return dict(raw)
             out = {}
             for key, item in raw.items():

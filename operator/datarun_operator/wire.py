@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from datarun_operator.models import DATA_ROOT, DataRun, DataRunSpec, InputMode, SpecError
+from datarun_operator.runrecord import record_id
 from datarun_operator.settings import Settings
 
 TERMINATION_LOG = "/dev/termination-log"
@@ -69,7 +70,11 @@ class RunIdentity:
 def datarun_identity(run: DataRun) -> RunIdentity:
     return RunIdentity(
         description=f"DataRun {run.namespace}/{run.name}",
-        env=({"name": "DATARUN_RUN_ID", "value": f"{run.namespace}/{run.name}/{run.uid}"},),
+        env=(
+            {"name": "DATARUN_RUN_ID", "value": f"{run.namespace}/{run.name}/{run.uid}"},
+            # The run record the operator writes at pin time; the sidecars add their outputs to it.
+            {"name": "DATARUN_RUN_RECORD", "value": record_id(run)},
+        ),
     )
 
 

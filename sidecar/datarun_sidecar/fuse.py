@@ -21,6 +21,7 @@ from typing import Any
 from datarun.errors import DatarunError
 from datarun.model import BundleRef, RunRecord
 from datarun.repo import Client, UploadResult, connect
+from datarun.runs import BundleLink
 from datarun_sidecar.protocol import Coordination, PlannedOutput, SidecarError, run_lifecycle
 
 
@@ -225,6 +226,12 @@ class FuseSidecar:
     def _upload(self, spec: UploadSpec, client: Client, run: RunRecord) -> UploadResult:
         label = spec.label or None
         return client.upload(spec.repo, spec.path, spec.message, label=label, inputs=tuple(self.inputs), run=run)
+
+    def run_inputs(self) -> list[BundleLink]:
+        return [
+            BundleLink(Path(spec.mountpoint).name or ref.repo, ref.repo, ref.bundle)
+            for spec, ref in zip(self.plan.mounts, self.inputs, strict=False)
+        ]
 
     def linger(self) -> None:
         pass

@@ -28,6 +28,7 @@ from typing import Any
 
 from datarun.model import Bundle, BundleRef, RunRecord
 from datarun.repo import Client, UploadResult, connect
+from datarun.runs import BundleLink
 from datarun_sidecar.postgres_plan import DatabaseSpec, PostgresPlan, PostgresSidecarError
 from datarun_sidecar.protocol import Coordination, PlannedOutput, run_lifecycle
 
@@ -392,6 +393,9 @@ class PostgresSidecar:
         work = self.work / spec.id / "dump"
         inputs = (source,) if source else ()
         return upload_dump(server, client, work, spec.repo, spec.message, spec.label, inputs=inputs, run=run)
+
+    def run_inputs(self) -> list[BundleLink]:
+        return [BundleLink(db_id, ref.repo, ref.bundle) for db_id, ref in self.sources.items()]
 
     def linger(self) -> None:
         while self.plan.sleep_after:  # `S`: keep the pod around for debugging

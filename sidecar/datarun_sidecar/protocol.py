@@ -22,10 +22,12 @@ from typing import Any, Protocol
 from datarun.errors import DatarunError
 from datarun.model import RunRecord
 from datarun.repo import Client, UploadResult, connect
+from datarun.runs import BundleLink
+from datarun_sidecar.runrecord import record_run
 
 HEARTBEAT_SECONDS = 2.0
 ENV_RUN_PARAMS = "DATARUN_RUN_PARAMS"
-"""The run's params, a JSON object of strings, set by the operator (``datarun_operator.wire``)."""
+"""The run's params, a JSON object (any values), set by the operator (``datarun_operator.wire``)."""
 
 
 class SidecarError(Exception):
@@ -57,6 +59,10 @@ class SidecarResult:
     app_exit_code: int | None
     outputs: list[OutputResult] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    run: str = ""
+    """The run record (datarun.runs) that names these uploads, once written."""
+    run_error: str = ""
+    """Why the run record could not be written (the uploads stand; see sidecar/runrecord.py)."""
 
     @property
     def ok(self) -> bool:
@@ -69,6 +75,8 @@ class SidecarResult:
             "appExitCode": self.app_exit_code,
             "outputs": [vars(o) for o in self.outputs],
             "errors": self.errors,
+            **({"run": self.run} if self.run else {}),
+            **({"runError": self.run_error} if self.run_error else {}),
         }
 
 
@@ -105,6 +113,8 @@ def termination_message(result: SidecarResult, limit: int = TERMINATION_MESSAGE_
         ]
         errors = [clip(e, size) for e in result.errors] if size else result.errors[:1] and ["see result.json"]
         short = {**full, "outputs": outputs, "errors": errors, "truncated": True}
+        if result.run_error:
+            short["runError"] = clip(result.run_error, size or 40)
         text = json.dumps(short, separators=(",", ":"), ensure_ascii=False)
         if len(text.encode()) <= limit:
             return text
@@ -116,6 +126,7 @@ def termination_message(result: SidecarResult, limit: int = TERMINATION_MESSAGE_
         "outputs": [],
         "truncated": True,
         "outputsOmitted": 0,
+        **({"run": result.run} if result.run else {}),
     }
     named = [{"name": o.name, "bundle": o.bundle} for o in result.outputs if o.bundle]
     budget = limit - len(json.dumps(minimal, separators=(",", ":"))) - 16  # room for the omitted count
@@ -205,7 +216,7 @@ class Coordination:
 # -- the run's provenance ---------------------------------------------------------------------
 
 
-def run_params(env: Mapping[str, str]) -> dict[str, str]:
+def run_params(env: Mapping[str, str]) -> dict[str, Any]:
     """The params the operator passed in ``DATARUN_RUN_PARAMS``; none when it is unset."""
     raw = env.get(ENV_RUN_PARAMS, "")
     if not raw:
@@ -215,13 +226,13 @@ def run_params(env: Mapping[str, str]) -> dict[str, str]:
     except json.JSONDecodeError as err:
         data, detail = None, f"not JSON ({err})"
     else:
-        detail = "not an object of string values"
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise SidecarError(f'{ENV_RUN_PARAMS}: {detail}; it must look like {{"lr": "0.1"}} (the operator sets it)')
+        detail = "not a JSON object"
+    if not isinstance(data, dict):
+        raise SidecarError(f'{ENV_RUN_PARAMS}: {detail}; it must look like {{"lr": 0.1}} (the operator sets it)')
     return data
 
 
-def run_record(coord: Path, env: Mapping[str, str], app_code: int | None, params: Mapping[str, str]) -> RunRecord:
+def run_record(coord: Path, env: Mapping[str, str], app_code: int | None, params: Mapping[str, Any]) -> RunRecord:
     """The run as the bundles' provenance records it: who (``DATARUN_RUN_ID``), what (the app's
     command, as the wrapper wrote it, and ``DATARUN_IMAGE``), with which params, and how it ended."""
     try:
@@ -277,6 +288,10 @@ class Sidecar(Protocol):
 
     def outputs(self, app_code: int | None, why: str) -> Sequence[PlannedOutput]: ...
 
+    def run_inputs(self) -> Sequence[BundleLink]:
+        """The bundles the app read (mounted inputs, restored databases), for the run record."""
+        ...
+
     def linger(self) -> None:
         """After the result is reported; returns at once unless asked to keep the pod around."""
         ...
@@ -308,6 +323,7 @@ def upload_outputs(
 def run_lifecycle(sidecar: Sidecar, env: Mapping[str, str] = os.environ) -> int:
     """heartbeat -> prepare -> ready -> wait for the app -> upload -> report; 0 if all went well, else 1."""
     coord = sidecar.coord
+    started = time.time()
     coord.start_heartbeat()
     try:
         try:
@@ -329,6 +345,7 @@ def run_lifecycle(sidecar: Sidecar, env: Mapping[str, str] = os.environ) -> int:
         else:
             with contextlib.closing(client):
                 result = upload_outputs(sidecar.kind, code, planned, client, run)
+                record_run(client, result, started=started, inputs=sidecar.run_inputs(), command=run.command, env=env)
         coord.report_result(result, sidecar.termination_log)
         sidecar.linger()
         return 0 if result.ok else 1

@@ -99,7 +99,35 @@ def kubelet_view(pod: Mapping[str, Any], workdir: Path) -> tuple[dict[str, Any],
         path = container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH
         container.setdefault("volumeMounts", []).append({"name": volume, "mountPath": path})
         files[name] = host_file
+    _downward_files(out, workdir)
     return out, files
+
+
+def _downward_files(pod: dict[str, Any], workdir: Path) -> None:
+    """downwardAPI volumes (params.json) as the kubelet writes them: podman kube play has no such
+    volume type, so each mounted item becomes a host file holding the annotation's value."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    volumes = pod["spec"].get("volumes") or []
+    downward = {v["name"]: v["downwardAPI"] for v in volumes if "downwardAPI" in v}
+    if not downward:
+        return
+    pod["spec"]["volumes"] = [v for v in volumes if v["name"] not in downward]
+    for _, container in _containers(pod):
+        mounts = []
+        for mount in container.get("volumeMounts") or []:
+            source = downward.get(mount["name"])
+            if source is None:
+                mounts.append(mount)
+                continue
+            item = next(i for i in source["items"] if i["path"] == mount.get("subPath"))
+            key = item["fieldRef"]["fieldPath"].split("['", 1)[1].rstrip("']")
+            host_file = workdir / f"downward-{container['name']}-{item['path']}"
+            host_file.write_text(annotations.get(key, ""))
+            host_file.chmod(0o444)
+            volume = f"kubelet-downward-{container['name']}-{len(pod['spec']['volumes'])}"
+            pod["spec"]["volumes"].append({"name": volume, "hostPath": {"path": str(host_file), "type": "File"}})
+            mounts.append({"name": volume, "mountPath": mount["mountPath"], "readOnly": True})
+        container["volumeMounts"] = mounts
 
 
 # -- podman inspect -> Kubernetes pod status ---------------------------------------------------------

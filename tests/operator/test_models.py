@@ -185,7 +185,7 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str, str]] = [
         "duplicate",
     ),
     ("bad param key", {"params": {"1x": "y"}}, "spec.params.1x", "not valid"),
-    ("param value not a string", {"params": {"x": 1}}, "spec.params.x", "string"),
+    ("working dir not absolute", {"workingDir": "data"}, "spec.workingDir", "an absolute path"),
     ("bad quantity", {"resources": {"limits": {"memory": "lots"}}}, "spec.resources.limits.memory", "quantity"),
     ("port out of range", {"databases": [{"name": "db", "port": 70000}]}, "spec.databases[0].port", "at most 65535"),
     ("port not an int", {"databases": [{"name": "db", "port": "5432"}]}, "spec.databases[0].port", "integer"),

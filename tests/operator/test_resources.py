@@ -202,7 +202,7 @@ def test_a_run_without_data_is_a_plain_pod(settings: Settings) -> None:
     pod = get_pod(run(spec(inputs=[], outputs=[])), {}, replace(settings, store=StoreSettings()))  # no store needed
     assert list(containers(pod)) == [MAIN]
     assert containers(pod)[MAIN]["command"] == ["sh", "-c", "cp -r $DATARUN_INPUT_NUMBERS/. $DATARUN_OUTPUT_RESULT/"]
-    assert "volumes" not in pod["spec"]
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["datarun-params"], "only params.json"
 
 
 def test_postgres_only_runs_wrap_with_postgres_only(settings: Settings) -> None:

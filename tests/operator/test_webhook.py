@@ -110,13 +110,16 @@ def test_the_injected_parts_are_those_of_a_datarun_pod(settings: Settings) -> No
         settings,
     )
 
-    assert pod["spec"]["volumes"][1:] == datarun["spec"]["volumes"]
+    # params.json is a DataRun's own (an injected pod has no spec.params): the rest is shared.
+    assert pod["spec"]["volumes"][1:] == [v for v in datarun["spec"]["volumes"] if v["name"] != "datarun-params"]
     assert pod["spec"]["initContainers"][1:] == datarun["spec"]["initContainers"]
     ours, theirs = by_name(pod["spec"]["containers"])[FUSE], by_name(datarun["spec"]["containers"])[FUSE]
     for key in ("image", "volumeMounts", "securityContext", "envFrom", "terminationMessagePath"):
         assert ours[key] == theirs[key], key
     theirs_main = by_name(datarun["spec"]["containers"])[MAIN]
-    assert pod["spec"]["containers"][1]["volumeMounts"][1:] == theirs_main["volumeMounts"]
+    assert pod["spec"]["containers"][1]["volumeMounts"][1:] == [
+        m for m in theirs_main["volumeMounts"] if m["name"] != "datarun-params"
+    ]
     assert ours["command"][: ours["command"].index("-d")] == theirs["command"][: theirs["command"].index("-d")]
 
 

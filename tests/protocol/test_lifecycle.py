@@ -16,6 +16,7 @@ import pytest
 
 from datarun.model import RunRecord
 from datarun.repo import Client, UploadResult
+from datarun.runs import BundleLink
 from datarun.store import LocalStore
 from datarun_sidecar.protocol import (
     ENV_RUN_PARAMS,
@@ -63,6 +64,9 @@ class FolderSidecar:
                 PlannedOutput(name=name, repo="out", path=str(folder), skipped_reason=skipped, upload=upload)
             )
         return planned
+
+    def run_inputs(self) -> Sequence[BundleLink]:
+        return []
 
     def linger(self) -> None:
         self.calls.append("linger")
@@ -171,7 +175,9 @@ def test_params_are_read_from_the_env(raw: str, expected: dict[str, str]) -> Non
     assert run_params({ENV_RUN_PARAMS: raw} if raw else {}) == expected
 
 
-@pytest.mark.parametrize(("raw", "why"), [("{", "not JSON"), ('["a"]', "not an object"), ('{"a":1}', "string values")])
+@pytest.mark.parametrize(
+    ("raw", "why"), [("{", "not JSON"), ('["a"]', "not a JSON object"), ('"a"', "not a JSON object")]
+)
 def test_bad_params_are_refused_naming_the_variable(raw: str, why: str) -> None:
     with pytest.raises(SidecarError, match=why) as caught:
         run_params({ENV_RUN_PARAMS: raw})

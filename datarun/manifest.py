@@ -21,17 +21,13 @@ import zstandard
 
 from datarun.cas.chunker import CHUNKER_ID
 from datarun.errors import IntegrityError, StoreError
+from datarun.layout import manifest_key
 from datarun.model import DIRECTORY, FILE, SYMLINK, FileEntry, validate_link_target, validate_relpath
 from datarun.store import ObjectStore
 
-MANIFEST_PREFIX = "manifests/"
 _FORMAT = "datarun-manifest"
 _VERSION = 1
 _READ_BLOCK = 8 << 20
-
-
-def manifest_key(manifest_id: str) -> str:
-    return f"{MANIFEST_PREFIX}{manifest_id[:2]}/{manifest_id}"
 
 
 def tree_key(path: str) -> tuple[str, ...]:

@@ -38,7 +38,20 @@ from datarun.errors import (
 )
 from datarun.hashcache import HashCache
 from datarun.ids import is_ksuid, new_ksuid
-from datarun.manifest import ManifestWriter, manifest_key, read_manifest, read_manifest_records, tree_key
+from datarun.layout import (
+    REPOS_PREFIX,
+    STORE_MARKER,
+    bundle_key,
+    bundles_prefix,
+    history_key,
+    history_prefix,
+    is_repo_key,
+    label_key,
+    labels_prefix,
+    manifest_key,
+    repo_key,
+)
+from datarun.manifest import ManifestWriter, read_manifest, read_manifest_records, tree_key
 from datarun.model import (
     FILE,
     FORMAT_VERSION,
@@ -64,7 +77,6 @@ from datarun.transfer import (
     verify_entries,
 )
 
-STORE_MARKER = "datarun-store.json"
 STORE_FORMAT = 1
 
 
@@ -74,22 +86,6 @@ def _now() -> str:
 
 def _dumps(obj: object) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-
-
-def _repo_key(repo: str) -> str:
-    return f"repos/{repo}/repo.json"
-
-
-def _bundle_key(repo: str, bundle_id: str) -> str:
-    return f"repos/{repo}/bundles/{bundle_id}.json"
-
-
-def _label_key(repo: str, label: str) -> str:
-    return f"repos/{repo}/labels/{label}.json"
-
-
-def _history_key(repo: str, label: str, seq: int) -> str:
-    return f"repos/{repo}/label-history/{label}/{seq:012d}.json"
 
 
 @dataclass(frozen=True)
@@ -219,7 +215,7 @@ class Client:
         self._check_format(create=True)
         repo = Repo(name, description, _now(), self.author[0])
         try:
-            self.meta.put_if_absent(_repo_key(name), _dumps(repo.to_json()))
+            self.meta.put_if_absent(repo_key(name), _dumps(repo.to_json()))
         except PreconditionFailed:
             raise ConflictError(f"repo `{name}` already exists in `{self.meta.url}`") from None
         return repo
@@ -228,7 +224,7 @@ class Client:
         validate_repo_name(name)
         return Repo.from_json(
             self._read_record(
-                _repo_key(name),
+                repo_key(name),
                 f"repo `{name}` not found in `{self.meta.url}`; create it with "
                 f"`datarun repo create --repo {name} --description ...`",
             )
@@ -237,8 +233,8 @@ class Client:
     def list_repos(self) -> list[Repo]:
         self._check_read_format()
         repos = []
-        for info in self.meta.list("repos/"):
-            if info.key.endswith("/repo.json") and info.key.count("/") == 2:
+        for info in self.meta.list(REPOS_PREFIX):
+            if is_repo_key(info.key):
                 raw, _ = self.meta.read(info.key)
                 repos.append(Repo.from_json(_record(info.key, raw)))
         return repos
@@ -251,7 +247,7 @@ class Client:
             raise UsageError(f"`{bundle_id}` is not a bundle id (27 letters and digits, as printed by upload)")
         return Bundle.from_json(
             self._read_record(
-                _bundle_key(repo, bundle_id),
+                bundle_key(repo, bundle_id),
                 f"bundle `{bundle_id}` not found in repo `{repo}`; list them with `datarun bundle list --repo {repo}`",
             )
         )
@@ -267,7 +263,7 @@ class Client:
 
     def list_bundles(self, repo: str) -> list[Bundle]:
         self.get_repo(repo)
-        return [Bundle.from_json(raw) for raw in self._read_records(f"repos/{repo}/bundles/")]
+        return [Bundle.from_json(raw) for raw in self._read_records(bundles_prefix(repo))]
 
     def list_files(self, bundle: Bundle) -> Iterator[FileEntry]:
         return read_manifest(self.meta, bundle.manifest)
@@ -343,7 +339,7 @@ class Client:
         if before_commit is not None:
             before_commit()
         # Written last and create-only: this is the moment the bundle becomes visible.
-        self.meta.put_if_absent(_bundle_key(repo, bundle.id), _dumps(bundle.to_json()))
+        self.meta.put_if_absent(bundle_key(repo, bundle.id), _dumps(bundle.to_json()))
         moved = self.set_label(repo, label, bundle.id, retries=label_retries) if label else None
         return UploadResult(bundle, uploader.stats, moved, time.perf_counter() - started)
 
@@ -433,19 +429,19 @@ class Client:
         self.get_repo(repo)
         return Label.from_json(
             self._read_record(
-                _label_key(repo, name),
+                label_key(repo, name),
                 f"label `{name}` not found in repo `{repo}`; list them with `datarun label list --repo {repo}`",
             )
         )
 
     def list_labels(self, repo: str) -> list[Label]:
         self.get_repo(repo)
-        return [Label.from_json(raw) for raw in self._read_records(f"repos/{repo}/labels/")]
+        return [Label.from_json(raw) for raw in self._read_records(labels_prefix(repo))]
 
     def label_history(self, repo: str, name: str) -> list[Label]:
         validate_label_name(name)
         self.get_repo(repo)
-        out = [Label.from_json(raw) for raw in self._read_records(f"repos/{repo}/label-history/{name}/")]
+        out = [Label.from_json(raw) for raw in self._read_records(history_prefix(repo, name))]
         if not out:
             self.get_label(repo, name)  # raises the not-found error with its hint
         return out
@@ -459,7 +455,7 @@ class Client:
         """
         validate_label_name(name)
         self.get_bundle(repo, bundle_id)
-        key = _label_key(repo, name)
+        key = label_key(repo, name)
         for attempt in range(retries + 1):
             try:
                 raw, info = self.meta.read(key)
@@ -501,7 +497,7 @@ class Client:
 
     def _append_history(self, label: Label) -> None:
         with contextlib.suppress(PreconditionFailed):  # already recorded: history is idempotent
-            self.meta.put_if_absent(_history_key(label.repo, label.name, label.seq), _dumps(label.to_json()))
+            self.meta.put_if_absent(history_key(label.repo, label.name, label.seq), _dumps(label.to_json()))
 
 
 SPOOL_MAX_AGE = 6 * 3600.0

@@ -19,7 +19,7 @@ import zstandard
 
 from datarun.errors import ConflictError, ExitCode
 from datarun.ids import new_ksuid
-from datarun.manifest import manifest_key
+from datarun.layout import manifest_key
 from datarun.model import Bundle
 from datarun.repo import Client, connect
 from datarun.store import LocalStore

@@ -19,42 +19,19 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from datarun import config as cfg
+from datarun import labels
 from datarun.cas.index import ChunkIndex
-from datarun.errors import (
-    ConflictError,
-    IntegrityError,
-    LocalIOError,
-    NotFoundError,
-    ObjectNotFound,
-    PreconditionFailed,
-    UsageError,
-)
+from datarun.errors import ConflictError, IntegrityError, LocalIOError, NotFoundError, PreconditionFailed, UsageError
 from datarun.hashcache import HashCache
 from datarun.ids import is_ksuid, new_ksuid
-from datarun.layout import (
-    REPOS_PREFIX,
-    STORE_MARKER,
-    bundle_key,
-    bundles_prefix,
-    history_key,
-    history_prefix,
-    is_repo_key,
-    label_key,
-    labels_prefix,
-    manifest_key,
-    repo_key,
-)
+from datarun.layout import REPOS_PREFIX, bundle_key, bundles_prefix, is_repo_key, manifest_key, repo_key
 from datarun.manifest import ManifestWriter, read_manifest, read_manifest_records, tree_key
 from datarun.model import (
     FILE,
-    FORMAT_VERSION,
     Bundle,
     BundleRef,
     FileEntry,
@@ -66,6 +43,7 @@ from datarun.model import (
     validate_relpath,
     validate_repo_name,
 )
+from datarun.records import Records, dumps, now
 from datarun.store import ObjectStore, open_store
 from datarun.transfer import (
     DEFAULT_WORKERS,
@@ -76,16 +54,6 @@ from datarun.transfer import (
     stream_entry,
     verify_entries,
 )
-
-STORE_FORMAT = 1
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _dumps(obj: object) -> bytes:
-    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
 
 @dataclass(frozen=True)
@@ -116,24 +84,6 @@ class VerifyReport:
         return not self.problems
 
 
-def _record(key: str, raw: bytes) -> Any:
-    """A metadata record, refused if it is not JSON or a newer datarun wrote it."""
-    try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError as err:
-        raise IntegrityError(f"record `{key}` is corrupt: {err}") from None
-    if not isinstance(record, dict):
-        raise IntegrityError(f"record `{key}` is corrupt: not a JSON object")
-    version = record.get("format", FORMAT_VERSION)
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise IntegrityError(f"record `{key}` is corrupt: its `format` is {version!r}")
-    if version > FORMAT_VERSION:
-        raise UsageError(
-            f"record `{key}` has format v{version}, newer than this datarun reads (v{FORMAT_VERSION}); upgrade datarun"
-        )
-    return record
-
-
 class Client:
     """A connection to one datarun store (metadata + blobs)."""
 
@@ -151,8 +101,8 @@ class Client:
         self.cache_dir = cache_dir or cfg.cache_dir()
         self.author = author
         self.workers = workers
+        self.records = Records(meta)
         self._index: ChunkIndex | None = None
-        self._format_checked = False
 
     def close(self) -> None:
         if self._index is not None:
@@ -167,55 +117,14 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- records -------------------------------------------------------------------------
-
-    def _read_record(self, key: str, missing: str) -> Any:
-        """One JSON record; ``missing`` is the not-found message (name the thing, say the fix)."""
-        self._check_read_format()
-        try:
-            raw, _ = self.meta.read(key)
-        except ObjectNotFound:
-            raise NotFoundError(missing) from None
-        return _record(key, raw)
-
-    def _read_records(self, prefix: str) -> Iterator[Any]:
-        self._check_read_format()
-        for info in self.meta.list(prefix):
-            raw, _ = self.meta.read(info.key)
-            yield _record(info.key, raw)
-
-    def _check_read_format(self) -> None:
-        # Readers check the store marker too, once per client: a store written by a newer format
-        # must be refused before its records are misread, not only before they are written.
-        if not self._format_checked:
-            self._check_format(create=False)
-            self._format_checked = True
-
-    # -- store marker --------------------------------------------------------------------
-
-    def _check_format(self, create: bool) -> None:
-        try:
-            raw, _ = self.meta.read(STORE_MARKER)
-        except ObjectNotFound:
-            if not create:
-                return
-            with contextlib.suppress(PreconditionFailed):  # another writer created it first
-                self.meta.put_if_absent(STORE_MARKER, _dumps({"format": "datarun-store", "version": STORE_FORMAT}))
-            return
-        version = orjson.loads(raw).get("version")
-        if version != STORE_FORMAT:
-            raise UsageError(
-                f"store `{self.meta.url}` uses format v{version}; this datarun reads v{STORE_FORMAT}. Upgrade datarun."
-            )
-
     # -- repos ---------------------------------------------------------------------------
 
     def create_repo(self, name: str, description: str = "") -> Repo:
         validate_repo_name(name)
-        self._check_format(create=True)
-        repo = Repo(name, description, _now(), self.author[0])
+        self.records.check_format(create=True)
+        repo = Repo(name, description, now(), self.author[0])
         try:
-            self.meta.put_if_absent(repo_key(name), _dumps(repo.to_json()))
+            self.meta.put_if_absent(repo_key(name), dumps(repo.to_json()))
         except PreconditionFailed:
             raise ConflictError(f"repo `{name}` already exists in `{self.meta.url}`") from None
         return repo
@@ -223,7 +132,7 @@ class Client:
     def get_repo(self, name: str) -> Repo:
         validate_repo_name(name)
         return Repo.from_json(
-            self._read_record(
+            self.records.read(
                 repo_key(name),
                 f"repo `{name}` not found in `{self.meta.url}`; create it with "
                 f"`datarun repo create --repo {name} --description ...`",
@@ -231,13 +140,7 @@ class Client:
         )
 
     def list_repos(self) -> list[Repo]:
-        self._check_read_format()
-        repos = []
-        for info in self.meta.list(REPOS_PREFIX):
-            if is_repo_key(info.key):
-                raw, _ = self.meta.read(info.key)
-                repos.append(Repo.from_json(_record(info.key, raw)))
-        return repos
+        return [Repo.from_json(raw) for raw in self.records.read_all(REPOS_PREFIX, keep=is_repo_key)]
 
     # -- bundles -------------------------------------------------------------------------
 
@@ -246,7 +149,7 @@ class Client:
         if not is_ksuid(bundle_id):
             raise UsageError(f"`{bundle_id}` is not a bundle id (27 letters and digits, as printed by upload)")
         return Bundle.from_json(
-            self._read_record(
+            self.records.read(
                 bundle_key(repo, bundle_id),
                 f"bundle `{bundle_id}` not found in repo `{repo}`; list them with `datarun bundle list --repo {repo}`",
             )
@@ -263,7 +166,7 @@ class Client:
 
     def list_bundles(self, repo: str) -> list[Bundle]:
         self.get_repo(repo)
-        return [Bundle.from_json(raw) for raw in self._read_records(bundles_prefix(repo))]
+        return [Bundle.from_json(raw) for raw in self.records.read_all(bundles_prefix(repo))]
 
     def list_files(self, bundle: Bundle) -> Iterator[FileEntry]:
         return read_manifest(self.meta, bundle.manifest)
@@ -303,7 +206,7 @@ class Client:
         self.get_repo(repo)
         if label is not None:
             validate_label_name(label)
-        self._check_format(create=True)
+        self.records.check_format(create=True)
         index = self._chunk_index()
         index.sync(self.workers * 2)
         spool = self.blobs.staging_dir() or (self.cache_dir / "spool")
@@ -330,7 +233,7 @@ class Client:
             id=new_ksuid(),
             repo=repo,
             message=message,
-            created=_now(),
+            created=now(),
             manifest=manifest_id,
             file_count=writer.file_count,
             total_size=writer.total_size,
@@ -339,7 +242,7 @@ class Client:
         if before_commit is not None:
             before_commit()
         # Written last and create-only: this is the moment the bundle becomes visible.
-        self.meta.put_if_absent(bundle_key(repo, bundle.id), _dumps(bundle.to_json()))
+        self.meta.put_if_absent(bundle_key(repo, bundle.id), dumps(bundle.to_json()))
         moved = self.set_label(repo, label, bundle.id, retries=label_retries) if label else None
         return UploadResult(bundle, uploader.stats, moved, time.perf_counter() - started)
 
@@ -427,77 +330,22 @@ class Client:
     def get_label(self, repo: str, name: str) -> Label:
         validate_label_name(name)
         self.get_repo(repo)
-        return Label.from_json(
-            self._read_record(
-                label_key(repo, name),
-                f"label `{name}` not found in repo `{repo}`; list them with `datarun label list --repo {repo}`",
-            )
-        )
+        return labels.get(self.records, repo, name)
 
     def list_labels(self, repo: str) -> list[Label]:
         self.get_repo(repo)
-        return [Label.from_json(raw) for raw in self._read_records(labels_prefix(repo))]
+        return labels.list_all(self.records, repo)
 
     def label_history(self, repo: str, name: str) -> list[Label]:
         validate_label_name(name)
         self.get_repo(repo)
-        out = [Label.from_json(raw) for raw in self._read_records(history_prefix(repo, name))]
-        if not out:
-            self.get_label(repo, name)  # raises the not-found error with its hint
-        return out
+        return labels.history(self.records, repo, name)
 
     def set_label(self, repo: str, name: str, bundle_id: str, *, expect: str | None = None, retries: int = 0) -> Label:
-        """Point ``name`` at ``bundle_id`` with compare-and-swap.
-
-        Of several concurrent writers exactly one wins each round; a loser retries up to
-        ``retries`` times against the new value, then fails with ConflictError. ``expect``
-        makes the move conditional on the label's current bundle ("" = must not exist).
-        """
+        """Point ``name`` at ``bundle_id`` with compare-and-swap (see ``labels.move``)."""
         validate_label_name(name)
         self.get_bundle(repo, bundle_id)
-        key = label_key(repo, name)
-        for attempt in range(retries + 1):
-            try:
-                raw, info = self.meta.read(key)
-                current: Label | None = Label.from_json(_record(key, raw))
-                etag: str | None = info.etag
-            except ObjectNotFound:
-                current, etag = None, None
-            if expect is not None and (current.bundle if current else "") != expect:
-                actual = current.bundle if current else "nothing"
-                raise ConflictError(f"label `{name}` in repo `{repo}` points at {actual}, not {expect or 'nothing'}")
-            if current is not None:
-                # Repair history if the previous mover died between its two writes.
-                self._append_history(current)
-            new = Label(
-                repo,
-                name,
-                bundle_id,
-                (current.seq + 1) if current else 1,
-                _now(),
-                self.author[0],
-                current.bundle if current else "",
-            )
-            try:
-                if etag is None:
-                    self.meta.put_if_absent(key, _dumps(new.to_json()))
-                else:
-                    self.meta.put_if_match(key, _dumps(new.to_json()), etag)
-            except (PreconditionFailed, ObjectNotFound):
-                if attempt < retries:
-                    time.sleep(0.01 * (attempt + 1))
-                    continue
-                raise ConflictError(
-                    f"label `{name}` in repo `{repo}` was moved by another writer at the same time; "
-                    "check `datarun label get` and set it again, or pass --retries"
-                ) from None
-            self._append_history(new)
-            return new
-        raise AssertionError("unreachable")
-
-    def _append_history(self, label: Label) -> None:
-        with contextlib.suppress(PreconditionFailed):  # already recorded: history is idempotent
-            self.meta.put_if_absent(history_key(label.repo, label.name, label.seq), _dumps(label.to_json()))
+        return labels.move(self.records, repo, name, bundle_id, author=self.author[0], expect=expect, retries=retries)
 
 
 SPOOL_MAX_AGE = 6 * 3600.0

@@ -4,7 +4,11 @@
     client = connect()                       # the default store, or connect("file:///data")
     client.create_repo("images", "raw camera frames")
     result = client.upload("images", "./frames", message="day 1", label="latest")
-    client.download("images", "./copy", label="latest")
+    client.download(client.resolve("images", label="latest"), "./copy")
+
+This module is a facade: keys are spelled in ``layout``, records are encoded and refused in
+``records``, labels move in ``labels``, bytes move in ``transfer`` and ``mount``. It answers
+with frozen result objects, never with the machinery behind them.
 
 Store layout (see FORMAT.md): metadata (repos, bundles, labels, manifests) lives in the
 metadata store and chunk data (packs, index segments) in the blob store; they are the same
@@ -18,9 +22,9 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datarun import config as cfg
 from datarun import labels
@@ -29,7 +33,7 @@ from datarun.errors import ConflictError, IntegrityError, LocalIOError, NotFound
 from datarun.hashcache import HashCache
 from datarun.ids import is_ksuid, new_ksuid
 from datarun.layout import REPOS_PREFIX, bundle_key, bundles_prefix, is_repo_key, manifest_key, repo_key
-from datarun.manifest import ManifestWriter, read_manifest, read_manifest_records, tree_key
+from datarun.manifest import DiffEntry, ManifestWriter, diff_entries, find_entry, read_manifest, read_manifest_records
 from datarun.model import (
     FILE,
     Bundle,
@@ -44,44 +48,30 @@ from datarun.model import (
     validate_repo_name,
 )
 from datarun.records import Records, dumps, now
+from datarun.results import DownloadResult, MountResult, UploadResult, VerifyReport
 from datarun.store import ObjectStore, open_store
 from datarun.transfer import (
     DEFAULT_WORKERS,
     Downloader,
     Progress,
     Uploader,
-    UploadStats,
     stream_entry,
     verify_entries,
 )
 
+if TYPE_CHECKING:
+    from datarun.mount.runner import MountOptions
 
-@dataclass(frozen=True)
-class UploadResult:
-    bundle: Bundle
-    stats: UploadStats
-    label: Label | None = None
-    seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class DiffEntry:
-    path: str
-    change: str  # "added", "removed" or "modified"
-    old: FileEntry | None
-    new: FileEntry | None
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    bundle: Bundle
-    files: int
-    bytes: int
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
+# The result types are part of this API: `from datarun.repo import UploadResult` keeps working.
+__all__ = [
+    "Client",
+    "DiffEntry",
+    "DownloadResult",
+    "MountResult",
+    "UploadResult",
+    "VerifyReport",
+    "connect",
+]
 
 
 class Client:
@@ -253,7 +243,8 @@ class Client:
         *,
         force: bool = False,
         progress: Progress | None = None,
-    ) -> Downloader:
+    ) -> DownloadResult:
+        started = time.perf_counter()
         dest = Path(destination)
         if dest.exists() and not dest.is_dir():
             raise LocalIOError(f"destination `{dest}` is a file; pass a folder")
@@ -263,17 +254,14 @@ class Client:
             progress.set_total(bundle.total_size)
         downloader = Downloader(self.blobs, self.workers, progress)
         downloader.download(self.list_files(bundle), dest)
-        return downloader
+        stats = downloader.stats
+        return DownloadResult(bundle, dest, stats.files, stats.bytes, time.perf_counter() - started)
 
     def find_file(self, bundle: Bundle, path: str) -> FileEntry:
         validate_relpath(path.strip("/"))
-        wanted = tree_key(path.strip("/"))
-        for entry in self.list_files(bundle):
-            key = tree_key(entry.path)
-            if key == wanted:
-                return entry
-            if key > wanted:
-                break
+        entry = find_entry(self.list_files(bundle), path.strip("/"))
+        if entry is not None:
+            return entry
         raise NotFoundError(
             f"file `{path}` not found in bundle `{bundle.id}` of repo `{bundle.repo}`; list them with "
             f"`datarun bundle list files --repo {bundle.repo} --bundle {bundle.id}`"
@@ -305,25 +293,43 @@ class Client:
             return VerifyReport(bundle, 0, 0, [f"manifest: {err}"])
         return VerifyReport(bundle, files, size, problems)
 
+    def mount(
+        self,
+        bundle: Bundle,
+        mountpoint: str | Path,
+        options: MountOptions | None = None,
+        *,
+        on_ready: Callable[[], None] | None = None,
+    ) -> MountResult:
+        """Serve ``bundle`` read-only at ``mountpoint`` until unmounted or signalled (blocks).
+
+        ``options.cache_dir`` defaults to ``mount/`` in the client's cache. With
+        ``options.stream`` off, the whole bundle is downloaded into the cache first (once per
+        bundle) and served from disk. Needs the ``fuse`` extra (pyfuse3).
+        """
+        try:
+            from datarun.mount.runner import MountOptions, inode_table_for, mount_bundle
+        except ImportError as err:
+            raise UsageError(f"mounting needs pyfuse3: pip install 'datarun[fuse]' ({err})") from None
+        options = options or MountOptions()
+        cache = options.cache_dir or self.cache_dir / "mount"
+        options = replace(options, cache_dir=cache)
+        table = inode_table_for(bundle, lambda: self.list_records(bundle), cache)
+        files = table.file_count
+        staged = None
+        if not options.stream:
+            staged = cache / "staged" / bundle.id
+            # The marker makes a half-finished staging (a killed mount) download again, not serve.
+            done = staged.with_name(bundle.id + ".complete")
+            if not done.exists():
+                self.download(bundle, staged, force=True)
+                done.touch()
+        mount_bundle(self.blobs, bundle, table, Path(mountpoint), options, staged, on_ready)
+        return MountResult(bundle, Path(mountpoint).absolute(), files)
+
     def diff(self, old: Bundle, new: Bundle) -> Iterator[DiffEntry]:
-        """Merge-join two manifests in tree order; memory stays flat for any bundle size."""
-        left = self.list_files(old)
-        right = self.list_files(new)
-        a = next(left, None)
-        b = next(right, None)
-        while a is not None or b is not None:
-            if b is None or (a is not None and tree_key(a.path) < tree_key(b.path)):
-                assert a is not None
-                yield DiffEntry(a.path, "removed", a, None)
-                a = next(left, None)
-            elif a is None or tree_key(b.path) < tree_key(a.path):
-                yield DiffEntry(b.path, "added", None, b)
-                b = next(right, None)
-            else:
-                if _content(a) != _content(b):
-                    yield DiffEntry(a.path, "modified", a, b)
-                a = next(left, None)
-                b = next(right, None)
+        """What changed from ``old`` to ``new``, path by path in tree order (flat memory)."""
+        return diff_entries(self.list_files(old), self.list_files(new))
 
     # -- labels --------------------------------------------------------------------------
 
@@ -367,12 +373,6 @@ def _sweep_stale_spool(spool: Path) -> None:
             with contextlib.suppress(OSError):
                 if entry.stat().st_mtime < cutoff:
                     os.unlink(entry.path)
-
-
-def _content(entry: FileEntry) -> tuple[object, ...]:
-    if entry.kind == FILE:
-        return (entry.kind, entry.size, entry.mode, tuple(c.digest for c in entry.chunks))
-    return (entry.kind, entry.mode, entry.target)
 
 
 def connect(

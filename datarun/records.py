@@ -51,13 +51,36 @@ def decode(key: str, raw: bytes) -> Any:
     return record
 
 
+_MARKER_FORMAT = "datarun-store"
+
+
 def store_marker() -> bytes:
-    return dumps({"format": "datarun-store", "version": STORE_FORMAT})
+    return dumps({"format": _MARKER_FORMAT, "version": STORE_FORMAT})
 
 
 def check_store_marker(store_url: str, raw: bytes) -> None:
-    """Refuse a store whose marker names another store format."""
-    version = orjson.loads(raw).get("version")
+    """Refuse a store whose marker is unreadable (integrity) or names another format (usage)."""
+
+    def corrupt(detail: str) -> IntegrityError:
+        # Nothing is rewritten on the user's behalf: a damaged marker may mean a damaged store,
+        # and guessing the version could let this datarun misread records a newer one wrote.
+        return IntegrityError(
+            f"store marker `{STORE_MARKER}` in store `{store_url}` is corrupt ({detail}); it must hold "
+            f'{{"format": "{_MARKER_FORMAT}", "version": {STORE_FORMAT}}}: restore it from a backup, or, if a '
+            "datarun of this version wrote the store, rewrite it with that content"
+        )
+
+    try:
+        marker = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        raise corrupt(f"not JSON: {err}") from None
+    if not isinstance(marker, dict):
+        raise corrupt("not a JSON object")
+    if marker.get("format") != _MARKER_FORMAT:
+        raise corrupt(f"its `format` is {marker.get('format')!r}")
+    version = marker.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise corrupt(f"its `version` is {version!r}")
     if version != STORE_FORMAT:
         raise UsageError(
             f"store `{store_url}` uses format v{version}; this datarun reads v{STORE_FORMAT}. Upgrade datarun."

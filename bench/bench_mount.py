@@ -42,7 +42,8 @@ from pathlib import Path
 import orjson
 
 from datarun.ids import new_ksuid
-from datarun.manifest import ManifestWriter, manifest_key
+from datarun.layout import manifest_key
+from datarun.manifest import ManifestWriter
 from datarun.model import DIRECTORY, FILE, Bundle, FileEntry
 from datarun.repo import Client
 from datarun.store import LocalStore

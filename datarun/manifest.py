@@ -12,6 +12,7 @@ import contextlib
 import io
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,17 +22,13 @@ import zstandard
 
 from datarun.cas.chunker import CHUNKER_ID
 from datarun.errors import IntegrityError, StoreError
+from datarun.layout import manifest_key
 from datarun.model import DIRECTORY, FILE, SYMLINK, FileEntry, validate_link_target, validate_relpath
 from datarun.store import ObjectStore
 
-MANIFEST_PREFIX = "manifests/"
 _FORMAT = "datarun-manifest"
 _VERSION = 1
 _READ_BLOCK = 8 << 20
-
-
-def manifest_key(manifest_id: str) -> str:
-    return f"{MANIFEST_PREFIX}{manifest_id[:2]}/{manifest_id}"
 
 
 def tree_key(path: str) -> tuple[str, ...]:
@@ -178,3 +175,48 @@ def read_manifest_records(store: ObjectStore, manifest_id: str) -> Iterator[dict
         raise IntegrityError(f"{where} is corrupt: {err}") from None
     if hasher.hexdigest() != manifest_id:
         raise IntegrityError(f"{where} is corrupt: its content does not match its hash")
+
+
+@dataclass(frozen=True)
+class DiffEntry:
+    path: str
+    change: str  # "added", "removed" or "modified"
+    old: FileEntry | None
+    new: FileEntry | None
+
+
+def diff_entries(left: Iterator[FileEntry], right: Iterator[FileEntry]) -> Iterator[DiffEntry]:
+    """Merge-join two manifests' entries in tree order; memory stays flat for any bundle size."""
+    a = next(left, None)
+    b = next(right, None)
+    while a is not None or b is not None:
+        if b is None or (a is not None and tree_key(a.path) < tree_key(b.path)):
+            assert a is not None
+            yield DiffEntry(a.path, "removed", a, None)
+            a = next(left, None)
+        elif a is None or tree_key(b.path) < tree_key(a.path):
+            yield DiffEntry(b.path, "added", None, b)
+            b = next(right, None)
+        else:
+            if _content(a) != _content(b):
+                yield DiffEntry(a.path, "modified", a, b)
+            a = next(left, None)
+            b = next(right, None)
+
+
+def _content(entry: FileEntry) -> tuple[object, ...]:
+    if entry.kind == FILE:
+        return (entry.kind, entry.size, entry.mode, tuple(c.digest for c in entry.chunks))
+    return (entry.kind, entry.mode, entry.target)
+
+
+def find_entry(entries: Iterator[FileEntry], path: str) -> FileEntry | None:
+    """The entry at ``path``, stopping as soon as tree order says it cannot come any more."""
+    wanted = tree_key(path)
+    for entry in entries:
+        key = tree_key(entry.path)
+        if key == wanted:
+            return entry
+        if key > wanted:
+            break
+    return None

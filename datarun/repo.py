@@ -6,6 +6,10 @@
     result = client.upload("images", "./frames", message="day 1", label="latest")
     client.download(client.resolve("images", label="latest"), "./copy")
 
+This module is a facade: keys are spelled in ``layout``, records are encoded and refused in
+``records``, labels move in ``labels``, bytes move in ``transfer`` and ``mount``. It answers
+with frozen result objects, never with the machinery behind them.
+
 Store layout (see FORMAT.md): metadata (repos, bundles, labels, manifests) lives in the
 metadata store and chunk data (packs, index segments) in the blob store; they are the same
 store unless configured apart. A bundle record is written last and create-only, so a bundle
@@ -18,30 +22,20 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
-
-import orjson
+from typing import TYPE_CHECKING, Any
 
 from datarun import config as cfg
+from datarun import labels
 from datarun.cas.index import ChunkIndex
-from datarun.errors import (
-    ConflictError,
-    IntegrityError,
-    LocalIOError,
-    NotFoundError,
-    ObjectNotFound,
-    PreconditionFailed,
-    UsageError,
-)
+from datarun.errors import ConflictError, IntegrityError, LocalIOError, NotFoundError, PreconditionFailed, UsageError
 from datarun.hashcache import HashCache
 from datarun.ids import is_ksuid, new_ksuid
-from datarun.manifest import ManifestWriter, manifest_key, read_manifest, read_manifest_records, tree_key
+from datarun.layout import REPOS_PREFIX, bundle_key, bundles_prefix, is_repo_key, manifest_key, repo_key
+from datarun.manifest import DiffEntry, ManifestWriter, diff_entries, find_entry, read_manifest, read_manifest_records
 from datarun.model import (
     FILE,
-    FORMAT_VERSION,
     Bundle,
     BundleRef,
     FileEntry,
@@ -53,6 +47,8 @@ from datarun.model import (
     validate_relpath,
     validate_repo_name,
 )
+from datarun.records import Records, dumps, now
+from datarun.results import DownloadResult, MountResult, UploadResult, VerifyReport
 from datarun.runs import RunStore
 from datarun.store import ObjectStore, open_store
 from datarun.transfer import (
@@ -60,83 +56,23 @@ from datarun.transfer import (
     Downloader,
     Progress,
     Uploader,
-    UploadStats,
     stream_entry,
     verify_entries,
 )
 
-STORE_MARKER = "datarun-store.json"
-STORE_FORMAT = 1
+if TYPE_CHECKING:
+    from datarun.mount.runner import MountOptions
 
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _dumps(obj: object) -> bytes:
-    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-
-
-def _repo_key(repo: str) -> str:
-    return f"repos/{repo}/repo.json"
-
-
-def _bundle_key(repo: str, bundle_id: str) -> str:
-    return f"repos/{repo}/bundles/{bundle_id}.json"
-
-
-def _label_key(repo: str, label: str) -> str:
-    return f"repos/{repo}/labels/{label}.json"
-
-
-def _history_key(repo: str, label: str, seq: int) -> str:
-    return f"repos/{repo}/label-history/{label}/{seq:012d}.json"
-
-
-@dataclass(frozen=True)
-class UploadResult:
-    bundle: Bundle
-    stats: UploadStats
-    label: Label | None = None
-    seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class DiffEntry:
-    path: str
-    change: str  # "added", "removed" or "modified"
-    old: FileEntry | None
-    new: FileEntry | None
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    bundle: Bundle
-    files: int
-    bytes: int
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def _record(key: str, raw: bytes) -> Any:
-    """A metadata record, refused if it is not JSON or a newer datarun wrote it."""
-    try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError as err:
-        raise IntegrityError(f"record `{key}` is corrupt: {err}") from None
-    if not isinstance(record, dict):
-        raise IntegrityError(f"record `{key}` is corrupt: not a JSON object")
-    version = record.get("format", FORMAT_VERSION)
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise IntegrityError(f"record `{key}` is corrupt: its `format` is {version!r}")
-    if version > FORMAT_VERSION:
-        raise UsageError(
-            f"record `{key}` has format v{version}, newer than this datarun reads (v{FORMAT_VERSION}); upgrade datarun"
-        )
-    return record
+# The result types are part of this API: `from datarun.repo import UploadResult` keeps working.
+__all__ = [
+    "Client",
+    "DiffEntry",
+    "DownloadResult",
+    "MountResult",
+    "UploadResult",
+    "VerifyReport",
+    "connect",
+]
 
 
 class Client:
@@ -156,8 +92,8 @@ class Client:
         self.cache_dir = cache_dir or cfg.cache_dir()
         self.author = author
         self.workers = workers
+        self.records = Records(meta)
         self._index: ChunkIndex | None = None
-        self._format_checked = False
 
     def close(self) -> None:
         if self._index is not None:
@@ -172,66 +108,25 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- records -------------------------------------------------------------------------
-
-    def _read_record(self, key: str, missing: str) -> Any:
-        """One JSON record; ``missing`` is the not-found message (name the thing, say the fix)."""
-        self._check_read_format()
-        try:
-            raw, _ = self.meta.read(key)
-        except ObjectNotFound:
-            raise NotFoundError(missing) from None
-        return _record(key, raw)
-
-    def _read_records(self, prefix: str) -> Iterator[Any]:
-        self._check_read_format()
-        for info in self.meta.list(prefix):
-            raw, _ = self.meta.read(info.key)
-            yield _record(info.key, raw)
-
-    def _check_read_format(self) -> None:
-        # Readers check the store marker too, once per client: a store written by a newer format
-        # must be refused before its records are misread, not only before they are written.
-        if not self._format_checked:
-            self._check_format(create=False)
-            self._format_checked = True
-
     @property
     def runs(self) -> RunStore:
         """The run records of this store (datarun.runs): create, update with CAS, get, history."""
-        self._check_read_format()
+        self.records.check_read_format()
         return RunStore(
             self.meta,
             author=f"{self.author[0]} <{self.author[1]}>" if self.author[1] else self.author[0],
             host=cfg.hostname(),
-            before_write=lambda: self._check_format(create=True),
+            before_write=lambda: self.records.check_format(create=True),
         )
-
-    # -- store marker --------------------------------------------------------------------
-
-    def _check_format(self, create: bool) -> None:
-        try:
-            raw, _ = self.meta.read(STORE_MARKER)
-        except ObjectNotFound:
-            if not create:
-                return
-            with contextlib.suppress(PreconditionFailed):  # another writer created it first
-                self.meta.put_if_absent(STORE_MARKER, _dumps({"format": "datarun-store", "version": STORE_FORMAT}))
-            return
-        version = orjson.loads(raw).get("version")
-        if version != STORE_FORMAT:
-            raise UsageError(
-                f"store `{self.meta.url}` uses format v{version}; this datarun reads v{STORE_FORMAT}. Upgrade datarun."
-            )
 
     # -- repos ---------------------------------------------------------------------------
 
     def create_repo(self, name: str, description: str = "") -> Repo:
         validate_repo_name(name)
-        self._check_format(create=True)
-        repo = Repo(name, description, _now(), self.author[0])
+        self.records.check_format(create=True)
+        repo = Repo(name, description, now(), self.author[0])
         try:
-            self.meta.put_if_absent(_repo_key(name), _dumps(repo.to_json()))
+            self.meta.put_if_absent(repo_key(name), dumps(repo.to_json()))
         except PreconditionFailed:
             raise ConflictError(f"repo `{name}` already exists in `{self.meta.url}`") from None
         return repo
@@ -239,21 +134,15 @@ class Client:
     def get_repo(self, name: str) -> Repo:
         validate_repo_name(name)
         return Repo.from_json(
-            self._read_record(
-                _repo_key(name),
+            self.records.read(
+                repo_key(name),
                 f"repo `{name}` not found in `{self.meta.url}`; create it with "
                 f"`datarun repo create --repo {name} --description ...`",
             )
         )
 
     def list_repos(self) -> list[Repo]:
-        self._check_read_format()
-        repos = []
-        for info in self.meta.list("repos/"):
-            if info.key.endswith("/repo.json") and info.key.count("/") == 2:
-                raw, _ = self.meta.read(info.key)
-                repos.append(Repo.from_json(_record(info.key, raw)))
-        return repos
+        return [Repo.from_json(raw) for raw in self.records.read_all(REPOS_PREFIX, keep=is_repo_key)]
 
     # -- bundles -------------------------------------------------------------------------
 
@@ -262,8 +151,8 @@ class Client:
         if not is_ksuid(bundle_id):
             raise UsageError(f"`{bundle_id}` is not a bundle id (27 letters and digits, as printed by upload)")
         return Bundle.from_json(
-            self._read_record(
-                _bundle_key(repo, bundle_id),
+            self.records.read(
+                bundle_key(repo, bundle_id),
                 f"bundle `{bundle_id}` not found in repo `{repo}`; list them with `datarun bundle list --repo {repo}`",
             )
         )
@@ -279,7 +168,7 @@ class Client:
 
     def list_bundles(self, repo: str) -> list[Bundle]:
         self.get_repo(repo)
-        return [Bundle.from_json(raw) for raw in self._read_records(f"repos/{repo}/bundles/")]
+        return [Bundle.from_json(raw) for raw in self.records.read_all(bundles_prefix(repo))]
 
     def list_files(self, bundle: Bundle) -> Iterator[FileEntry]:
         return read_manifest(self.meta, bundle.manifest)
@@ -319,7 +208,7 @@ class Client:
         self.get_repo(repo)
         if label is not None:
             validate_label_name(label)
-        self._check_format(create=True)
+        self.records.check_format(create=True)
         index = self._chunk_index()
         index.sync(self.workers * 2)
         spool = self.blobs.staging_dir() or (self.cache_dir / "spool")
@@ -346,7 +235,7 @@ class Client:
             id=new_ksuid(),
             repo=repo,
             message=message,
-            created=_now(),
+            created=now(),
             manifest=manifest_id,
             file_count=writer.file_count,
             total_size=writer.total_size,
@@ -355,7 +244,7 @@ class Client:
         if before_commit is not None:
             before_commit()
         # Written last and create-only: this is the moment the bundle becomes visible.
-        self.meta.put_if_absent(_bundle_key(repo, bundle.id), _dumps(bundle.to_json()))
+        self.meta.put_if_absent(bundle_key(repo, bundle.id), dumps(bundle.to_json()))
         moved = self.set_label(repo, label, bundle.id, retries=label_retries) if label else None
         return UploadResult(bundle, uploader.stats, moved, time.perf_counter() - started)
 
@@ -366,7 +255,8 @@ class Client:
         *,
         force: bool = False,
         progress: Progress | None = None,
-    ) -> Downloader:
+    ) -> DownloadResult:
+        started = time.perf_counter()
         dest = Path(destination)
         if dest.exists() and not dest.is_dir():
             raise LocalIOError(f"destination `{dest}` is a file; pass a folder")
@@ -376,17 +266,14 @@ class Client:
             progress.set_total(bundle.total_size)
         downloader = Downloader(self.blobs, self.workers, progress)
         downloader.download(self.list_files(bundle), dest)
-        return downloader
+        stats = downloader.stats
+        return DownloadResult(bundle, dest, stats.files, stats.bytes, time.perf_counter() - started)
 
     def find_file(self, bundle: Bundle, path: str) -> FileEntry:
         validate_relpath(path.strip("/"))
-        wanted = tree_key(path.strip("/"))
-        for entry in self.list_files(bundle):
-            key = tree_key(entry.path)
-            if key == wanted:
-                return entry
-            if key > wanted:
-                break
+        entry = find_entry(self.list_files(bundle), path.strip("/"))
+        if entry is not None:
+            return entry
         raise NotFoundError(
             f"file `{path}` not found in bundle `{bundle.id}` of repo `{bundle.repo}`; list them with "
             f"`datarun bundle list files --repo {bundle.repo} --bundle {bundle.id}`"
@@ -418,102 +305,65 @@ class Client:
             return VerifyReport(bundle, 0, 0, [f"manifest: {err}"])
         return VerifyReport(bundle, files, size, problems)
 
+    def mount(
+        self,
+        bundle: Bundle,
+        mountpoint: str | Path,
+        options: MountOptions | None = None,
+        *,
+        on_ready: Callable[[], None] | None = None,
+    ) -> MountResult:
+        """Serve ``bundle`` read-only at ``mountpoint`` until unmounted or signalled (blocks).
+
+        ``options.cache_dir`` defaults to ``mount/`` in the client's cache. With
+        ``options.stream`` off, the whole bundle is downloaded into the cache first (once per
+        bundle) and served from disk. Needs the ``fuse`` extra (pyfuse3).
+        """
+        try:
+            from datarun.mount.runner import MountOptions, inode_table_for, mount_bundle
+        except ImportError as err:
+            raise UsageError(f"mounting needs pyfuse3: pip install 'datarun[fuse]' ({err})") from None
+        options = options or MountOptions()
+        cache = options.cache_dir or self.cache_dir / "mount"
+        options = replace(options, cache_dir=cache)
+        table = inode_table_for(bundle, lambda: self.list_records(bundle), cache)
+        files = table.file_count
+        staged = None
+        if not options.stream:
+            staged = cache / "staged" / bundle.id
+            # The marker makes a half-finished staging (a killed mount) download again, not serve.
+            done = staged.with_name(bundle.id + ".complete")
+            if not done.exists():
+                self.download(bundle, staged, force=True)
+                done.touch()
+        mount_bundle(self.blobs, bundle, table, Path(mountpoint), options, staged, on_ready)
+        return MountResult(bundle, Path(mountpoint).absolute(), files)
+
     def diff(self, old: Bundle, new: Bundle) -> Iterator[DiffEntry]:
-        """Merge-join two manifests in tree order; memory stays flat for any bundle size."""
-        left = self.list_files(old)
-        right = self.list_files(new)
-        a = next(left, None)
-        b = next(right, None)
-        while a is not None or b is not None:
-            if b is None or (a is not None and tree_key(a.path) < tree_key(b.path)):
-                assert a is not None
-                yield DiffEntry(a.path, "removed", a, None)
-                a = next(left, None)
-            elif a is None or tree_key(b.path) < tree_key(a.path):
-                yield DiffEntry(b.path, "added", None, b)
-                b = next(right, None)
-            else:
-                if _content(a) != _content(b):
-                    yield DiffEntry(a.path, "modified", a, b)
-                a = next(left, None)
-                b = next(right, None)
+        """What changed from ``old`` to ``new``, path by path in tree order (flat memory)."""
+        return diff_entries(self.list_files(old), self.list_files(new))
 
     # -- labels --------------------------------------------------------------------------
 
     def get_label(self, repo: str, name: str) -> Label:
         validate_label_name(name)
         self.get_repo(repo)
-        return Label.from_json(
-            self._read_record(
-                _label_key(repo, name),
-                f"label `{name}` not found in repo `{repo}`; list them with `datarun label list --repo {repo}`",
-            )
-        )
+        return labels.get(self.records, repo, name)
 
     def list_labels(self, repo: str) -> list[Label]:
         self.get_repo(repo)
-        return [Label.from_json(raw) for raw in self._read_records(f"repos/{repo}/labels/")]
+        return labels.list_all(self.records, repo)
 
     def label_history(self, repo: str, name: str) -> list[Label]:
         validate_label_name(name)
         self.get_repo(repo)
-        out = [Label.from_json(raw) for raw in self._read_records(f"repos/{repo}/label-history/{name}/")]
-        if not out:
-            self.get_label(repo, name)  # raises the not-found error with its hint
-        return out
+        return labels.history(self.records, repo, name)
 
     def set_label(self, repo: str, name: str, bundle_id: str, *, expect: str | None = None, retries: int = 0) -> Label:
-        """Point ``name`` at ``bundle_id`` with compare-and-swap.
-
-        Of several concurrent writers exactly one wins each round; a loser retries up to
-        ``retries`` times against the new value, then fails with ConflictError. ``expect``
-        makes the move conditional on the label's current bundle ("" = must not exist).
-        """
+        """Point ``name`` at ``bundle_id`` with compare-and-swap (see ``labels.move``)."""
         validate_label_name(name)
         self.get_bundle(repo, bundle_id)
-        key = _label_key(repo, name)
-        for attempt in range(retries + 1):
-            try:
-                raw, info = self.meta.read(key)
-                current: Label | None = Label.from_json(_record(key, raw))
-                etag: str | None = info.etag
-            except ObjectNotFound:
-                current, etag = None, None
-            if expect is not None and (current.bundle if current else "") != expect:
-                actual = current.bundle if current else "nothing"
-                raise ConflictError(f"label `{name}` in repo `{repo}` points at {actual}, not {expect or 'nothing'}")
-            if current is not None:
-                # Repair history if the previous mover died between its two writes.
-                self._append_history(current)
-            new = Label(
-                repo,
-                name,
-                bundle_id,
-                (current.seq + 1) if current else 1,
-                _now(),
-                self.author[0],
-                current.bundle if current else "",
-            )
-            try:
-                if etag is None:
-                    self.meta.put_if_absent(key, _dumps(new.to_json()))
-                else:
-                    self.meta.put_if_match(key, _dumps(new.to_json()), etag)
-            except (PreconditionFailed, ObjectNotFound):
-                if attempt < retries:
-                    time.sleep(0.01 * (attempt + 1))
-                    continue
-                raise ConflictError(
-                    f"label `{name}` in repo `{repo}` was moved by another writer at the same time; "
-                    "check `datarun label get` and set it again, or pass --retries"
-                ) from None
-            self._append_history(new)
-            return new
-        raise AssertionError("unreachable")
-
-    def _append_history(self, label: Label) -> None:
-        with contextlib.suppress(PreconditionFailed):  # already recorded: history is idempotent
-            self.meta.put_if_absent(_history_key(label.repo, label.name, label.seq), _dumps(label.to_json()))
+        return labels.move(self.records, repo, name, bundle_id, author=self.author[0], expect=expect, retries=retries)
 
 
 SPOOL_MAX_AGE = 6 * 3600.0
@@ -535,12 +385,6 @@ def _sweep_stale_spool(spool: Path) -> None:
             with contextlib.suppress(OSError):
                 if entry.stat().st_mtime < cutoff:
                     os.unlink(entry.path)
-
-
-def _content(entry: FileEntry) -> tuple[object, ...]:
-    if entry.kind == FILE:
-        return (entry.kind, entry.size, entry.mode, tuple(c.digest for c in entry.chunks))
-    return (entry.kind, entry.mode, entry.target)
 
 
 def connect(

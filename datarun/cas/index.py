@@ -16,8 +16,9 @@ from pathlib import Path
 
 import blake3
 
-from datarun.cas.packs import INDEX_PREFIX, decode_segment
+from datarun.cas.packs import decode_segment
 from datarun.errors import IntegrityError
+from datarun.layout import INDEX_PREFIX, segment_key, segment_name
 from datarun.model import ChunkRef
 from datarun.store import ObjectStore
 
@@ -50,14 +51,14 @@ class ChunkIndex:
 
     def sync(self, workers: int = 8) -> int:
         """Bring the cache in line with the store; returns how many segments were fetched."""
-        listed = {info.key[len(INDEX_PREFIX) :] for info in self.store.list(INDEX_PREFIX)}
+        listed = {segment_name(info.key) for info in self.store.list(INDEX_PREFIX)}
         with self._lock:
             known = {row[0] for row in self._db.execute("SELECT name FROM segments")}
         gone = known - listed
         missing = sorted(listed - known)
 
         def fetch(name: str) -> tuple[str, list[ChunkRef] | None]:
-            data, _ = self.store.read(INDEX_PREFIX + name)
+            data, _ = self.store.read(segment_key(name))
             try:
                 return name, decode_segment(name, data)
             except IntegrityError:

@@ -22,24 +22,19 @@ import blake3
 from datarun.cas import compress
 from datarun.cas.chunker import digest
 from datarun.errors import IntegrityError, StoreError
+
+# Keys are built in datarun.layout; these names stay importable from here for transfer and
+# the mount, which fetch packs by key.
+from datarun.layout import pack_key as pack_key
+from datarun.layout import segment_key as segment_key
 from datarun.model import ChunkRef
 
 PACK_TARGET_SIZE = 32 << 20
-PACK_PREFIX = "packs/"
-INDEX_PREFIX = "index/"
 
 _SEGMENT_MAGIC = b"DRIX"
 _SEGMENT_VERSION = 1
 _HEADER = struct.Struct(">4sB32sI")  # magic, version, pack id, record count
 _RECORD = struct.Struct(">32sQIIB")  # digest, offset, stored size, size, flags
-
-
-def pack_key(pack_id: str) -> str:
-    return f"{PACK_PREFIX}{pack_id[:2]}/{pack_id}"
-
-
-def segment_key(pack_id: str) -> str:
-    return f"{INDEX_PREFIX}{pack_id}"
 
 
 @dataclass(slots=True)

@@ -160,7 +160,7 @@ def download(
     found = _resolve(client, repo, bundle_id, label)
     with progress_bar("downloading", found.total_size) as bar:
         done = client.download(found, destination, force=force, progress=bar)
-    info(f"downloaded {done.stats.files} files ({_human(done.stats.bytes)}) of bundle {found.id} to {destination}")
+    info(f"downloaded {done.files} files ({_human(done.bytes)}) of bundle {found.id} to {destination}")
 
 
 @download.command("file")

@@ -122,15 +122,14 @@ def mount(
         _daemonize(sys.argv[1:], Path(ready_file) if ready_file else None, timeout)
         return
     try:
-        from datarun.mount.runner import MountOptions, inode_table_for, mount_bundle
+        from datarun.mount.runner import MountOptions
     except ImportError as err:
         raise UsageError(f"mounting needs pyfuse3: pip install 'datarun[fuse]' ({err})") from None
     client = state().client()
     found = client.resolve(repo, bundle_id, label)
-    cache = Path(cache_dir) if cache_dir else client.cache_dir / "mount"
     options = MountOptions(
         stream=stream,
-        cache_dir=cache,
+        cache_dir=Path(cache_dir) if cache_dir else None,
         disk_cache_bytes=parse_size(cache_size),
         memory_cache_bytes=parse_size(memory_cache_size),
         prefetch=prefetch,
@@ -139,14 +138,6 @@ def mount(
         allow_other=allow_other,
         fuse_debug=state().debug,
     )
-    table = inode_table_for(found, lambda: client.list_records(found), cache)
-    staged = None
-    if not stream:
-        staged = cache / "staged" / found.id
-        done = staged.with_name(found.id + ".complete")
-        if not done.exists():
-            client.download(found, staged, force=True)
-            done.touch()
-    info(f"mounting bundle {found.id} of `{repo}` at {mountpoint} ({table.file_count} files)")
-    mount_bundle(client.blobs, found, table, Path(mountpoint), options, staged)
+    info(f"mounting bundle {found.id} of `{repo}` at {mountpoint} ({found.file_count} files)")
+    client.mount(found, Path(mountpoint), options)
     info(f"unmounted {mountpoint}")

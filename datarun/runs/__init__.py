@@ -4,6 +4,10 @@ Pure model and store calls only (no transfer, no CLI): the facade binds a :class
 a client's metadata store as ``Client.runs``; the catalog syncs from the change feed it writes.
 """
 
+from datarun.layout import RUN_CHANGES_PREFIX as CHANGES
+from datarun.layout import RUN_RECORDS_PREFIX as RECORDS
+from datarun.layout import run_change_key as change_key
+from datarun.layout import run_record_key as record_key
 from datarun.runs.model import (
     CACHED,
     FAILED,
@@ -19,7 +23,7 @@ from datarun.runs.model import (
     iso,
     now_iso,
 )
-from datarun.runs.runstore import CHANGES, RECORDS, RunStore, change_key, record_key, stable_run_id
+from datarun.runs.runstore import RunStore, stable_run_id
 
 __all__ = [
     "CACHED",

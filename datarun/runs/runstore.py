@@ -24,24 +24,15 @@ import orjson
 
 from datarun.errors import ConflictError, IntegrityError, NotFoundError, ObjectNotFound, PreconditionFailed, UsageError
 from datarun.ids import is_ksuid, new_ksuid
+from datarun.layout import RUN_CHANGES_PREFIX as CHANGES
+from datarun.layout import RUN_RECORDS_PREFIX as RECORDS
+from datarun.layout import run_change_key as change_key
+from datarun.layout import run_record_key as record_key
+from datarun.layout import run_record_prefix as record_prefix
 from datarun.runs.model import BundleLink, Run, now_iso
 from datarun.store.base import ObjectStore
 
-RECORDS = "runs/records/"
-CHANGES = "runs/changes/"
 DEFAULT_RETRIES = 20
-
-
-def record_prefix(run_id: str) -> str:
-    return f"{RECORDS}{run_id}/"
-
-
-def record_key(run_id: str, version: int) -> str:
-    return f"{RECORDS}{run_id}/{version:06d}.json"
-
-
-def change_key(change_id: str) -> str:
-    return f"{CHANGES}{change_id}.json"
 
 
 def stable_run_id(when: float, identity: str) -> str:

@@ -19,7 +19,7 @@ import zstandard
 
 from datarun.errors import ConflictError, ExitCode
 from datarun.ids import new_ksuid
-from datarun.manifest import manifest_key
+from datarun.layout import manifest_key
 from datarun.model import Bundle
 from datarun.repo import Client, connect
 from datarun.store import LocalStore
@@ -318,6 +318,42 @@ def test_a_store_of_a_newer_format_is_refused_by_readers(env: Env) -> None:
         result = env.run(*args)
         assert result.code == ExitCode.USAGE, (args, result.err)
         assert "uses format v2" in result.err and "Upgrade datarun" in result.err
+
+
+@pytest.mark.parametrize(
+    ("marker", "detail"),
+    [
+        (b'{"format": "datarun-store", "vers', "not JSON"),
+        (b"[1]", "not a JSON object"),
+        (b'{"format": "something-else", "version": 1}', "its `format` is 'something-else'"),
+        (b'{"format": "datarun-store", "version": "1"}', "its `version` is '1'"),
+        (b'{"format": "datarun-store"}', "its `version` is None"),
+    ],
+)
+def test_a_corrupt_store_marker_is_an_integrity_error_naming_it(env: Env, marker: bytes, detail: str) -> None:
+    bundle_id = _repo_with_bundle(env)
+    store = LocalStore(env.store)
+    store.put("datarun-store.json", marker)
+    src = make_tree(env.tmp / "src2")
+    for args in (
+        ["repo", "list"],
+        ["bundle", "get", "--repo", "r", "--bundle", bundle_id],
+        ["label", "get", "--repo", "r", "--label", "v1"],
+        ["repo", "create", "--repo", "other"],
+        ["bundle", "upload", "--path", str(src), "--message", "m2", "--repo", "r", "--label", "v2"],
+    ):
+        result = env.run(*args)
+        assert result.code == ExitCode.INTEGRITY, (args, result.err)
+        assert "internal error" not in result.err
+        assert f"store marker `datarun-store.json` in store `{env.url}` is corrupt ({detail}" in result.err
+        assert "restore it from a backup" in result.err
+    # Refused before anything was written, and the marker is left as it was for the user to repair.
+    assert store.read("datarun-store.json")[0] == marker
+    assert [info.key for info in store.list("repos/") if "/bundles/" in info.key] == [
+        f"repos/r/bundles/{bundle_id}.json"
+    ]
+    assert not any(info.key.startswith("repos/other/") for info in store.list("repos/"))
+    assert not any("/labels/v2" in info.key for info in store.list("repos/"))
 
 
 def test_download_refuses_to_write_through_a_symlink_in_the_destination(env: Env) -> None:

@@ -28,7 +28,7 @@ import zstandard
 from datarun.cas.chunker import CHUNKER_ID
 from datarun.errors import ConflictError, ExitCode
 from datarun.ids import new_ksuid
-from datarun.manifest import manifest_key
+from datarun.layout import manifest_key
 from datarun.model import Bundle, Label
 from datarun.repo import connect
 from datarun.transfer import Uploader

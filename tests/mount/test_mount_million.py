@@ -16,7 +16,8 @@ import orjson
 import pytest
 
 from datarun.ids import new_ksuid
-from datarun.manifest import ManifestWriter, manifest_key
+from datarun.layout import manifest_key
+from datarun.manifest import ManifestWriter
 from datarun.model import DIRECTORY, FILE, Bundle, ChunkRef, FileEntry
 from datarun.repo import Client
 from datarun.store import LocalStore

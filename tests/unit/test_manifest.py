@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from datarun.errors import IntegrityError
-from datarun.manifest import ManifestWriter, manifest_key, read_manifest, tree_key
+from datarun.layout import manifest_key
+from datarun.manifest import ManifestWriter, read_manifest, tree_key
 from datarun.model import DIRECTORY, FileEntry
 from datarun.store import MemoryStore
 

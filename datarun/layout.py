@@ -1,0 +1,150 @@
+"""Every store key datarun reads or writes, built in one place (FORMAT.md §1.3, "Key layout").
+
+The table in FORMAT.md and ``KINDS`` below describe the same layout; a unit test holds them
+together. Names and ids are validated by their callers (``model``, ``ids``) before they reach
+here, so these functions only assemble strings: they never touch a store.
+
+``KINDS`` is the one list of every kind of key with the prefix it lives under, so that tools
+which walk a whole store (garbage collection, audits) need not know how keys are spelled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+STORE_MARKER = "datarun-store.json"
+REPOS_PREFIX = "repos/"
+MANIFEST_PREFIX = "manifests/"
+PACK_PREFIX = "packs/"
+INDEX_PREFIX = "index/"
+RUN_RECORDS_PREFIX = "runs/records/"
+RUN_CHANGES_PREFIX = "runs/changes/"
+
+
+# -- metadata store ----------------------------------------------------------------------
+
+
+def repo_key(repo: str) -> str:
+    return f"{REPOS_PREFIX}{repo}/repo.json"
+
+
+def bundles_prefix(repo: str) -> str:
+    return f"{REPOS_PREFIX}{repo}/bundles/"
+
+
+def bundle_key(repo: str, bundle_id: str) -> str:
+    return f"{bundles_prefix(repo)}{bundle_id}.json"
+
+
+def labels_prefix(repo: str) -> str:
+    return f"{REPOS_PREFIX}{repo}/labels/"
+
+
+def label_key(repo: str, label: str) -> str:
+    return f"{labels_prefix(repo)}{label}.json"
+
+
+def history_prefix(repo: str, label: str) -> str:
+    return f"{REPOS_PREFIX}{repo}/label-history/{label}/"
+
+
+def history_key(repo: str, label: str, seq: int) -> str:
+    # Zero-padded so that the byte order of keys (the order listings return) is the order of moves.
+    return f"{history_prefix(repo, label)}{seq:012d}.json"
+
+
+def manifest_key(manifest_id: str) -> str:
+    return f"{MANIFEST_PREFIX}{manifest_id[:2]}/{manifest_id}"
+
+
+def is_repo_key(key: str) -> bool:
+    """True for ``repos/<repo>/repo.json`` itself, not for a file of that name deeper down."""
+    return key.startswith(REPOS_PREFIX) and key.endswith("/repo.json") and key.count("/") == 2
+
+
+# -- blob store --------------------------------------------------------------------------
+
+
+def pack_key(pack_id: str) -> str:
+    return f"{PACK_PREFIX}{pack_id[:2]}/{pack_id}"
+
+
+def segment_key(pack_id: str) -> str:
+    return f"{INDEX_PREFIX}{pack_id}"
+
+
+def segment_name(key: str) -> str:
+    """The pack id a segment key is named after (the inverse of ``segment_key``)."""
+    if not key.startswith(INDEX_PREFIX):
+        raise ValueError(f"`{key}` is not an index segment key")
+    return key[len(INDEX_PREFIX) :]
+
+
+def run_record_prefix(run_id: str) -> str:
+    return f"{RUN_RECORDS_PREFIX}{run_id}/"
+
+
+def run_record_key(run_id: str, version: int) -> str:
+    return f"{RUN_RECORDS_PREFIX}{run_id}/{version:06d}.json"
+
+
+def run_change_key(change_id: str) -> str:
+    return f"{RUN_CHANGES_PREFIX}{change_id}.json"
+
+
+# -- the list of kinds -------------------------------------------------------------------
+
+Role = Literal["meta", "blob"]
+Writing = Literal["create-only", "cas", "content"]
+
+
+@dataclass(frozen=True)
+class KeyKind:
+    """One kind of key: where it lives, how it is written, and its pattern as FORMAT.md spells it."""
+
+    name: str
+    store: Role
+    prefix: str  # every key of this kind starts with it; listing it finds them all
+    pattern: str  # FORMAT.md's spelling, with <placeholders>
+    writing: Writing
+
+
+KINDS: tuple[KeyKind, ...] = (
+    KeyKind("store-marker", "meta", STORE_MARKER, STORE_MARKER, "create-only"),
+    KeyKind("repo", "meta", REPOS_PREFIX, repo_key("<repo>"), "create-only"),
+    KeyKind("bundle", "meta", REPOS_PREFIX, bundle_key("<repo>", "<bundle-id>"), "create-only"),
+    KeyKind("label", "meta", REPOS_PREFIX, label_key("<repo>", "<label>"), "cas"),
+    KeyKind("label-history", "meta", REPOS_PREFIX, f"{history_prefix('<repo>', '<label>')}<seq>.json", "create-only"),
+    KeyKind("manifest", "meta", MANIFEST_PREFIX, f"{MANIFEST_PREFIX}<id[0:2]>/<id>", "content"),
+    KeyKind("pack", "blob", PACK_PREFIX, f"{PACK_PREFIX}<id[0:2]>/<id>", "content"),
+    KeyKind("index-segment", "blob", INDEX_PREFIX, segment_key("<pack-id>"), "content"),
+    KeyKind("run-version", "meta", RUN_RECORDS_PREFIX, f"{run_record_prefix('<run-id>')}<version>.json", "create-only"),
+    KeyKind("run-change", "meta", RUN_CHANGES_PREFIX, f"{RUN_CHANGES_PREFIX}<change-id>.json", "create-only"),
+)
+
+
+def kind_of(key: str) -> KeyKind | None:
+    """The kind of ``key``, or None for a key datarun never writes (GC must leave those alone)."""
+    parts = key.split("/")
+    by_name = {kind.name: kind for kind in KINDS}
+    if key == STORE_MARKER:
+        return by_name["store-marker"]
+    head = parts[0] + "/"
+    if head == REPOS_PREFIX:
+        if len(parts) == 3 and parts[2] == "repo.json":
+            return by_name["repo"]
+        if len(parts) == 4 and parts[2] in ("bundles", "labels") and parts[3].endswith(".json"):
+            return by_name["bundle" if parts[2] == "bundles" else "label"]
+        if len(parts) == 5 and parts[2] == "label-history" and parts[4].endswith(".json"):
+            return by_name["label-history"]
+        return None
+    if head in (MANIFEST_PREFIX, PACK_PREFIX) and len(parts) == 3 and parts[2][:2] == parts[1] != "":
+        return by_name["manifest" if head == MANIFEST_PREFIX else "pack"]
+    if head == INDEX_PREFIX and len(parts) == 2 and parts[1]:
+        return by_name["index-segment"]
+    if key.startswith(RUN_RECORDS_PREFIX) and len(parts) == 4 and parts[2] and parts[3].endswith(".json"):
+        return by_name["run-version"]
+    if key.startswith(RUN_CHANGES_PREFIX) and len(parts) == 3 and parts[2].endswith(".json"):
+        return by_name["run-change"]
+    return None

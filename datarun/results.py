@@ -1,0 +1,49 @@
+"""What the Client answers with: frozen records of what an operation did.
+
+They carry counts, sizes and paths for the CLI to print and for callers to check, never the
+uploader, downloader or mount machinery that produced them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datarun.model import Bundle, Label
+from datarun.transfer import UploadStats
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    bundle: Bundle
+    stats: UploadStats
+    label: Label | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    bundle: Bundle
+    destination: Path
+    files: int  # regular files written (folders and symlinks are not counted)
+    bytes: int
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class MountResult:
+    bundle: Bundle
+    mountpoint: Path
+    files: int
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    bundle: Bundle
+    files: int
+    bytes: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems

@@ -1,0 +1,94 @@
+"""The key layout: one module, the same table as FORMAT.md, and a kind for every key datarun writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from datarun import layout
+from datarun.repo import Client
+from datarun.runs import RUNNING, Run, now_iso
+from datarun.store import LocalStore
+
+FORMAT_MD = Path(__file__).resolve().parents[2] / "FORMAT.md"
+
+
+def _format_table() -> list[tuple[str, str]]:
+    """(key pattern, store) of each row of FORMAT.md §1.3."""
+    text = FORMAT_MD.read_text()
+    section = text[text.index("### 1.3 Key layout") :]
+    section = section[: section.index("\n### ", 1) if "\n### " in section[1:] else None]
+    rows = []
+    for line in section.splitlines():
+        match = re.match(r"^\| `([^`]+)` \| (meta|blob) \|", line)
+        if match:
+            rows.append((match.group(1), match.group(2)))
+    return rows
+
+
+def test_kinds_are_the_rows_of_format_md_in_order() -> None:
+    assert [(kind.pattern, kind.store) for kind in layout.KINDS] == _format_table()
+
+
+def test_every_kind_is_found_under_its_prefix() -> None:
+    examples = {
+        "store-marker": layout.STORE_MARKER,
+        "repo": layout.repo_key("images"),
+        "bundle": layout.bundle_key("images", "2Aa" * 9),
+        "label": layout.label_key("images", "Latest"),
+        "label-history": layout.history_key("images", "Latest", 7),
+        "manifest": layout.manifest_key("ab" * 32),
+        "pack": layout.pack_key("cd" * 32),
+        "index-segment": layout.segment_key("cd" * 32),
+        "run-version": layout.run_record_key("2Aa" * 9, 3),
+        "run-change": layout.run_change_key("2Ab" * 9),
+    }
+    assert sorted(examples) == sorted(kind.name for kind in layout.KINDS)
+    for kind in layout.KINDS:
+        key = examples[kind.name]
+        assert key.startswith(kind.prefix)
+        assert layout.kind_of(key) == kind
+    assert layout.history_key("r", "l", 7) == "repos/r/label-history/l/000000000007.json"
+    assert layout.segment_name(layout.segment_key("ef" * 32)) == "ef" * 32
+
+
+def test_keys_datarun_never_writes_have_no_kind() -> None:
+    for key in (
+        "repos/r/notes.txt",
+        "repos/r/sub/repo.json",
+        "repos/r/bundles/x/y.json",
+        "manifests/zz/ab12",
+        "packs/ab",
+        "index/",
+        "other/thing",
+        "datarun-store.json.bak",
+        "runs/records/x.json",
+        "runs/changes/a/b.json",
+    ):
+        assert layout.kind_of(key) is None, key
+
+
+def test_every_key_an_upload_and_a_run_write_has_a_kind(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_bytes(b"hello\n")
+    (src / "sub" / "b.bin").write_bytes(bytes(range(256)) * 4096)
+    store = LocalStore(tmp_path / "store")
+    with Client(store, cache_dir=tmp_path / "cache") as client:
+        client.create_repo("r")
+        first = client.upload("r", src, "one", label="latest")
+        (src / "c.txt").write_bytes(b"more\n")
+        client.upload("r", src, "two", label="latest")
+        client.set_label("r", "pinned", first.bundle.id)
+        runs = client.runs
+        run = runs.create(Run(id=runs.new_id(), start=now_iso(), title="t", phase=RUNNING))
+        runs.update(run.id, lambda r: dataclasses.replace(r, tags=("done",)))
+    keys = [info.key for kind in {k.prefix for k in layout.KINDS} for info in store.list(kind)]
+    kinds = set()
+    for key in keys:
+        kind = layout.kind_of(key)
+        kinds.add(kind.name if kind is not None else f"unknown {key}")
+    assert kinds == {kind.name for kind in layout.KINDS}
+    assert layout.label_key("r", "pinned") in keys
+    assert layout.history_key("r", "latest", 2) in keys

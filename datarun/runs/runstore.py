@@ -190,7 +190,7 @@ class RunStore:
                     continue
         raise ConflictError(
             f"run `{run_id}` was updated by other writers {retries + 1} times in a row while this update "
-            "retried; try again (or pass a larger --retries)"
+            "retried; run the command again"
         )
 
     # -- the named updates ------------------------------------------------------------------

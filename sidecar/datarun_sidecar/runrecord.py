@@ -3,7 +3,8 @@
 In a DataRun's pod the operator created the run at pin time and names it in
 ``DATARUN_RUN_RECORD``; the sidecar then adds its output bundles to that run, so the fuse and the
 postgres sidecar of one pod (racing each other) and the operator's end-of-run update all land in
-one record, each as its own version. Anywhere else (an Argo step injected by the webhook, a
+one record, each as its own version (a pod given that id but run without the operator makes the
+record under it). Anywhere else (an Argo step injected by the webhook, a
 sidecar run by hand) there is no such run, and the sidecar creates one for its uploads.
 
 Writing the record never fails the pod: the bundles are uploaded and their provenance names the
@@ -15,10 +16,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from datarun.errors import DatarunError
+from datarun.errors import ConflictError, DatarunError, NotFoundError
 from datarun.repo import Client
 from datarun.runs import FAILED, SUCCEEDED, BundleLink, Run, iso
 
@@ -46,28 +48,35 @@ def record_run(
     if not any(o.repo for o in result.outputs):
         return ""  # nothing was meant to be uploaded (a database without an output repo)
     outputs = _outputs(result)
+    ok = result.ok and result.app_exit_code == 0
+    own = Run(
+        id="",
+        start=iso(datetime.fromtimestamp(started, UTC)),
+        title=env.get("DATARUN_RUN_ID", "") or f"{result.kind} sidecar",
+        phase=SUCCEEDED if ok else FAILED,
+        exit_code=result.app_exit_code,
+        end=iso(datetime.now(UTC)),
+        command=tuple(command),
+        image=env.get("DATARUN_IMAGE", ""),
+        inputs=tuple(inputs),
+        outputs=outputs,
+        annotations={"datarun.io/sidecar": result.kind},
+    )
     try:
         runs = client.runs
         existing = env.get(RUN_RECORD_ENV, "")
-        if existing:
-            run = runs.update(existing, lambda r: r.with_outputs(outputs))
+        if not existing:
+            run = runs.create(replace(own, id=runs.new_id()))
         else:
-            ok = result.ok and result.app_exit_code == 0
-            run = runs.create(
-                Run(
-                    id=runs.new_id(),
-                    start=iso(datetime.fromtimestamp(started, UTC)),
-                    title=env.get("DATARUN_RUN_ID", "") or f"{result.kind} sidecar",
-                    phase=SUCCEEDED if ok else FAILED,
-                    exit_code=result.app_exit_code,
-                    end=iso(datetime.now(UTC)),
-                    command=tuple(command),
-                    image=env.get("DATARUN_IMAGE", ""),
-                    inputs=tuple(inputs),
-                    outputs=outputs,
-                    annotations={"datarun.io/sidecar": result.kind},
-                )
-            )
+            try:
+                run = runs.update(existing, lambda r: r.with_outputs(outputs))
+            except NotFoundError:
+                # No operator wrote it (a DataRun pod run without one, e.g. by podman): the record
+                # is made here under the id the pod was given, and the other sidecar's outputs join it.
+                try:
+                    run = runs.create(replace(own, id=existing))
+                except ConflictError:  # the other sidecar made it first
+                    run = runs.update(existing, lambda r: r.with_outputs(outputs))
     except DatarunError as err:
         print(f"datarun-sidecar: the run record was not written: {err}", file=sys.stderr)
         result.run_error = str(err)

@@ -92,3 +92,16 @@ def test_the_termination_message_keeps_the_run_and_clips_its_error() -> None:
     many = SidecarResult("fuse", 0, [OutputResult(f"o{i}", "out", f"/p{i}", bundle="B" * 27) for i in range(200)])
     many.run = "R" * 27
     assert json.loads(termination_message(many))["run"] == "R" * 27, "even the minimal form names the run"
+
+
+def test_a_named_record_that_no_operator_wrote_is_created_under_that_id(pod: Pod) -> None:
+    from datarun.ids import new_ksuid
+
+    pod.env["DATARUN_RUN_RECORD"] = wanted = new_ksuid()
+    (pod.tmp / "outdir").mkdir()
+    sidecar = pod.sidecar(*_commands(pod))
+    assert pod.wrap("echo 1 > outdir/x").returncode == 0
+    assert sidecar.wait(timeout=60) == 0
+    assert pod.result()["run"] == wanted and "runError" not in pod.result()
+    run = _client(pod, "c2").runs.get(wanted)
+    assert (run.phase, run.version, len(run.outputs)) == ("Succeeded", 1, 1)

@@ -35,16 +35,15 @@ from datarun.cas.packs import (
     PackWriter,
     PendingChunk,
     SealedPack,
-    decode_chunk,
     encode_segment,
     pack_key,
     segment_key,
 )
+from datarun.cas.reader import read_chunk, read_chunks
 from datarun.errors import (
     ConflictError,
     IntegrityError,
     LocalIOError,
-    NotFoundError,
     UnsafePathError,
 )
 from datarun.hashcache import HashCache
@@ -56,7 +55,6 @@ log = logging.getLogger("datarun.transfer")
 
 UNIT_BYTES = 8 << 20  # stored bytes per download work unit
 UNIT_FILES = 512  # small files per download work unit
-COALESCE_GAP = 1 << 20  # read through gaps this small rather than issue another request
 DEFAULT_WORKERS = 4
 
 
@@ -501,44 +499,6 @@ class Uploader:
 # download
 
 
-def read_chunk(blobs: ObjectStore, ref: ChunkRef) -> bytes:
-    return decode_chunk(ref, blobs.get_range(pack_key(ref.pack), ref.offset, ref.stored_size))
-
-
-def fetch_chunks(blobs: ObjectStore, refs: list[ChunkRef], owners: list[str] | None = None) -> list[bytes]:
-    """Fetch and verify ``refs``, merging nearby frames of a pack into single range reads.
-
-    ``owners`` names the file each ref belongs to, so an integrity error says which file is hit.
-    """
-    order = sorted(range(len(refs)), key=lambda i: (refs[i].pack, refs[i].offset))
-    out: list[bytes] = [b""] * len(refs)
-    i = 0
-    while i < len(order):
-        first = refs[order[i]]
-        start, end = first.offset, first.offset + first.stored_size
-        j = i + 1
-        while j < len(order):
-            nxt = refs[order[j]]
-            if nxt.pack != first.pack or nxt.offset - end > COALESCE_GAP:
-                break
-            end = max(end, nxt.offset + nxt.stored_size)
-            j += 1
-        try:
-            span = blobs.get_range(pack_key(first.pack), start, end - start)
-        except NotFoundError:
-            who = f"`{owners[order[i]]}`: " if owners else ""
-            raise IntegrityError(f"{who}pack {first.pack[:16]} is missing from the store") from None
-        view = memoryview(span)
-        for k in order[i:j]:
-            ref = refs[k]
-            try:
-                out[k] = decode_chunk(ref, bytes(view[ref.offset - start : ref.offset - start + ref.stored_size]))
-            except IntegrityError as err:
-                raise IntegrityError(f"`{owners[k]}`: {err}" if owners else str(err)) from None
-        i = j
-    return out
-
-
 class _OpenFile:
     def __init__(self, entry: FileEntry, final: Path) -> None:
         self.entry = entry
@@ -619,7 +579,7 @@ class Downloader:
     def _run_unit(self, pieces: list[_Piece]) -> None:
         refs = [r for p in pieces for r in p.refs]
         owners = [p.file.entry.path for p in pieces for _ in p.refs]
-        datas = fetch_chunks(self.blobs, refs, owners)
+        datas = read_chunks(self.blobs, refs, owners)
         k = 0
         for piece in pieces:
             offset = piece.offset
@@ -750,7 +710,7 @@ def stream_entry(
         inflight: deque[Future[list[bytes]]] = deque()
         try:
             for unit in units:
-                inflight.append(pool.submit(fetch_chunks, blobs, unit, [entry.path] * len(unit)))
+                inflight.append(pool.submit(read_chunks, blobs, unit, [entry.path] * len(unit)))
                 if len(inflight) > workers:
                     written += _drain_one(inflight, sink)
             while inflight:
@@ -786,7 +746,7 @@ def verify_entries(
             for ref in entry.chunks:
                 try:
                     read_chunk(blobs, ref)
-                except (IntegrityError, NotFoundError) as err:
+                except IntegrityError as err:
                     with lock:
                         problems.append(f"{entry.path}: {err}")
                     break

@@ -11,6 +11,7 @@ import os
 import random
 import secrets
 import stat
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from datarun.mount.inodes import ROOT_INODE, InodeTable  # noqa: E402
 from datarun.mount.ops import BundleOperations  # noqa: E402
 from datarun.repo import Client  # noqa: E402
 from datarun.store import LocalStore, MemoryStore, ObjectStore  # noqa: E402
+from tests.store.counting import CountingStore  # noqa: E402
 
 CTX = pyfuse3.RequestContext()
 
@@ -249,6 +251,45 @@ def test_an_unreadable_disk_cache_entry_does_not_escape_as_a_raw_oserror(tmp_pat
             assert trio.run(ops.read, fh, 0, len(want)) == want
         except pyfuse3.FUSEError as err:
             assert err.errno == errno.EIO
+    finally:
+        source.close()
+        table.close()
+        client.close()
+
+
+def test_a_missing_pack_is_eio_after_one_store_call(tmp_path: Path) -> None:
+    # A pack that is gone will not come back: the mount must not retry it (the store's own loop
+    # covers transient failures), so the reader gets EIO after exactly one request.
+    src = tmp_path / "src"
+    src.mkdir()
+    want = random.Random(5).randbytes(300 << 10)  # random: stored raw, one chunk, one pack
+    (src / "f.bin").write_bytes(want)
+    local = LocalStore(tmp_path / "store")
+    client = Client(local, cache_dir=tmp_path / "client-cache")
+    client.create_repo("ops")
+    bundle = client.upload("ops", src, "missing pack").bundle
+    packs = [info.key for info in local.list("packs/")]
+    assert len(packs) == 1
+    local.delete(packs[0])
+    table = InodeTable.build(client.list_records(bundle), tmp_path / "inodes.sqlite")
+    counted = CountingStore(local)
+    source = ChunkSource(counted, None, memory_bytes=16 << 20, workers=2)
+    assert source.mapped is None, "the wrapper reads through the store, as a cloud store does"
+    ops = BundleOperations(table, source, None, prefetch=0)
+    try:
+        inode = trio.run(ops.lookup, ROOT_INODE, b"f.bin", CTX).st_ino
+        fh = trio.run(ops.open, inode, os.O_RDONLY, CTX).fh
+        with pytest.raises(pyfuse3.FUSEError) as excinfo:
+            trio.run(ops.read, fh, 0, 4096)
+        assert _fuse_errno(excinfo) == errno.EIO
+        assert counted.calls == Counter(get_range=1)
+        # Each later read asks the store again (nothing caches a failure), once. Repeated because
+        # a failure this fast can finish before its fetch is registered, which once deadlocked.
+        for reads in range(2, 22):
+            with pytest.raises(pyfuse3.FUSEError) as excinfo:
+                trio.run(ops.read, fh, 0, 4096)
+            assert _fuse_errno(excinfo) == errno.EIO
+            assert counted.calls == Counter(get_range=reads)
     finally:
         source.close()
         table.close()

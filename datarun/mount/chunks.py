@@ -25,7 +25,7 @@ from datarun.cas.packs import decode_chunk, pack_key
 from datarun.cas.reader import read_chunk
 from datarun.errors import DatarunError, IntegrityError, StoreError
 from datarun.model import ChunkRef
-from datarun.store import LocalStore, ObjectStore
+from datarun.store import ObjectStore
 
 log = logging.getLogger("datarun.mount")
 
@@ -147,7 +147,7 @@ class _MappedPacks:
     served as a slice of the map: no copy into Python memory, no zero-filled pages, no thread
     hop. The page cache does the caching a memory tier would otherwise do."""
 
-    def __init__(self, store: LocalStore, budget: int = 64) -> None:
+    def __init__(self, store: ObjectStore, budget: int = 64) -> None:
         self.store = store
         self.budget = budget
         self._maps: OrderedDict[str, tuple[mmap.mmap, int]] = OrderedDict()
@@ -160,9 +160,11 @@ class _MappedPacks:
             if found is not None:
                 self._maps.move_to_end(pack)
                 return found
+        path = self.store.local_path(pack_key(pack))
+        assert path is not None, "packs are mapped only from stores that are folders on this machine"
         fd = -1
         try:
-            fd = os.open(self.store.local_path(pack_key(pack)), os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY)
             mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         except FileNotFoundError:
             if fd >= 0:
@@ -228,12 +230,15 @@ class ChunkSource:
     ) -> None:
         self.store = store
         self.memory = _MemoryLRU(memory_bytes)
-        self.disk = _DiskLRU(cache_dir, disk_bytes) if cache_dir is not None and disk_bytes > 0 else None
+        # A store that is a folder here already is a disk: its raw chunks are served from mapped
+        # packs, and caching chunks on disk again would only cost writes.
+        local = store.local_path() is not None
+        self.disk = _DiskLRU(cache_dir, disk_bytes) if cache_dir is not None and disk_bytes > 0 and not local else None
         self.stats = FetchStats()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="datarun-mount")
         self._inflight: dict[bytes, Future[bytes]] = {}
         self._lock = threading.Lock()
-        self.mapped = _MappedPacks(store) if isinstance(store, LocalStore) else None
+        self.mapped = _MappedPacks(store) if local else None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -47,6 +47,7 @@ from datarun.model import (
     validate_relpath,
     validate_repo_name,
 )
+from datarun.progress import Callback
 from datarun.records import Records, dumps, now
 from datarun.results import DownloadResult, MountResult, UploadResult, VerifyReport
 from datarun.runs import RunStore
@@ -54,7 +55,6 @@ from datarun.store import ObjectStore, open_store
 from datarun.transfer import (
     DEFAULT_WORKERS,
     Downloader,
-    Progress,
     Uploader,
     stream_entry,
     verify_entries,
@@ -192,7 +192,7 @@ class Client:
         inputs: tuple[BundleRef, ...] = (),
         run: RunRecord | None = None,
         label_retries: int = 5,
-        progress: Progress | None = None,
+        progress: Callback | None = None,
         use_hash_cache: bool = True,
         read_fifos: bool = False,
         before_commit: Callable[[], None] | None = None,
@@ -254,7 +254,7 @@ class Client:
         destination: str | Path,
         *,
         force: bool = False,
-        progress: Progress | None = None,
+        progress: Callback | None = None,
     ) -> DownloadResult:
         started = time.perf_counter()
         dest = Path(destination)
@@ -263,7 +263,7 @@ class Client:
         if dest.is_dir() and not force and any(dest.iterdir()):
             raise ConflictError(f"destination `{dest}` is not empty; pass --force to write into it")
         if progress is not None:
-            progress.set_total(bundle.total_size)
+            progress.set_size(bundle.total_size)
         downloader = Downloader(self.blobs, self.workers, progress)
         downloader.download(self.list_files(bundle), dest)
         stats = downloader.stats
@@ -296,9 +296,9 @@ class Client:
             raise UsageError(f"`{path}` in bundle `{bundle.id}` is a {entry.kind}, not a file")
         return stream_entry(self.blobs, entry, sink, self.workers)
 
-    def verify(self, bundle: Bundle, progress: Progress | None = None) -> VerifyReport:
+    def verify(self, bundle: Bundle, progress: Callback | None = None) -> VerifyReport:
         if progress is not None:
-            progress.set_total(bundle.total_size)
+            progress.set_size(bundle.total_size)
         try:
             files, size, problems = verify_entries(self.blobs, self.list_files(bundle), self.workers, progress)
         except IntegrityError as err:

@@ -22,11 +22,6 @@ import blake3
 from datarun.cas import compress
 from datarun.cas.chunker import digest
 from datarun.errors import IntegrityError, StoreError
-
-# Keys are built in datarun.layout; these names stay importable from here for transfer and
-# the mount, which fetch packs by key.
-from datarun.layout import pack_key as pack_key
-from datarun.layout import segment_key as segment_key
 from datarun.model import ChunkRef
 
 PACK_TARGET_SIZE = 32 << 20

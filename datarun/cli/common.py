@@ -80,9 +80,9 @@ def info(message: str) -> None:
 def progress_bar(description: str, total: int | None = None) -> Iterator[Any]:
     """A rich progress bar on stderr when it is a terminal; silent otherwise."""
     if state().quiet or not sys.stderr.isatty():
-        from datarun.transfer import NullProgress
+        from datarun.progress import NO_PROGRESS
 
-        yield NullProgress()
+        yield NO_PROGRESS
         return
     from datarun.cli.progress import RichProgress
 

@@ -6,6 +6,7 @@ import click
 
 from datarun import config as cfg
 from datarun.cli.common import info, json_option, print_json, state, with_store
+from datarun.store import backend_for
 
 
 @click.group()
@@ -43,7 +44,7 @@ def show(as_json: bool) -> None:
         "config_file": str(cfg.config_path()),
         "name": conf.name,
         "email": conf.email,
-        "backend": _backend(choice.url),
+        "backend": backend_for(choice.url),
         "store": choice.url,
         "blob_store": choice.blob_url,
         "store_source": choice.source,
@@ -55,8 +56,3 @@ def show(as_json: bool) -> None:
         return
     for key, value in data.items():
         click.echo(f"{key}: {value}")
-
-
-def _backend(url: str) -> str:
-    scheme = url.split("://", 1)[0] if "://" in url else "file"
-    return {"file": "local", "az": "azure", "gs": "gcs", "memory": "memory"}.get(scheme, scheme)

@@ -1,4 +1,4 @@
-"""The rich implementation of the transfer Progress protocol."""
+"""A rich progress bar on stderr: the CLI's ``datarun.progress.Callback``."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from datarun.progress import Callback
 
-class RichProgress:
+
+class RichProgress(Callback):
     def __init__(self, description: str, total: int | None) -> None:
         self._progress = Progress(
             TextColumn("{task.description}"),
@@ -38,8 +40,8 @@ class RichProgress:
     ) -> None:
         self._progress.stop()
 
-    def set_total(self, total: int | None) -> None:
-        self._progress.update(self._task, total=total)
+    def set_size(self, size: int | None) -> None:
+        self._progress.update(self._task, total=size)
 
-    def advance(self, amount: int) -> None:
-        self._progress.advance(self._task, amount)
+    def relative_update(self, inc: int = 1) -> None:
+        self._progress.advance(self._task, inc)

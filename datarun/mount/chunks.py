@@ -15,17 +15,18 @@ import mmap
 import os
 import secrets
 import threading
-import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from datarun.cas.chunker import digest
-from datarun.cas.packs import decode_chunk, pack_key
+from datarun.cas.packs import decode_chunk
+from datarun.cas.reader import read_chunk
 from datarun.errors import DatarunError, IntegrityError, StoreError
+from datarun.layout import pack_key
 from datarun.model import ChunkRef
-from datarun.store import LocalStore, ObjectStore
+from datarun.store import ObjectStore
 
 log = logging.getLogger("datarun.mount")
 
@@ -147,7 +148,7 @@ class _MappedPacks:
     served as a slice of the map: no copy into Python memory, no zero-filled pages, no thread
     hop. The page cache does the caching a memory tier would otherwise do."""
 
-    def __init__(self, store: LocalStore, budget: int = 64) -> None:
+    def __init__(self, store: ObjectStore, budget: int = 64) -> None:
         self.store = store
         self.budget = budget
         self._maps: OrderedDict[str, tuple[mmap.mmap, int]] = OrderedDict()
@@ -160,9 +161,11 @@ class _MappedPacks:
             if found is not None:
                 self._maps.move_to_end(pack)
                 return found
+        path = self.store.local_path(pack_key(pack))
+        assert path is not None, "packs are mapped only from stores that are folders on this machine"
         fd = -1
         try:
-            fd = os.open(self.store.local_path(pack_key(pack)), os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY)
             mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         except FileNotFoundError:
             if fd >= 0:
@@ -216,7 +219,7 @@ class _MappedPacks:
 
 
 class ChunkSource:
-    """Get verified chunk bytes by ref: memory, then disk, then the store (with retries)."""
+    """Get verified chunk bytes by ref: memory, then disk, then the store."""
 
     def __init__(
         self,
@@ -225,19 +228,18 @@ class ChunkSource:
         memory_bytes: int = 256 << 20,
         disk_bytes: int = 4 << 30,
         workers: int = 8,
-        retries: int = 3,
-        retry_delay: float = 0.2,
     ) -> None:
         self.store = store
         self.memory = _MemoryLRU(memory_bytes)
-        self.disk = _DiskLRU(cache_dir, disk_bytes) if cache_dir is not None and disk_bytes > 0 else None
+        # A store that is a folder here already is a disk: its raw chunks are served from mapped
+        # packs, and caching chunks on disk again would only cost writes.
+        local = store.local_path() is not None
+        self.disk = _DiskLRU(cache_dir, disk_bytes) if cache_dir is not None and disk_bytes > 0 and not local else None
         self.stats = FetchStats()
-        self.retries = retries
-        self.retry_delay = retry_delay
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="datarun-mount")
         self._inflight: dict[bytes, Future[bytes]] = {}
         self._lock = threading.Lock()
-        self.mapped = _MappedPacks(store) if isinstance(store, LocalStore) else None
+        self.mapped = _MappedPacks(store) if local else None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -254,23 +256,12 @@ class ChunkSource:
         return self.mapped.view(ref)
 
     def _from_store(self, ref: ChunkRef) -> bytes:
-        # Bounded retries, then the error: a reader gets EIO in seconds, never a hang.
-        attempt = 0
-        while True:
-            try:
-                frame = self.store.get_range(pack_key(ref.pack), ref.offset, ref.stored_size)
-                break
-            except IntegrityError:
-                raise
-            except (DatarunError, OSError):
-                if attempt >= self.retries:
-                    raise
-                time.sleep(self.retry_delay * (2**attempt))
-                attempt += 1
+        # No retry loop here: the store's own (store/retry.py) is the only one, and a missing
+        # pack is an answer, not an accident. A reader gets EIO in seconds, never a hang.
+        data = read_chunk(self.store, ref)
         with self._lock:
             self.stats.store_requests += 1
-            self.stats.store_bytes += len(frame)
-        data = decode_chunk(ref, frame)
+            self.stats.store_bytes += ref.stored_size
         if self.disk is not None:
             self.disk.put(ref.digest, data)
         return data
@@ -292,11 +283,14 @@ class ChunkSource:
     def _future(self, ref: ChunkRef) -> Future[bytes]:
         with self._lock:
             future = self._inflight.get(ref.digest)
-            if future is None:
-                future = self._pool.submit(self._load, ref)
-                self._inflight[ref.digest] = future
-                future.add_done_callback(functools.partial(self._done, ref.digest))
-            return future
+            if future is not None:
+                return future
+            future = self._pool.submit(self._load, ref)
+            self._inflight[ref.digest] = future
+        # Outside the lock: a future that is already done (a fast failure, say) runs _done right
+        # here, and _done takes the lock.
+        future.add_done_callback(functools.partial(self._done, ref.digest))
+        return future
 
     def _done(self, digest: bytes, future: Future[bytes]) -> None:
         with self._lock:

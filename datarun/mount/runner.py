@@ -125,9 +125,8 @@ def mount_bundle(
     _check_mountpoint(mountpoint)
     source = None
     if staged is None:
-        # A local store already is a disk: caching its chunks on disk again only costs writes.
-        local = blobs.staging_dir() is not None
-        disk = options.cache_dir / "chunks" if options.cache_dir is not None and not local else None
+        # ChunkSource leaves the disk tier out for a store that is a folder here.
+        disk = options.cache_dir / "chunks" if options.cache_dir is not None else None
         source = ChunkSource(blobs, disk, options.memory_cache_bytes, options.disk_cache_bytes, options.workers)
     ops = BundleOperations(table, source, staged, options.prefetch)
     fuse_options = set(pyfuse3.default_options)

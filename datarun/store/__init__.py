@@ -17,9 +17,19 @@ from datarun.store.base import ObjectInfo, ObjectStore, Payload, payload_size
 from datarun.store.local import LocalStore
 from datarun.store.memory import MemoryStore
 
-__all__ = ["LocalStore", "MemoryStore", "ObjectInfo", "ObjectStore", "Payload", "open_store", "payload_size"]
+__all__ = [
+    "LocalStore",
+    "MemoryStore",
+    "ObjectInfo",
+    "ObjectStore",
+    "Payload",
+    "backend_for",
+    "open_store",
+    "payload_size",
+]
 
 # scheme -> (module, class, pip extra); imported lazily so a missing extra only hurts its users.
+# The extra is named after the backend: it is also the class's ``backend_name``.
 _BACKENDS: dict[str, tuple[str, str, str]] = {
     "az": ("datarun.store.azure", "AzureStore", "azure"),
     "gs": ("datarun.store.gcs", "GCSStore", "gcs"),
@@ -55,6 +65,17 @@ def open_store(url: str, credential_file: str = "") -> ObjectStore:
         return store
     supported = ", ".join(["file://", "memory://", *(f"{s}://" for s in _BACKENDS)])
     raise UsageError(f"unsupported store URL `{url}`: supported schemes are {supported}")
+
+
+def backend_for(url: str) -> str:
+    """The ``backend_name`` of the store that ``url`` opens, without opening it (so without
+    credentials or imports); an unknown scheme is returned as it is."""
+    scheme = url.split("://", 1)[0] if "://" in url else "file"
+    if scheme == "file":
+        return LocalStore.backend_name
+    if scheme == "memory":
+        return MemoryStore.backend_name
+    return _BACKENDS[scheme][2] if scheme in _BACKENDS else scheme
 
 
 # Variables that, when set, mean the environment has chosen credentials and a file must not override.

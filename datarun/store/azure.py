@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlparse, urlsplit, urlunsplit
+from typing import Any, Unpack
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from azure.core import MatchConditions
@@ -43,20 +43,10 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
 from urllib3.util.retry import Retry
 
-from datarun.errors import DatarunError, LocalIOError, ObjectNotFound, PreconditionFailed, StoreError, UsageError
-from datarun.store.base import ObjectInfo, ObjectStore, Payload, payload_size, validate_key
-from datarun.store.retry import (
-    RetryPolicy,
-    describe_network_error,
-    install_log_redaction,
-    is_transient_status,
-    redact,
-    retry_call,
-    same_payload,
-    short,
-)
-
-_T = TypeVar("_T")
+from datarun.errors import DatarunError, LocalIOError, ObjectNotFound, StoreError, UsageError
+from datarun.store.base import ObjectInfo, Payload, payload_size
+from datarun.store.cloud import CloudStore, Connection, Page, pooled
+from datarun.store.retry import describe_network_error, is_transient_status, redact, short
 
 # Azurite's fixed development account (public, documented by Microsoft; not a secret).
 _DEV_ACCOUNT = "devstoreaccount1"
@@ -200,40 +190,32 @@ def _transient(err: BaseException) -> str | None:
     return None
 
 
-class AzureStore(ObjectStore):
+class AzureStore(CloudStore):
+    backend_name = "azure"
+    scheme = "az"
+    bucket_word = "container"
+    # Only an answer from the service leaves the read-back in doubt; a network error is retried.
+    unsure_reads = (ResourceNotFoundError, HttpResponseError)
+
     def __init__(
         self,
         container: str,
         prefix: str = "",
         *,
         auth: AzureAuth,
-        policy: RetryPolicy | None = None,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
         max_concurrency: int = BLOCKS_IN_FLIGHT,
-        pool_size: int = 64,
+        **connection: Unpack[Connection],
     ) -> None:
         if not _CONTAINER_RE.match(container):
             raise UsageError(
                 f"`{container}` is not an Azure container name: use 3-63 lowercase letters, digits and single hyphens"
             )
+        super().__init__(container, prefix, _transient, **connection)
         self.container = container
-        self.prefix = prefix.strip("/")
-        if self.prefix:
-            validate_key(self.prefix)
-        self.url = f"az://{container}/{self.prefix}" if self.prefix else f"az://{container}"
         self.auth = auth
-        self.policy = policy or RetryPolicy.from_env()
         self.max_concurrency = max_concurrency
-        install_log_redaction()
-        # A session of our own: the default pool keeps 10 connections per host, fewer than the
-        # parallel block uploads and racing writers we run. urllib3's retries stay off.
-        session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(
-            pool_connections=4, pool_maxsize=pool_size, max_retries=Retry(total=False, redirect=False)
-        )
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
+        session = pooled(requests.Session(), self.pool_size, Retry(total=False, redirect=False))
+        connect_timeout, read_timeout = self.timeout
         transport = RequestsTransport(
             session=session, session_owner=True, connection_timeout=connect_timeout, read_timeout=read_timeout
         )
@@ -246,38 +228,31 @@ class AzureStore(ObjectStore):
             max_block_size=BLOCK_SIZE,
         )
         self._container: ContainerClient = self._service.get_container_client(container)
-        self._root = f"{self.prefix}/" if self.prefix else ""
 
     @classmethod
     def from_url(cls, url: str, env: Mapping[str, str] | None = None, **options: Any) -> AzureStore:
-        parsed = urlparse(url)
-        if parsed.scheme != "az" or not parsed.netloc or parsed.query or parsed.fragment:
-            raise UsageError(f"store URL `{url}`: use az://<container>[/<prefix>]")
-        return cls(parsed.netloc, parsed.path, auth=resolve_auth(env), **options)
+        container, prefix = cls.split_url(url)
+        return cls(container, prefix, auth=resolve_auth(env), **options)
 
-    # -- plumbing ------------------------------------------------------------------------
+    # -- reading the SDK's errors --------------------------------------------------------
 
-    def _name(self, key: str) -> str:
-        return self._root + validate_key(key)
+    def _endpoint(self) -> str:
+        return f"{self.auth.endpoint} (from {self.auth.endpoint_from})"
 
-    def _blob(self, key: str) -> BlobClient:
-        return self._container.get_blob_client(self._name(key))
+    def _lost_race(self, err: BaseException, *, creating: bool) -> bool:
+        lost = (
+            (ResourceExistsError, ResourceModifiedError) if creating else (ResourceModifiedError, ResourceNotFoundError)
+        )
+        return isinstance(err, lost) and _error_code(err) != "ContainerNotFound"
 
-    def _call(self, key: str, action: str, fn: Callable[[int], _T]) -> _T:
-        try:
-            return retry_call(
-                fn,
-                policy=self.policy,
-                store=self.url,
-                key=key,
-                action=action,
-                transient=_transient,
-                hint=f"check that {self.auth.endpoint} (from {self.auth.endpoint_from}) is reachable",
-            )
-        except DatarunError:
-            raise
-        except Exception as err:
-            raise self._translate(err, key, action) from None
+    def _absent(self, err: BaseException) -> bool:
+        return isinstance(err, ResourceNotFoundError) and _error_code(err) != "ContainerNotFound"
+
+    def _past_end(self, err: BaseException) -> bool:
+        return isinstance(err, HttpResponseError) and err.status_code == 416
+
+    def _missing(self, key: str, action: str) -> DatarunError:
+        return ObjectNotFound(self.url, key)  # a missing container has an error code of its own
 
     def _translate(self, err: Exception, key: str, action: str) -> DatarunError:
         status = getattr(err, "status_code", None)
@@ -312,7 +287,17 @@ class AzureStore(ObjectStore):
             f"{self.auth.endpoint}; create it with `az storage container create --name {self.container}{account}`"
         )
 
-    def _upload(self, key: str, payload: Payload, **conditions: Any) -> ObjectInfo:
+    # -- one SDK call each ---------------------------------------------------------------
+
+    def _blob(self, key: str) -> BlobClient:
+        return self._container.get_blob_client(self._name(key))
+
+    def _upload(self, key: str, payload: Payload, *, if_absent: bool = False, if_match: str = "") -> ObjectInfo:
+        conditions: dict[str, Any] = {}
+        if if_absent:
+            conditions["match_condition"] = MatchConditions.IfMissing
+        elif if_match:
+            conditions.update(etag=_quoted(if_match), match_condition=MatchConditions.IfNotModified)
         blob = self._blob(key)
         size = payload_size(payload)
         if isinstance(payload, Path):
@@ -327,124 +312,34 @@ class AzureStore(ObjectStore):
             )
         return ObjectInfo(key, size, _unquoted(result.get("etag")))
 
-    def _landed(self, key: str, payload: Payload) -> ObjectInfo | None:
-        """After a retried conditional write lost the race: was the winner our own first try?"""
-        try:
-            data, info = self._read_once(key)
-        except (ResourceNotFoundError, HttpResponseError):
-            return None
-        return info if same_payload(data, payload) else None
-
     def _read_once(self, key: str) -> tuple[bytes, ObjectInfo]:
         downloader = self._blob(key).download_blob(max_concurrency=1)
         data = downloader.readall()
         return data, ObjectInfo(key, len(data), _unquoted(downloader.properties.etag))
 
-    # -- primitives ----------------------------------------------------------------------
+    def _read_range(self, key: str, start: int, length: int) -> bytes:
+        data: bytes = self._blob(key).download_blob(offset=start, length=length, max_concurrency=1).readall()
+        return data
 
-    def put(self, key: str, payload: Payload) -> ObjectInfo:
-        self._name(key)
-        return self._call(key, "write", lambda _: self._upload(key, payload))
-
-    def put_if_absent(self, key: str, payload: Payload) -> ObjectInfo:
-        self._name(key)
-
-        def attempt(n: int) -> ObjectInfo:
-            try:
-                return self._upload(key, payload, match_condition=MatchConditions.IfMissing)
-            except (ResourceExistsError, ResourceModifiedError):
-                # A retry after a lost response may find our own first write.
-                landed = self._landed(key, payload) if n else None
-                if landed is not None:
-                    return landed
-                raise PreconditionFailed(self.url, key, "it already exists") from None
-
-        return self._call(key, "create", attempt)
-
-    def put_if_match(self, key: str, payload: Payload, etag: str) -> ObjectInfo:
-        self._name(key)
-
-        def attempt(n: int) -> ObjectInfo:
-            try:
-                return self._upload(key, payload, etag=_quoted(etag), match_condition=MatchConditions.IfNotModified)
-            except (ResourceModifiedError, ResourceNotFoundError) as err:
-                if _error_code(err) == "ContainerNotFound":
-                    raise
-                landed = self._landed(key, payload) if n else None
-                if landed is not None:
-                    return landed
-                # Azure answers 412 whether the blob changed or vanished; the contract tells them apart.
-                try:
-                    self._blob(key).get_blob_properties()
-                except ResourceNotFoundError as missing:
-                    if _error_code(missing) == "ContainerNotFound":
-                        raise
-                    raise ObjectNotFound(self.url, key) from None
-                raise PreconditionFailed(self.url, key, "it was changed by another writer") from None
-
-        return self._call(key, "update", attempt)
-
-    def read(self, key: str) -> tuple[bytes, ObjectInfo]:
-        self._name(key)
-        return self._call(key, "read", lambda _: self._read_once(key))
-
-    def get_range(self, key: str, start: int, length: int) -> bytes:
-        self._name(key)
-        if length <= 0:
-            self.head(key)  # still says ObjectNotFound for a missing key
-            return b""
-
-        def attempt(_: int) -> bytes:
-            try:
-                return self._blob(key).download_blob(offset=start, length=length, max_concurrency=1).readall()
-            except HttpResponseError as err:
-                if err.status_code == 416:  # the range starts at or past the end
-                    return b""
-                raise
-
-        return self._call(key, "read", attempt)
-
-    def head(self, key: str) -> ObjectInfo:
-        self._name(key)
-
-        def attempt(_: int) -> ObjectInfo:
+    def _stat(self, key: str) -> ObjectInfo | None:
+        try:
             props = self._blob(key).get_blob_properties()
-            return ObjectInfo(key, int(props.size), _unquoted(props.etag))
+        except ResourceNotFoundError as err:
+            if _error_code(err) == "ContainerNotFound":
+                raise
+            return None
+        return ObjectInfo(key, int(props.size), _unquoted(props.etag))
 
-        return self._call(key, "stat", attempt)
+    def _delete_once(self, key: str) -> None:
+        self._blob(key).delete_blob()
 
-    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
-        full = self._root + prefix
-        token: str | None = None
-        while True:
-
-            def page(_: int, token: str | None = token) -> tuple[list[tuple[str, int, str]], str | None]:
-                pages = self._container.list_blobs(name_starts_with=full or None, results_per_page=5000).by_page(
-                    continuation_token=token
-                )
-                items = [(p.name, int(p.size), _unquoted(p.etag)) for p in next(pages, [])]
-                return items, getattr(pages, "continuation_token", None)
-
-            items, token = self._call(prefix or "/", "list keys under", page)
-            for name, size, etag in items:
-                key = name[len(self._root) :]
-                # Azure has no portable "start after" (its marker is opaque), so filter here.
-                if start_after is None or key > start_after:
-                    yield ObjectInfo(key, size, etag)
-            if not token:
-                return
-
-    def delete(self, key: str) -> None:
-        self._name(key)
-
-        def attempt(_: int) -> None:
-            try:
-                self._blob(key).delete_blob()
-            except ResourceNotFoundError as err:
-                if _error_code(err) == "ContainerNotFound":
-                    raise
-
-        self._call(key, "delete", attempt)
+    def _list_page(self, prefix: str, start_after: str | None, token: str | None) -> Page:
+        # Azure has no portable "start after" (its marker is opaque): the base class filters.
+        pages = self._container.list_blobs(name_starts_with=prefix or None, results_per_page=5000).by_page(
+            continuation_token=token
+        )
+        items = [ObjectInfo(p.name, int(p.size), _unquoted(p.etag)) for p in next(pages, [])]
+        return items, getattr(pages, "continuation_token", None)
 
     def close(self) -> None:
         self._service.close()

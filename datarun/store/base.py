@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from datarun.errors import UsageError
 
@@ -50,6 +51,9 @@ class ObjectStore(ABC):
     """A flat key space of immutable-or-CAS objects. Keys use ``/`` as a separator."""
 
     url: str
+    backend_name: ClassVar[str] = ""
+    """Which backend this is (``local``, ``memory``, ``azure``, ``gcs``): what ``datarun config show``
+    prints, and what ``backend_for`` says of a URL without opening it."""
 
     @abstractmethod
     def put(self, key: str, payload: Payload) -> ObjectInfo:
@@ -84,6 +88,12 @@ class ObjectStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``; deleting an absent key is not an error."""
+
+    def local_path(self, key: str = "") -> Path | None:
+        """Where ``key`` is (or would be) a file on this machine, or with no key the folder that
+        holds the store; None for every store that is not a folder here. A reader may map such
+        files instead of copying them through ``get_range``."""
+        return None
 
     def staging_dir(self) -> Path | None:
         """A folder on the same filesystem as the store, if any, so a spooled pack can be

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
-from urllib.parse import urlparse
+from typing import Any, Unpack
 
 import google.auth
 import requests
@@ -31,20 +30,10 @@ from google.auth.credentials import AnonymousCredentials, Credentials
 from google.auth.transport.requests import AuthorizedSession
 from google.cloud.storage import Client as StorageClient
 
-from datarun.errors import DatarunError, LocalIOError, ObjectNotFound, PreconditionFailed, StoreError, UsageError
-from datarun.store.base import ObjectInfo, ObjectStore, Payload, payload_size, validate_key
-from datarun.store.retry import (
-    RetryPolicy,
-    describe_network_error,
-    install_log_redaction,
-    is_transient_status,
-    redact,
-    retry_call,
-    same_payload,
-    short,
-)
-
-_T = TypeVar("_T")
+from datarun.errors import DatarunError, LocalIOError, ObjectNotFound, StoreError, UsageError
+from datarun.store.base import ObjectInfo, Payload, payload_size
+from datarun.store.cloud import CloudStore, Connection, Page, pooled
+from datarun.store.retry import describe_network_error, is_transient_status, redact, short
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
@@ -126,83 +115,60 @@ def _transient(err: BaseException) -> str | None:
     return None
 
 
-class GCSStore(ObjectStore):
+class GCSStore(CloudStore):
+    backend_name = "gcs"
+    scheme = "gs"
+    bucket_word = "bucket"
+
     def __init__(
         self,
         bucket: str,
         prefix: str = "",
         *,
         auth: GCSAuth,
-        policy: RetryPolicy | None = None,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
-        pool_size: int = 64,
+        **connection: Unpack[Connection],
     ) -> None:
         if not _BUCKET_RE.match(bucket):
             raise UsageError(f"`{bucket}` is not a GCS bucket name: use lowercase letters, digits, `-`, `_` and `.`")
+        super().__init__(bucket, prefix, _transient, **connection)
         self.bucket_name = bucket
-        self.prefix = prefix.strip("/")
-        if self.prefix:
-            validate_key(self.prefix)
-        self.url = f"gs://{bucket}/{self.prefix}" if self.prefix else f"gs://{bucket}"
         self.auth = auth
-        self.policy = policy or RetryPolicy.from_env()
-        self._timeout = (connect_timeout, read_timeout)
-        install_log_redaction()
-        # Our own session: a bigger pool than requests' 10 connections. max_retries=0 keeps
-        # urllib3 from retrying while still letting requests wrap its errors (total=False would
-        # leak raw urllib3 exceptions).
-        session = AuthorizedSession(auth.credentials)  # type: ignore[no-untyped-call]
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
+        # max_retries=0 keeps urllib3 from retrying while still letting requests wrap its errors
+        # (total=False would leak raw urllib3 exceptions).
+        session = pooled(AuthorizedSession(auth.credentials), self.pool_size, 0)  # type: ignore[no-untyped-call]
         options = {"api_endpoint": auth.endpoint} if auth.endpoint else None
         self._client = StorageClient(
             project=auth.project, credentials=auth.credentials, _http=session, client_options=options
         )
         self._bucket = self._client.bucket(bucket)
-        self._root = f"{self.prefix}/" if self.prefix else ""
         self._bucket_seen = False  # set once the bucket is known to exist, to skip re-checking
 
     @classmethod
     def from_url(cls, url: str, env: Mapping[str, str] | None = None, **options: Any) -> GCSStore:
-        parsed = urlparse(url)
-        if parsed.scheme != "gs" or not parsed.netloc or parsed.query or parsed.fragment:
-            raise UsageError(f"store URL `{url}`: use gs://<bucket>[/<prefix>]")
-        return cls(parsed.netloc, parsed.path, auth=resolve_auth(env), **options)
+        bucket, prefix = cls.split_url(url)
+        return cls(bucket, prefix, auth=resolve_auth(env), **options)
 
-    # -- plumbing ------------------------------------------------------------------------
+    # -- reading the SDK's errors --------------------------------------------------------
 
-    def _name(self, key: str) -> str:
-        return self._root + validate_key(key)
-
-    def _blob(self, key: str, *, upload: bool = False) -> Any:
-        blob = self._bucket.blob(self._name(key))
-        if upload:
-            # Only for uploads: on a download a chunk size means several requests, and the
-            # chunked path does not report the generation it read.
-            blob.chunk_size = CHUNK_SIZE
-        return blob
-
-    @property
-    def _where(self) -> str:
+    def _endpoint(self) -> str:
         return f"{self.auth.endpoint} (from STORAGE_EMULATOR_HOST)" if self.auth.endpoint else "storage.googleapis.com"
 
-    def _call(self, key: str, action: str, fn: Callable[[int], _T]) -> _T:
-        try:
-            return retry_call(
-                fn,
-                policy=self.policy,
-                store=self.url,
-                key=key,
-                action=action,
-                transient=_transient,
-                hint=f"check that {self._where} is reachable",
-            )
-        except DatarunError:
-            raise
-        except Exception as err:
-            raise self._translate(err, key, action) from None
+    def _lost_race(self, err: BaseException, *, creating: bool) -> bool:
+        return isinstance(err, gexc.PreconditionFailed)
+
+    def _absent(self, err: BaseException) -> bool:
+        return isinstance(err, gexc.NotFound) and self._bucket_exists()
+
+    def _past_end(self, err: BaseException) -> bool:
+        return isinstance(err, gexc.RequestRangeNotSatisfiable)
+
+    def _may_match(self, etag: str) -> bool:
+        # A token that is not a generation cannot match; generation 0 would mean "must not
+        # exist", so never let a token turn into that.
+        return etag.isdigit() and int(etag) > 0
+
+    def _missing(self, key: str, action: str) -> DatarunError:
+        return ObjectNotFound(self.url, key) if self._bucket_exists() else self._bucket_missing(key, action)
 
     def _translate(self, err: Exception, key: str, action: str) -> DatarunError:
         status = _status(err)
@@ -213,7 +179,7 @@ class GCSStore(ObjectStore):
                 f"datarun reads {CREDENTIAL_VARS}"
             )
         if status == 404:
-            return self._bucket_missing(key, action) if not self._bucket_exists() else ObjectNotFound(self.url, key)
+            return self._missing(key, action)
         if isinstance(err, OSError) and not isinstance(err, requests.RequestException):
             return LocalIOError(f"cannot {action} `{key}` to store `{self.url}`: {err.strerror or err}")
         message = getattr(err, "message", None) or str(err)
@@ -226,27 +192,33 @@ class GCSStore(ObjectStore):
         """Tell "no such object" from "no such bucket" (both are a bare 404); asked once."""
         if not self._bucket_seen:
             try:
-                self._bucket_seen = bool(self._bucket.exists(retry=None, timeout=self._timeout))
+                self._bucket_seen = bool(self._bucket.exists(retry=None, timeout=self.timeout))
             except Exception:
                 return True  # cannot tell: assume the common case, a missing object
         return self._bucket_seen
 
-    def _raise_missing(self, key: str, action: str) -> NoReturn:
-        if not self._bucket_exists():
-            raise self._bucket_missing(key, action)
-        raise ObjectNotFound(self.url, key)
-
     def _bucket_missing(self, key: str, action: str) -> StoreError:
         return StoreError(
             f"store `{self.url}`: cannot {action} `{key}`: bucket `{self.bucket_name}` does not exist at "
-            f"{self._where}; create it with `gcloud storage buckets create gs://{self.bucket_name}` "
+            f"{self._endpoint()}; create it with `gcloud storage buckets create gs://{self.bucket_name}` "
             f"(or `gsutil mb gs://{self.bucket_name}`)"
         )
 
-    def _upload(self, key: str, payload: Payload, generation: int | None) -> ObjectInfo:
+    # -- one SDK call each ---------------------------------------------------------------
+
+    def _blob(self, key: str, *, upload: bool = False) -> Any:
+        blob = self._bucket.blob(self._name(key))
+        if upload:
+            # Only for uploads: on a download a chunk size means several requests, and the
+            # chunked path does not report the generation it read.
+            blob.chunk_size = CHUNK_SIZE
+        return blob
+
+    def _upload(self, key: str, payload: Payload, *, if_absent: bool = False, if_match: str = "") -> ObjectInfo:
+        generation = 0 if if_absent else int(if_match) if if_match else None
         blob = self._blob(key, upload=True)
         size = payload_size(payload)
-        kwargs: dict[str, Any] = {"retry": None, "timeout": self._timeout, "if_generation_match": generation}
+        kwargs: dict[str, Any] = {"retry": None, "timeout": self.timeout, "if_generation_match": generation}
         if isinstance(payload, Path):
             with payload.open("rb") as handle:
                 blob.upload_from_file(handle, size=size, **kwargs)
@@ -254,138 +226,41 @@ class GCSStore(ObjectStore):
             blob.upload_from_string(bytes(payload), **kwargs)
         return ObjectInfo(key, size, str(blob.generation))
 
-    def _landed(self, key: str, payload: Payload) -> ObjectInfo | None:
-        """After a retried conditional write lost the race: was the winner our own first try?"""
-        try:
-            data, info = self._read_once(key)
-        except Exception:
-            return None  # any doubt means "not ours": report the conflict
-        return info if same_payload(data, payload) else None
-
     def _read_once(self, key: str) -> tuple[bytes, ObjectInfo]:
         blob = self._blob(key)
-        data: bytes = blob.download_as_bytes(retry=None, timeout=self._timeout)
+        data: bytes = blob.download_as_bytes(retry=None, timeout=self.timeout)
         return data, ObjectInfo(key, len(data), str(blob.generation))
 
+    def _read_range(self, key: str, start: int, length: int) -> bytes:
+        # GCS ranges are inclusive at both ends.
+        data: bytes = self._blob(key).download_as_bytes(
+            start=start, end=start + length - 1, retry=None, timeout=self.timeout, checksum=None
+        )
+        return data
+
     def _stat(self, key: str) -> ObjectInfo | None:
-        blob = self._bucket.get_blob(self._name(key), retry=None, timeout=self._timeout)
+        blob = self._bucket.get_blob(self._name(key), retry=None, timeout=self.timeout)
         return None if blob is None else ObjectInfo(key, int(blob.size or 0), str(blob.generation))
 
-    # -- primitives ----------------------------------------------------------------------
+    def _delete_once(self, key: str) -> None:
+        self._blob(key).delete(retry=None, timeout=self.timeout)
 
-    def put(self, key: str, payload: Payload) -> ObjectInfo:
-        self._name(key)
-        return self._call(key, "write", lambda _: self._upload(key, payload, None))
-
-    def put_if_absent(self, key: str, payload: Payload) -> ObjectInfo:
-        self._name(key)
-
-        def attempt(n: int) -> ObjectInfo:
-            try:
-                return self._upload(key, payload, 0)
-            except gexc.PreconditionFailed:
-                # A retry after a lost response may find our own first write.
-                landed = self._landed(key, payload) if n else None
-                if landed is not None:
-                    return landed
-                raise PreconditionFailed(self.url, key, "it already exists") from None
-
-        return self._call(key, "create", attempt)
-
-    def put_if_match(self, key: str, payload: Payload, etag: str) -> ObjectInfo:
-        self._name(key)
-
-        def attempt(n: int) -> ObjectInfo:
-            # A token that is not a generation cannot match; generation 0 would mean "must not
-            # exist", so never let a token turn into that.
-            if etag.isdigit() and int(etag) > 0:
-                try:
-                    return self._upload(key, payload, int(etag))
-                except gexc.PreconditionFailed:
-                    landed = self._landed(key, payload) if n else None
-                    if landed is not None:
-                        return landed
-            # GCS answers 412 whether the object changed or vanished; the contract tells them apart.
-            if self._stat(key) is None:
-                self._raise_missing(key, "update")
-            raise PreconditionFailed(self.url, key, "it was changed by another writer")
-
-        return self._call(key, "update", attempt)
-
-    def read(self, key: str) -> tuple[bytes, ObjectInfo]:
-        self._name(key)
-        return self._call(key, "read", lambda _: self._read_once(key))
-
-    def get_range(self, key: str, start: int, length: int) -> bytes:
-        self._name(key)
-        if length <= 0:
-            self.head(key)  # still says ObjectNotFound for a missing key
-            return b""
-
-        def attempt(_: int) -> bytes:
-            try:
-                # GCS ranges are inclusive at both ends.
-                data: bytes = self._blob(key).download_as_bytes(
-                    start=start, end=start + length - 1, retry=None, timeout=self._timeout, checksum=None
-                )
-            except gexc.RequestRangeNotSatisfiable:  # the range starts at or past the end
-                return b""
-            return data
-
-        return self._call(key, "read", attempt)
-
-    def head(self, key: str) -> ObjectInfo:
-        self._name(key)
-
-        def attempt(_: int) -> ObjectInfo:
-            info = self._stat(key)
-            if info is None:
-                self._raise_missing(key, "stat")
-            return info
-
-        return self._call(key, "stat", attempt)
-
-    def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
-        full = self._root + prefix
-        # start_offset is inclusive and server-side: it skips what precedes, we drop the equal key.
-        offset = self._root + start_after if start_after is not None and self._root + start_after > full else None
-        token: str | None = None
-        while True:
-
-            def page(_: int, token: str | None = token) -> tuple[list[tuple[str, int, str]], str | None]:
-                found = self._client.list_blobs(
-                    self._bucket,
-                    prefix=full or None,
-                    start_offset=offset,
-                    page_token=token,
-                    page_size=1000,
-                    fields="items(name,size,generation),nextPageToken",
-                    retry=None,
-                    timeout=self._timeout,
-                )
-                current = next(found.pages, None)
-                items = [(b.name, int(b.size or 0), str(b.generation)) for b in current or ()]
-                return items, found.next_page_token
-
-            items, token = self._call(prefix or "/", "list keys under", page)
-            for name, size, generation in items:
-                key = name[len(self._root) :]
-                if start_after is None or key > start_after:
-                    yield ObjectInfo(key, size, generation)
-            if not token:
-                return
-
-    def delete(self, key: str) -> None:
-        self._name(key)
-
-        def attempt(_: int) -> None:
-            try:
-                self._blob(key).delete(retry=None, timeout=self._timeout)
-            except gexc.NotFound:
-                if not self._bucket_exists():
-                    raise
-
-        self._call(key, "delete", attempt)
+    def _list_page(self, prefix: str, start_after: str | None, token: str | None) -> Page:
+        # start_offset is inclusive and server-side: it skips what precedes; the base class drops the equal key.
+        offset = start_after if start_after is not None and start_after > prefix else None
+        found = self._client.list_blobs(
+            self._bucket,
+            prefix=prefix or None,
+            start_offset=offset,
+            page_token=token,
+            page_size=1000,
+            fields="items(name,size,generation),nextPageToken",
+            retry=None,
+            timeout=self.timeout,
+        )
+        current = next(found.pages, None)
+        items = [ObjectInfo(b.name, int(b.size or 0), str(b.generation)) for b in current or ()]
+        return items, found.next_page_token
 
     def close(self) -> None:
         self._client.close()

@@ -42,6 +42,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LocalStore(ObjectStore):
+    backend_name = "local"
+
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).expanduser().absolute()
         self.url = f"file://{self.root}"
@@ -81,9 +83,9 @@ class LocalStore(ObjectStore):
             raise StoreError(f"key `{key}` is reserved by the local store")
         return self.root / key
 
-    def local_path(self, key: str) -> Path:
+    def local_path(self, key: str = "") -> Path:
         """Where ``key`` lives on disk: lets the mount map packs instead of copying them."""
-        return self._path(key)
+        return self._path(key) if key else self.root
 
     def staging_dir(self) -> Path:
         self._tmp.mkdir(parents=True, exist_ok=True)

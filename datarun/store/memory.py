@@ -15,6 +15,8 @@ _NAMED_LOCK = threading.Lock()
 
 
 class MemoryStore(ObjectStore):
+    backend_name = "memory"
+
     def __init__(self, name: str = "") -> None:
         self.url = f"memory://{name}"
         self._objects: dict[str, tuple[bytes, str]] = {}

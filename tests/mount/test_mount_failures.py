@@ -131,7 +131,7 @@ def test_a_vanished_store_gives_eio_without_hanging(mounter: Mounter, tmp_path: 
         assert handle.read(4 << 20) == half_read[: 4 << 20]
         shutil.move(dataset.store / "packs", tmp_path / "packs-gone")
         assert_eio(mounted.path / "b.bin", mounted)  # raw chunks: the pack cannot be mapped
-        assert_eio(mounted.path / "c.txt", mounted)  # compressed chunks: fetched with retries, then EIO
+        assert_eio(mounted.path / "c.txt", mounted)  # compressed chunks: one read through the store, then EIO
         # The rest of the half-read file: its pack is still mapped, so bytes or EIO, never wrong bytes.
         finished, rest = run_with_timeout(handle.read, READ_TIMEOUT)
         assert finished, "reading the rest of a.bin hung"

@@ -6,14 +6,19 @@ and a MemoryStore (every chunk through the thread pool, memory and disk tiers).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
 import secrets
 import stat
-from collections.abc import Iterator
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -29,13 +34,16 @@ require_fuse(kernel=False)
 import pyfuse3  # noqa: E402
 import trio  # noqa: E402
 
+from datarun.errors import IntegrityError  # noqa: E402
 from datarun.mount.chunks import ChunkSource  # noqa: E402
 from datarun.mount.inodes import ROOT_INODE, InodeTable  # noqa: E402
 from datarun.mount.ops import BundleOperations  # noqa: E402
 from datarun.repo import Client  # noqa: E402
 from datarun.store import LocalStore, MemoryStore, ObjectStore  # noqa: E402
+from tests.store.counting import CountingStore  # noqa: E402
 
 CTX = pyfuse3.RequestContext()
+_R = TypeVar("_R")
 
 
 @dataclass
@@ -252,4 +260,96 @@ def test_an_unreadable_disk_cache_entry_does_not_escape_as_a_raw_oserror(tmp_pat
     finally:
         source.close()
         table.close()
+        client.close()
+
+
+def test_a_missing_pack_is_eio_after_one_store_call(tmp_path: Path) -> None:
+    # A pack that is gone will not come back: the mount must not retry it (the store's own loop
+    # covers transient failures), so the reader gets EIO after exactly one request.
+    src = tmp_path / "src"
+    src.mkdir()
+    want = random.Random(5).randbytes(300 << 10)  # random: stored raw, one chunk, one pack
+    (src / "f.bin").write_bytes(want)
+    local = LocalStore(tmp_path / "store")
+    client = Client(local, cache_dir=tmp_path / "client-cache")
+    client.create_repo("ops")
+    bundle = client.upload("ops", src, "missing pack").bundle
+    packs = [info.key for info in local.list("packs/")]
+    assert len(packs) == 1
+    local.delete(packs[0])
+    table = InodeTable.build(client.list_records(bundle), tmp_path / "inodes.sqlite")
+    counted = CountingStore(local)
+    source = ChunkSource(counted, None, memory_bytes=16 << 20, workers=2)
+    assert source.mapped is None, "the wrapper reads through the store, as a cloud store does"
+    ops = BundleOperations(table, source, None, prefetch=0)
+    try:
+        inode = trio.run(ops.lookup, ROOT_INODE, b"f.bin", CTX).st_ino
+        fh = trio.run(ops.open, inode, os.O_RDONLY, CTX).fh
+        with pytest.raises(pyfuse3.FUSEError) as excinfo:
+            trio.run(ops.read, fh, 0, 4096)
+        assert _fuse_errno(excinfo) == errno.EIO
+        assert counted.calls == Counter(get_range=1)
+        # Each later read asks the store again (nothing caches a failure), once.
+        for reads in range(2, 6):
+            with pytest.raises(pyfuse3.FUSEError) as excinfo:
+                trio.run(ops.read, fh, 0, 4096)
+            assert _fuse_errno(excinfo) == errno.EIO
+            assert counted.calls == Counter(get_range=reads)
+    finally:
+        source.close()
+        table.close()
+        client.close()
+
+
+class _EagerExecutor(ThreadPoolExecutor):
+    """A pool whose threads are always quick: ``submit`` hands the future back only once its call
+    is done (or after a second, if the call waits for something the submitter holds). What a
+    fast pool thread does to the submitter now and then, made certain."""
+
+    def submit(self, fn: Callable[..., _R], /, *args: Any, **kwargs: Any) -> Future[_R]:
+        future = super().submit(fn, *args, **kwargs)
+        with contextlib.suppress(TimeoutError):
+            future.exception(timeout=1.0)  # waits; the call's own error stays in the future
+        return future
+
+
+@pytest.mark.parametrize("pack", ["present", "missing"])
+def test_a_fetch_that_is_done_before_it_is_registered_does_not_deadlock(tmp_path: Path, pack: str) -> None:
+    # The completion callback of a fetch takes the source's lock; registering it under that lock
+    # deadlocked the reader whenever the fetch had already finished (a missing pack, once the
+    # retries were gone, finishes in microseconds).
+    src = tmp_path / "src"
+    src.mkdir()
+    want = random.Random(6).randbytes(200 << 10)
+    (src / "f.bin").write_bytes(want)
+    local = LocalStore(tmp_path / "store")
+    client = Client(local, cache_dir=tmp_path / "client-cache")
+    client.create_repo("ops")
+    bundle = client.upload("ops", src, "race").bundle
+    if pack == "missing":
+        for info in list(local.list("packs/")):
+            local.delete(info.key)
+    (entry,) = [e for e in client.list_files(bundle) if e.path == "f.bin"]
+    source = ChunkSource(CountingStore(local), None, memory_bytes=16 << 20, workers=1)
+    source._pool.shutdown()
+    source._pool = _EagerExecutor(max_workers=1)
+    outcome: list[object] = []
+
+    def read() -> None:
+        try:
+            outcome.append(source.get(entry.chunks[0]))
+        except IntegrityError as err:
+            outcome.append(err)
+
+    reader = threading.Thread(target=read, daemon=True)  # daemon: a deadlocked reader must not hang pytest
+    reader.start()
+    reader.join(10)
+    try:
+        assert not reader.is_alive(), "the reader deadlocked on the chunk source's lock"
+        if pack == "present":
+            assert outcome == [want[: entry.chunks[0].size]]
+        else:
+            assert len(outcome) == 1 and isinstance(outcome[0], IntegrityError)
+    finally:
+        source.close()
         client.close()

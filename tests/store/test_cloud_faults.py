@@ -447,7 +447,7 @@ def test_killed_mid_upload_shows_no_bundle_and_the_rerun_reuses_packs(
         sig = signal.SIGKILL
     try:
         bucket = server.new_bucket()
-        monkeypatch.setattr("datarun.transfer.PackWriter", SmallPackWriter)
+        monkeypatch.setattr("datarun.transfer.upload.PackWriter", SmallPackWriter)
         src = tmp_path / "src"
         src.mkdir()
         for i in range(8):

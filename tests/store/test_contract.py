@@ -9,7 +9,7 @@ import pytest
 
 from datarun.errors import ObjectNotFound, PreconditionFailed, UsageError
 from datarun.repo import Client
-from datarun.store import ObjectStore
+from datarun.store import ObjectStore, backend_for
 
 
 def test_put_then_read_returns_bytes_and_a_version(store: ObjectStore) -> None:
@@ -163,3 +163,17 @@ def test_whole_bundle_and_label_flow(store: ObjectStore, tmp_path: Path) -> None
     assert (out / "d" / "one.txt").read_text() == "one\n" * 1000
     assert (out / "two.bin").read_bytes() == bytes(range(256)) * 5000
     assert client.verify(second.bundle).ok
+
+
+def test_the_backend_name_is_what_its_url_says_and_only_a_folder_has_local_paths(store: ObjectStore) -> None:
+    # `datarun config show` names the backend from the URL alone (no credentials needed); the
+    # store it would open must say the same of itself.
+    assert store.backend_name == backend_for(store.url)
+    assert store.backend_name in ("memory", "local", "azure", "gcs")
+    store.put("packs/aa/x", b"frame")
+    path = store.local_path("packs/aa/x")
+    if store.backend_name == "local":
+        root = store.local_path()
+        assert root is not None and path == root / "packs/aa/x" and path.read_bytes() == b"frame"
+    else:
+        assert path is None and store.local_path() is None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from datarun.errors import PreconditionFailed
-from datarun.store import LocalStore
+from datarun.store import LocalStore, backend_for
 
 
 def test_staged_pack_is_renamed_not_copied(tmp_path: Path) -> None:
@@ -35,3 +35,18 @@ def test_reserved_folders_are_not_listed(tmp_path: Path) -> None:
     store.put_if_absent("lbl", b"1")
     store.put_if_match("lbl", b"2", store.head("lbl").etag)
     assert [i.key for i in store.list("")] == ["lbl"]
+
+
+@pytest.mark.parametrize(
+    ("url", "backend"),
+    [
+        ("/data/store", "local"),
+        ("file:///data/store", "local"),
+        ("memory://x", "memory"),
+        ("az://container/prefix", "azure"),
+        ("gs://bucket", "gcs"),
+        ("s3://bucket", "s3"),  # unknown: shown as its scheme, as `config show` always did
+    ],
+)
+def test_backend_for_names_the_backend_without_opening_the_store(url: str, backend: str) -> None:
+    assert backend_for(url) == backend

@@ -1,0 +1,262 @@
+"""Download, streaming and verification: chunks back out of the store, every one verified.
+
+Download streams the manifest, cuts each file's chunks into work units of a few MiB (small
+files share one), fetches each unit with coalesced ranged reads (``cas/reader.py``), and
+``pwrite``s into a temp file that is renamed into place once complete. Streaming hands one
+file's bytes to a consumer in order; verification reads everything and keeps only the verdict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from datarun.cas.reader import read_chunk, read_chunks
+from datarun.errors import ConflictError, IntegrityError, LocalIOError, UnsafePathError
+from datarun.model import DIRECTORY, FILE, SYMLINK, ChunkRef, FileEntry
+from datarun.progress import NO_PROGRESS, Callback
+from datarun.store import ObjectStore
+from datarun.transfer.localfs import local_io_error
+from datarun.transfer.parallel import DEFAULT_WORKERS, batched, bounded_map, run_all
+
+UNIT_BYTES = 8 << 20  # stored bytes per download work unit
+UNIT_FILES = 512  # small files per download work unit
+
+
+def _stored_size(ref: ChunkRef) -> int:
+    return ref.stored_size
+
+
+def _units_of(entry: FileEntry) -> list[list[ChunkRef]]:
+    """A file's chunks cut into runs of about ``UNIT_BYTES`` stored bytes."""
+    return list(batched(entry.chunks, UNIT_BYTES, _stored_size))
+
+
+class _OpenFile:
+    def __init__(self, entry: FileEntry, final: Path, progress: Callback) -> None:
+        self.entry = entry
+        self.final = final
+        self.progress = progress
+        self.tmp = final.parent / f".{final.name}.datarun-{secrets.token_hex(4)}"
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.units_left = 0
+        self.lock = threading.Lock()
+
+    def complete(self) -> None:
+        # Permission bits only: a hostile manifest must not create setuid/setgid files.
+        os.fchmod(self.fd, self.entry.mode & 0o777)
+        os.close(self.fd)
+        self.fd = -1
+        os.utime(self.tmp, ns=(self.entry.mtime_ns, self.entry.mtime_ns))
+        os.replace(self.tmp, self.final)
+
+    def abandon(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.tmp.unlink(missing_ok=True)
+
+
+@dataclass(slots=True)
+class _Piece:
+    file: _OpenFile
+    refs: list[ChunkRef]
+    offset: int  # where the first ref lands in the file
+    stored: int  # bytes to fetch for it
+
+
+@dataclass
+class DownloadStats:
+    files: int = 0
+    bytes: int = 0
+
+
+class Downloader:
+    def __init__(self, blobs: ObjectStore, workers: int = DEFAULT_WORKERS, progress: Callback | None = None) -> None:
+        self.blobs = blobs
+        self.workers = workers
+        self.progress = progress or NO_PROGRESS
+        self.stats = DownloadStats()
+        self._made_dirs: set[Path] = set()
+        self._open_files: set[_OpenFile] = set()
+        self._lock = threading.Lock()
+
+    def _ensure_dir(self, dest: Path, rel_dir: str) -> Path:
+        """Create ``dest/rel_dir`` refusing to traverse symlinks, so an existing link in the
+        destination cannot redirect writes outside it."""
+        target = dest / rel_dir if rel_dir else dest
+        if target in self._made_dirs:
+            return target
+        current = dest
+        for part in rel_dir.split("/") if rel_dir else []:
+            current = current / part
+            if current in self._made_dirs:
+                continue
+            try:
+                st = os.lstat(current)
+            except FileNotFoundError:
+                try:
+                    current.mkdir(mode=0o755)
+                except FileExistsError:
+                    pass
+                except OSError as err:
+                    raise local_io_error(err, current, "create folder") from None
+                self._made_dirs.add(current)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                raise UnsafePathError(f"refusing to write through symlink `{current}` in the destination")
+            if not stat.S_ISDIR(st.st_mode):
+                raise LocalIOError(f"`{current}` exists and is not a folder; remove it or pick another destination")
+            self._made_dirs.add(current)
+        self._made_dirs.add(target)
+        return target
+
+    def _run_unit(self, pieces: list[_Piece]) -> None:
+        refs = [r for p in pieces for r in p.refs]
+        owners = [p.file.entry.path for p in pieces for _ in p.refs]
+        datas = read_chunks(self.blobs, refs, owners)
+        k = 0
+        for piece in pieces:
+            offset = piece.offset
+            for _ in piece.refs:
+                data = datas[k]
+                k += 1
+                try:
+                    os.pwrite(piece.file.fd, data, offset)
+                except OSError as err:
+                    raise local_io_error(err, piece.file.final, "write") from None
+                offset += len(data)
+                piece.file.progress.relative_update(len(data))
+            self._piece_done(piece.file)
+
+    def _piece_done(self, handle: _OpenFile) -> None:
+        with handle.lock:
+            handle.units_left -= 1
+            done = handle.units_left == 0
+        if done:
+            try:
+                handle.complete()
+            except OSError as err:
+                raise local_io_error(err, handle.final, "finish") from None
+            with self._lock:
+                self._open_files.discard(handle)
+                self.stats.files += 1
+                self.stats.bytes += handle.entry.size
+
+    def _pieces(self, entries: Iterator[FileEntry], dest: Path, folders: list[FileEntry]) -> Iterator[_Piece]:
+        """Walk the manifest: make folders and links at once, open each file and hand on its
+        pieces. Runs on the caller's thread, pulled as work units free up."""
+        for entry in entries:
+            parent, _, name = entry.path.rpartition("/")
+            if entry.kind == DIRECTORY:
+                self._ensure_dir(dest, entry.path)
+                folders.append(entry)
+                continue
+            folder = self._ensure_dir(dest, parent)
+            final = folder / name
+            if os.path.islink(final) or os.path.isdir(final):
+                raise ConflictError(f"`{final}` exists as a link or folder; remove it or download elsewhere")
+            if entry.kind == SYMLINK:
+                tmp = folder / f".{name}.datarun-{secrets.token_hex(4)}"
+                os.symlink(entry.target, tmp)
+                os.replace(tmp, final)
+                continue
+            bar = self.progress.branched(entry.path, str(final))
+            bar.set_size(entry.size)
+            handle = _OpenFile(entry, final, bar)
+            with self._lock:
+                self._open_files.add(handle)
+            runs = _units_of(entry) or [[]]  # an empty file still gets one piece, which completes it
+            handle.units_left = len(runs)
+            offset = 0
+            for refs in runs:
+                yield _Piece(handle, refs, offset, sum(r.stored_size for r in refs))
+                offset += sum(r.size for r in refs)
+
+    def download(self, entries: Iterator[FileEntry], dest: Path) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        folders: list[FileEntry] = []
+        units = batched(self._pieces(entries, dest, folders), UNIT_BYTES, lambda p: p.stored, UNIT_FILES)
+        try:
+            run_all(self._run_unit, units, workers=self.workers, name="datarun-get")
+            # Folder modes and times last: writing files into them would change the mtimes.
+            for folder_entry in reversed(folders):
+                path = dest / folder_entry.path
+                os.chmod(path, folder_entry.mode & 0o777)
+                os.utime(path, ns=(folder_entry.mtime_ns, folder_entry.mtime_ns))
+        except BaseException:
+            # run_all has stopped every worker by now, so no write lands after this.
+            with self._lock:
+                leftovers = list(self._open_files)
+            for handle in leftovers:
+                handle.abandon()
+            raise
+
+
+def stream_entry(
+    blobs: ObjectStore, entry: FileEntry, sink: Callable[[bytes], object], workers: int = DEFAULT_WORKERS
+) -> int:
+    """Hand the bytes of one file to ``sink`` in order (a pipe's ``write``, say); return the size.
+
+    Units of about ``UNIT_BYTES`` are fetched and verified on ``workers`` threads, at most
+    ``workers + 1`` ahead of the one being written, so memory stays at a few units whatever the
+    file's size and a slow reader slows the fetching instead of filling memory. Nothing is
+    written to disk: a consumer such as ``pg_restore`` starts while the rest is still arriving.
+    """
+
+    def fetch(unit: list[ChunkRef]) -> list[bytes]:
+        return read_chunks(blobs, unit, [entry.path] * len(unit))
+
+    written = 0
+    fetched = bounded_map(fetch, _units_of(entry), workers=workers, ahead=workers + 1, name="datarun-stream")
+    with contextlib.closing(fetched):
+        for datas in fetched:
+            for data in datas:
+                sink(data)
+                written += len(data)
+    if written != entry.size:
+        raise IntegrityError(f"`{entry.path}`: its chunks hold {written} bytes, the manifest says {entry.size}")
+    return written
+
+
+def verify_entries(
+    blobs: ObjectStore, entries: Iterator[FileEntry], workers: int = DEFAULT_WORKERS, progress: Callback | None = None
+) -> tuple[int, int, list[str]]:
+    """Read and hash-check every chunk; return (files, bytes, problems naming the files)."""
+    bar = progress or NO_PROGRESS
+    problems: list[str] = []
+    files = 0
+    total = 0
+
+    def counted() -> Iterator[FileEntry]:
+        nonlocal files, total
+        for entry in entries:
+            if entry.kind == FILE:
+                files += 1
+                total += entry.size
+                yield entry
+
+    def check(batch: list[FileEntry]) -> list[str]:
+        found = []
+        for entry in batch:
+            for ref in entry.chunks:
+                try:
+                    read_chunk(blobs, ref)
+                except IntegrityError as err:
+                    found.append(f"{entry.path}: {err}")
+                    break
+                bar.relative_update(ref.size)
+        return found
+
+    batches = batched(counted(), UNIT_BYTES, lambda e: e.size, UNIT_FILES)
+    checked = bounded_map(check, batches, workers=workers, name="datarun-verify")
+    with contextlib.closing(checked):
+        for found in checked:
+            problems += found
+    return files, total, sorted(problems)

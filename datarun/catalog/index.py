@@ -447,8 +447,9 @@ class PostgresIndex(Index):
         try:
             self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
         except psycopg.Error as err:
+            detail = " ".join(str(err).split())
             raise StoreError(
-                f"cannot connect to the run index `{self.url}`: {str(err).strip()}; check --index or DATARUN_INDEX"
+                f"cannot connect to the run index `{self.url}`: {detail}; check --index or DATARUN_INDEX"
             ) from None
         with self._write() as cur:
             cur.execute("SELECT to_regclass('index_meta')")

@@ -223,8 +223,9 @@ def parse(query: str) -> Node:
     except UnexpectedCharacters as err:
         at = int(err.pos_in_stream or 0)
         rest = query[at:]
-        detail = "unterminated string" if rest[:1] in ("'", '"') else "unexpected character"
-        raise QuerySyntaxError(query, at, rest[:20], detail) from None
+        if rest[:1] in ("'", '"'):
+            raise QuerySyntaxError(query, at, rest[:20], "unterminated string") from None
+        raise QuerySyntaxError(query, at, rest[:1], "unexpected character") from None
     except UnexpectedEOF:
         raise QuerySyntaxError(query, len(query), "end of query", "the query ends too early") from None
     except UnexpectedInput as err:  # pragma: no cover - the three above are all Lark raises for LALR
@@ -240,7 +241,7 @@ def parse_value(query: str) -> Node:
     return node
 
 
-_PRETTY = {"LPAR": "(", "RPAR": ")", "COMMA": ",", "DOT": ".", "LSQB": "[", "RSQB": "]"}
+_PRETTY = {"$END": "end of query", "LPAR": "(", "RPAR": ")", "COMMA": ",", "DOT": ".", "LSQB": "[", "RSQB": "]"}
 
 
 def _pretty(terminal: str) -> str:

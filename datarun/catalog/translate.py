@@ -276,7 +276,8 @@ def select_sql(
         key = _paths(order_by)[0]
         join = f" LEFT JOIN run_params o ON o.rid = r.rid AND o.pid = {tr.pid(key)}"
         v = tr.value(order_by, {key: "o"})
-        order = f"{v.t} {direction} {nulls}, {v.n} {direction} {nulls}, {v.x} {direction} {nulls}, "
+        # Cosmos orders by type first (see oracle.sort_key), then by the value within a type.
+        order = "".join(f"{col} {direction} {nulls}, " for col in (v.t, v.n, v.x) if col != "NULL")
     where_sql = " AND ".join(conditions) or _TRUE
     text = f"SELECT r.doc FROM runs r{join} WHERE {where_sql} ORDER BY {order}r.start DESC, r.id DESC"
     if top is not None:

@@ -47,10 +47,14 @@ def run_doc(run_id: str | None = None, *, version: int = 1, **fields: Any) -> di
 
 def write_version(store: ObjectStore, doc: Mapping[str, Any], *, now: float | None = None) -> str:
     """Write one version of a run and its change; returns the change key."""
-    body = orjson.dumps(doc)
-    store.put_if_absent(f"runs/records/{doc['id']}/{int(doc['version']):06d}.json", body)
+    store.put_if_absent(f"runs/records/{doc['id']}/{int(doc['version']):06d}.json", orjson.dumps(doc))
+    return write_change(store, doc, now=now)
+
+
+def write_change(store: ObjectStore, doc: Mapping[str, Any], *, now: float | None = None) -> str:
+    """Only the change object: what a writer that retries after a crash may write twice."""
     key = f"runs/changes/{new_ksuid(now)}.json"
-    store.put_if_absent(key, body)
+    store.put_if_absent(key, orjson.dumps(doc))
     return key
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ def store(tmp_path: Path) -> CountingStore:
     return CountingStore(LocalStore(tmp_path / "store"))
 
 
-def _ids(rows: list[dict[str, object]]) -> list[str]:
+def _ids(rows: list[dict[str, Any]]) -> list[str]:
     return [str(r["id"]) for r in rows]
 
 
@@ -153,9 +154,7 @@ def test_sync_on_azurite_is_one_list_when_up_to_date(index: Index, azurite_serve
         assert index.sync(store).fetched == 0
         assert dict(store.calls) == {"list": 1}
         assert len(index.query("run.params.model.layers >= 3", top=None, include_hidden=True)) == sum(
-            1
-            for d in docs
-            if isinstance(d["params"].get("model"), dict) and d["params"]["model"]["layers"] >= 3  # type: ignore[attr-defined]
+            1 for d in docs if isinstance(d["params"].get("model"), dict) and d["params"]["model"]["layers"] >= 3
         )
     finally:
         azurite_server.drop_bucket(bucket)

@@ -10,6 +10,7 @@ why it cannot do a range on them. Scalar elements of an array get a second row u
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -33,19 +34,28 @@ def scalar_row(value: Any) -> tuple[int, str | None, float | None]:
     return OBJECT, None, None
 
 
+@functools.lru_cache(maxsize=4096)
+def _segment(name: str, root: bool) -> str:
+    # Same text as language.path_key for one key, so a query's path finds the rows.
+    text = path_key((name,))
+    return text if root or text.startswith("[") else "." + text
+
+
 def flatten(doc: Mapping[str, Any]) -> Iterator[Row]:
-    stack: list[tuple[tuple[str | int, ...], Any]] = [((), doc)]
+    # Keys are built by appending to the parent's text: a run has ~50 nodes and 100k runs
+    # are flattened on a rebuild, so the path text is never recomputed from segments.
+    stack: list[tuple[str, Any]] = [("", doc)]
     while stack:
-        segments, value = stack.pop()
+        key, value = stack.pop()
         kind, text, num = scalar_row(value)
-        key = path_key(segments)
         yield key, kind, text, num
         if kind == OBJECT:
+            root = not key
             for name, child in value.items():
-                stack.append(((*segments, str(name)), child))
+                stack.append((key + _segment(str(name), root), child))
         elif kind == ARRAY:
             star = key + "[*]"
             for i, child in enumerate(value):
-                stack.append(((*segments, i), child))
+                stack.append((f"{key}[{i}]", child))
                 if not isinstance(child, list | dict):
                     yield (star, *scalar_row(child))

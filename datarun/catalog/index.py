@@ -135,7 +135,25 @@ class Index:
             pid = self._pids[key] = int(row[0])
         return pid
 
-    def _apply(self, cur: _Cursor, doc: Mapping[str, Any]) -> bool:
+    def _apply_all(self, cur: _Cursor, docs: Sequence[Mapping[str, Any]]) -> int:
+        """Apply the newest version of each run among ``docs``; rows are inserted in one batch."""
+        newest: dict[str, Mapping[str, Any]] = {}
+        for doc in docs:
+            seen = newest.get(doc["id"])
+            if seen is None or int(seen["version"]) < int(doc["version"]):
+                newest[doc["id"]] = doc
+        rows: list[tuple[int, int, int, str | None, float | None]] = []
+        applied = sum(self._apply(cur, doc, rows) for doc in newest.values())
+        mark = "?" if self.dialect.name == "sqlite" else "%s"
+        cur.executemany(
+            f"INSERT INTO run_params (rid, pid, type, text, num) VALUES ({', '.join([mark] * 5)})",  # noqa: S608
+            rows,
+        )
+        return applied
+
+    def _apply(
+        self, cur: _Cursor, doc: Mapping[str, Any], rows: list[tuple[int, int, int, str | None, float | None]]
+    ) -> bool:
         render = self.dialect.render
         cur.execute(render("SELECT rid, version FROM runs WHERE id = :p0"), {"p0": doc["id"]})
         row = cur.fetchone()
@@ -153,17 +171,16 @@ class Index:
             )
         else:
             rid = self._insert_run(cur, doc, body)
-        rows = [(rid, self._pid(cur, key), kind, text, num) for key, kind, text, num in flatten(doc)]
-        cur.executemany(
-            render("INSERT INTO run_params (rid, pid, type, text, num) VALUES (:p0, :p1, :p2, :p3, :p4)"),
-            [{"p0": r[0], "p1": r[1], "p2": r[2], "p3": r[3], "p4": r[4]} for r in rows],
-        )
+        pids = self._pids
+        for key, kind, text, num in flatten(doc):
+            pid = pids.get(key)
+            rows.append((rid, self._pid(cur, key) if pid is None else pid, kind, text, num))
         return True
 
     def add(self, docs: Sequence[Mapping[str, Any]]) -> int:
         """Put documents into the index directly (tests, benchmarks); ``sync`` is the normal way."""
         with self._write() as cur:
-            return sum(self._apply(cur, _checked(doc, "a document")) for doc in docs)
+            return self._apply_all(cur, [_checked(doc, "a document") for doc in docs])
 
     def sync(self, store: ObjectStore, *, workers: int = 8) -> SyncStats:
         """Catch up with the change feed of ``store``."""
@@ -194,8 +211,7 @@ class Index:
             docs = [(key, _parse_change(key, raw)) for key, raw in bodies]
             cap = new_ksuid(time.time() + 1)  # a writer with a clock ahead must not drag the window forward
             with self._write() as cur:
-                for _key, doc in docs:
-                    applied += self._apply(cur, doc)
+                applied = self._apply_all(cur, [doc for _, doc in docs])
                 cur.executemany(
                     self.dialect.render("INSERT INTO index_seen (key) VALUES (:p0) ON CONFLICT (key) DO NOTHING"),
                     [{"p0": key} for key, _ in docs],
@@ -242,7 +258,16 @@ class Index:
         )
         cur = self._cursor()
         cur.execute(sql.text, sql.params)
-        return [self._load(row[0]) for row in cur.fetchall()]
+        found = [row[0] for row in cur.fetchall()]
+        if not sql.rids:
+            return [self._load(raw) for raw in found]
+        docs: dict[int, Any] = {}
+        mark = "?" if self.dialect.name == "sqlite" else "%s"
+        for at in range(0, len(found), 500):
+            chunk = found[at : at + 500]
+            cur.execute(f"SELECT rid, doc FROM runs WHERE rid IN ({', '.join([mark] * len(chunk))})", chunk)  # noqa: S608
+            docs.update((int(rid), raw) for rid, raw in cur.fetchall())
+        return [self._load(docs[int(rid)]) for rid in found]
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         cur = self._cursor()

@@ -201,9 +201,20 @@ class QuerySyntaxError(UsageError):
 
 @functools.cache
 def _parser() -> Lark:
-    from lark import Lark
+    import lark
 
-    return Lark(_GRAMMAR, parser="lalr", propagate_positions=True, maybe_placeholders=False)
+    from datarun.config import cache_dir
+
+    # Building the LALR tables costs a cold `run query` ~0.1 s; Lark caches them in a file of
+    # ours (not a shared temp dir: the cache is a pickle) and checks the grammar's hash on load.
+    cache: str | bool = False
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        cache = str(folder / f"query-grammar-{lark.__version__}.lark")
+    except OSError:
+        pass
+    return lark.Lark(_GRAMMAR, parser="lalr", propagate_positions=True, maybe_placeholders=False, cache=cache)
 
 
 def parse(query: str) -> Node:

@@ -58,6 +58,9 @@ POSTGRESQL = Dialect("postgresql")
 class Sql:
     text: str
     params: dict[str, Any]
+    # True when the statement returns run rids, not documents: with --order-by every match is
+    # sorted, and carrying each (kilobyte-sized) document through the sort would dominate.
+    rids: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +282,8 @@ def select_sql(
         # Cosmos orders by type first (see oracle.sort_key), then by the value within a type.
         order = "".join(f"{col} {direction} {nulls}, " for col in (v.t, v.n, v.x) if col != "NULL")
     where_sql = " AND ".join(conditions) or _TRUE
-    text = f"SELECT r.doc FROM runs r{join} WHERE {where_sql} ORDER BY {order}r.start DESC, r.id DESC"
+    column = "r.rid" if join else "r.doc"
+    text = f"SELECT {column} FROM runs r{join} WHERE {where_sql} ORDER BY {order}r.start DESC, r.id DESC"
     if top is not None:
         text += f" LIMIT {tr.bind(int(top))}"
-    return Sql(dialect.render(text), tr.params)
+    return Sql(dialect.render(text), tr.params, rids=bool(join))

@@ -37,7 +37,8 @@ RUN_FORMAT = 1
 """The newest run record format this reader knows (FORMAT.md, "Runs")."""
 
 CHANGES = "runs/changes/"
-DEFAULT_SKEW = 600.0  # seconds of clock skew between writers that a sync tolerates
+DEFAULT_SKEW = 600.0  # seconds a writer's clock may be behind the newest change already seen
+_AHEAD = 86_400.0  # seconds a writer's clock may be ahead of this host's; beyond, its changes wait
 _CHANGE_RE = re.compile(r"^runs/changes/([0-9A-Za-z]{27})\.json$")
 
 
@@ -182,7 +183,7 @@ class Index:
         with self._write() as cur:
             return self._apply_all(cur, [_checked(doc, "a document") for doc in docs])
 
-    def sync(self, store: ObjectStore, *, workers: int = 8) -> SyncStats:
+    def sync(self, store: ObjectStore, *, workers: int = 32) -> SyncStats:
         """Catch up with the change feed of ``store``."""
         began = time.monotonic()
         rebuilt = self.rebuilt
@@ -195,10 +196,17 @@ class Index:
         if watermark is None:
             rebuilt = True
         start_after = None if watermark is None else CHANGES + new_ksuid(_ksuid_seconds(watermark) - self.skew)
+        prefix = CHANGES
+        if start_after is not None:
+            # Every key between the window's floor and a day ahead of now shares their common
+            # prefix (the keys have one length), so only that slice is listed: on Azure, which
+            # has no server-side "start after", this keeps old history out of each listing.
+            ceiling = new_ksuid(time.time() + _AHEAD)
+            prefix += _common_prefix(start_after[len(CHANGES) :], ceiling)
         seen = self._seen(start_after)
         listed = 0
         todo: list[str] = []
-        for info in store.list(CHANGES, start_after=start_after):
+        for info in store.list(prefix, start_after=start_after):
             listed += 1
             if _CHANGE_RE.match(info.key) and info.key not in seen:
                 todo.append(info.key)
@@ -295,6 +303,13 @@ def _columns(doc: Mapping[str, Any], body: str) -> dict[str, Any]:
         "p4": 1 if doc.get("hidden") is True else 0,
         "p5": body,
     }
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
 
 
 def _ksuid_seconds(ksuid: str) -> float:
@@ -532,8 +547,6 @@ ENV_INDEX = "DATARUN_INDEX"
 
 def choose_index_url(url: str | None, cache_dir: Path) -> str:
     """``--index``, then DATARUN_INDEX, then the config file's ``index``, then SQLite in the cache."""
-    import os
-
     if url:
         return url
     if os.environ.get(ENV_INDEX):

@@ -14,6 +14,7 @@ class CountingStore(ObjectStore):
         self.inner = inner
         self.url = inner.url
         self.calls: Counter[str] = Counter()
+        self.prefixes: list[str] = []
 
     def put(self, key: str, payload: Payload) -> ObjectInfo:
         self.calls["put"] += 1
@@ -41,6 +42,7 @@ class CountingStore(ObjectStore):
 
     def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
         self.calls["list"] += 1
+        self.prefixes.append(prefix)
         return self.inner.list(prefix, start_after)
 
     def delete(self, key: str) -> None:

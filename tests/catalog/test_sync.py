@@ -40,6 +40,8 @@ def test_first_sync_reads_each_change_once_then_an_up_to_date_sync_is_one_list(
     assert (again.fetched, again.applied, again.rebuilt) == (0, 0, False)
     assert dict(store.calls) == {"list": 1}, "an up-to-date query costs one list request and no reads"
     assert index.count() == 60
+    # Only the recent slice of the feed is listed: a prefix longer than the folder's.
+    assert store.prefixes[-1].startswith("runs/changes/") and len(store.prefixes[-1]) > len("runs/changes/")
 
 
 def test_a_newer_version_replaces_the_old_and_a_late_old_one_does_not(index: Index, store: CountingStore) -> None:

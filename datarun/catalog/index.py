@@ -13,6 +13,7 @@ so replays and races are harmless. Deleting the index loses nothing: the next sy
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sqlite3
 import time

@@ -25,6 +25,7 @@ from datarun.cli.label_cmd import label
 from datarun.cli.quickstart_cmd import quickstart
 from datarun.cli.repo_cmd import repo
 from datarun.cli.run_cmd import run as run_group
+from datarun.cli.run_query_cmd import list_runs, query
 from datarun.errors import DatarunError, ExitCode
 
 
@@ -57,6 +58,8 @@ cli.add_command(bundle)
 cli.add_command(label)
 cli.add_command(quickstart)
 cli.add_command(datamover)
+run_group.add_command(query)
+run_group.add_command(list_runs)
 cli.add_command(run_group)
 
 

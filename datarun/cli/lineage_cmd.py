@@ -1,0 +1,270 @@
+"""`datarun record add`, `datarun lineage ancestors|descendants`, `datarun invalidate|revalidate`.
+
+Each command first brings the lineage tables of the run index up to date with the store, then
+answers from the index: the walk is one recursive SQL query, not a crawl over store objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from datarun.cli.common import info, json_option, print_json, state, with_store
+from datarun.errors import UsageError
+
+F = Callable[..., Any]
+
+
+def index_option(fn: F) -> F:
+    return click.option(
+        "--index",
+        "index_url",
+        metavar="URL",
+        help="Run index (where the lineage tables live): sqlite:///path or postgresql://...",
+    )(fn)
+
+
+@contextmanager
+def open_graph(index_url: str | None) -> Iterator[Any]:
+    """The synced lineage graph of the CLI's store."""
+    from datarun.catalog import open_index
+    from datarun.lineage import Graph
+
+    client = state().client()
+    with open_index(index_url, client.cache_dir) as index:
+        graph = Graph(index)
+        graph.sync(client.meta)
+        yield graph
+
+
+def who() -> str:
+    name, email = state().client().author
+    return f"{name} <{email}>" if email else name
+
+
+def node_selector(fn: F) -> F:
+    fn = click.option("--record", "record_id", default=None, help="An external record, by id.")(fn)
+    fn = click.option("--run", "run_id", default=None, help="A run, by id.")(fn)
+    fn = click.option("--label", default=None, help="A bundle, by label (with --repo).")(fn)
+    fn = click.option("--bundle", "bundle_id", default=None, help="A bundle, by id (with --repo).")(fn)
+    fn = click.option("--repo", default=None, help="The bundle's repo.")(fn)
+    return fn
+
+
+def selected_node(
+    repo: str | None, bundle_id: str | None, label: str | None, run_id: str | None, record_id: str | None
+) -> Any:
+    from datarun.lineage import NodeId, bundle_node, parse_parent
+
+    given = [x for x in (bundle_id or label, run_id, record_id) if x]
+    if len(given) != 1:
+        raise UsageError("name one node: --repo R --bundle ID, --repo R --label L, --run ID or --record ID")
+    if run_id:
+        return parse_parent(f"run:{run_id}")
+    if record_id:
+        return parse_parent(f"record:{record_id}")
+    if not repo:
+        raise UsageError("--bundle and --label need --repo")
+    if bundle_id and label:
+        raise UsageError("name the bundle with exactly one of --bundle or --label")
+    if label:
+        found = state().client().resolve(repo, None, label)
+        return bundle_node(repo, found.id)
+    assert bundle_id is not None
+    parsed: NodeId = parse_parent(f"{repo}@{bundle_id}")
+    return parsed
+
+
+# -- record ---------------------------------------------------------------------------------
+
+
+@click.group()
+def record() -> None:
+    """External records: things outside datarun (a deployed model, a transfer, a figure) in the lineage."""
+
+
+def _pairs(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        key, eq, val = value.partition("=")
+        if not eq or not key:
+            raise UsageError(f"--meta `{value}`: write KEY=VALUE")
+        out[key] = val
+    return out
+
+
+@record.command("add")
+@click.option("--kind", required=True, help="What it is: model, transfer, figure, ...")
+@click.option("--uri", required=True, help="Where it is.")
+@click.option(
+    "--derived-from",
+    "parents",
+    multiple=True,
+    metavar="REPO@BUNDLE|run:ID|record:ID",
+    help="A parent (repeat for several).",
+)
+@click.option("--tag", "tags", multiple=True, help="A tag (repeat for several).")
+@click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="Metadata (repeat for several).")
+@with_store
+@json_option
+def record_add(
+    kind: str, uri: str, parents: tuple[str, ...], tags: tuple[str, ...], meta: tuple[str, ...], as_json: bool
+) -> None:
+    """Add an external record derived from bundles, runs or other records; prints its id."""
+    from datarun.lineage import add_record, parse_parent
+
+    nodes = [parse_parent(p) for p in parents]
+    client = state().client()
+    for node in nodes:
+        if node.type == "bundle":
+            client.get_bundle(node.repo, node.id)  # a typo'd parent is refused before anything is written
+    doc = add_record(client.meta, kind=kind, uri=uri, derived_from=nodes, tags=tags, meta=_pairs(meta), author=who())
+    if as_json:
+        print_json(doc)
+        return
+    click.echo(doc["id"])
+
+
+# -- lineage --------------------------------------------------------------------------------
+
+
+@click.group()
+def lineage() -> None:
+    """The provenance graph: what a bundle, run or record came from, and what came from it."""
+
+
+def _walk_options(fn: F) -> F:
+    fn = node_selector(fn)
+    fn = click.option("--depth", type=click.IntRange(min=0), default=50, show_default=True, help="Edges to follow.")(fn)
+    fn = click.option(
+        "--kind",
+        "kinds",
+        multiple=True,
+        help="Keep only nodes of this type (bundle, run, record) or record kind (repeatable).",
+    )(fn)
+    fn = click.option(
+        "--budget",
+        type=click.FloatRange(min=0.001),
+        default=5.0,
+        show_default=True,
+        help="Seconds the query may take; past it the graph is cut (and says so) instead of timing out.",
+    )(fn)
+    fn = index_option(fn)
+    fn = json_option(fn)
+    return with_store(fn)
+
+
+def _show_walk(walk: Any, as_json: bool) -> None:
+    if as_json:
+        print_json(walk.to_json())
+        return
+    for n in walk.nodes:
+        name = f"{n.repo}@{n.id}" if n.type == "bundle" else n.id
+        extra = f" , {n.kind}" if n.kind else ""
+        bad = " , INVALID: " + "; ".join(n.invalid) if n.invalid else ""
+        click.echo(f"{n.depth} , {n.type} , {name}{extra} , {n.title}{bad}")
+    if walk.cut:
+        info(f"cut: the graph is partial ({walk.cut} ran out at depth {walk.depth}); raise --depth or --budget")
+
+
+def _walk(direction: str, kw: dict[str, Any]) -> None:
+    node = selected_node(kw["repo"], kw["bundle_id"], kw["label"], kw["run_id"], kw["record_id"])
+    with open_graph(kw["index_url"]) as graph:
+        if not graph.exists(node):
+            from datarun.errors import NotFoundError
+
+            raise NotFoundError(f"{node} is not in the lineage graph; check the id (and --repo)")
+        walk = graph.walk(node, direction, depth=kw["depth"], kinds=kw["kinds"], budget=kw["budget"])
+    _show_walk(walk, kw["as_json"])
+
+
+@lineage.command("ancestors")
+@_walk_options
+def ancestors(**kw: Any) -> None:
+    """What a node was made from, nearest first: depth , type , name , kind , title."""
+    _walk("ancestors", kw)
+
+
+@lineage.command("descendants")
+@_walk_options
+def descendants(**kw: Any) -> None:
+    """What was made from a node, nearest first: depth , type , name , kind , title."""
+    _walk("descendants", kw)
+
+
+# -- invalidation ---------------------------------------------------------------------------
+
+
+def _node_options(fn: F) -> F:
+    fn = node_selector(fn)
+    fn = click.option("--reason", required=True, help="Why; recorded with who and when.")(fn)
+    fn = index_option(fn)
+    fn = json_option(fn)
+    return with_store(fn)
+
+
+@click.command("invalidate")
+@_node_options
+@click.option("--dry-run", is_flag=True, help="List what would be marked invalid; write nothing.")
+def invalidate_cmd(
+    repo: str | None,
+    bundle_id: str | None,
+    label: str | None,
+    run_id: str | None,
+    record_id: str | None,
+    reason: str,
+    index_url: str | None,
+    as_json: bool,
+    dry_run: bool,
+) -> None:
+    """Mark a node invalid, and every node derived from it; finishes interrupted cascades first."""
+    from datarun.lineage import invalidate
+
+    node = selected_node(repo, bundle_id, label, run_id, record_id)
+    with open_graph(index_url) as graph:
+        done = invalidate(state().client().meta, graph, node, reason=reason, who=who(), dry_run=dry_run)
+    if as_json:
+        print_json(
+            {
+                "event": done.event,
+                "dry_run": done.dry_run,
+                "nodes": done.nodes,
+                "written": done.written,
+                "resumed": list(done.resumed),
+            }
+        )
+        return
+    for key in done.nodes:
+        click.echo(key)
+    for event in done.resumed:
+        info(f"finished the interrupted cascade {event}")
+    verb = "would mark" if dry_run else "marked"
+    info(f"{verb} {len(done.nodes)} node(s) invalid")
+
+
+@click.command("revalidate")
+@_node_options
+def revalidate_cmd(
+    repo: str | None,
+    bundle_id: str | None,
+    label: str | None,
+    run_id: str | None,
+    record_id: str | None,
+    reason: str,
+    index_url: str | None,
+    as_json: bool,
+) -> None:
+    """Undo the invalidations whose origin is this node (recorded too; nothing is deleted)."""
+    from datarun.lineage import revalidate
+
+    node = selected_node(repo, bundle_id, label, run_id, record_id)
+    with open_graph(index_url) as graph:
+        events = revalidate(state().client().meta, graph, node, reason=reason, who=who())
+    if as_json:
+        print_json(events)
+        return
+    for event in events:
+        click.echo(f"{event['id']} undoes {event['target']}")

@@ -268,3 +268,58 @@ def revalidate_cmd(
         return
     for event in events:
         click.echo(f"{event['id']} undoes {event['target']}")
+
+
+# -- what other commands show ---------------------------------------------------------------
+
+
+def invalid_reasons(keys: list[str], *, whole_graph: bool = False) -> dict[str, tuple[str, ...]]:
+    """Active invalidations reaching each node key (``bundle/<repo>/<id>``), from the synced index."""
+    from datarun.catalog import open_index
+    from datarun.lineage import Graph
+
+    client = state().client()
+    with open_index(None, client.cache_dir) as index:
+        graph = Graph(index)
+        graph.sync(client.meta, invalidations_only=not whole_graph)
+        reasons: dict[str, tuple[str, ...]] = graph.invalid_reasons(keys)
+        return reasons
+
+
+def refuse_invalid(repo: str, bundle_id: str, allow_invalid: bool) -> None:
+    """Exit with ExitCode.INVALID when the bundle was invalidated, unless --allow-invalid."""
+    from datarun.errors import InvalidatedError
+
+    key = f"bundle/{repo}/{bundle_id}"
+    reasons = invalid_reasons([key]).get(key, ())
+    if not reasons:
+        return
+    if allow_invalid:
+        info(f"warning: bundle {bundle_id} of repo `{repo}` is invalid: {'; '.join(reasons)}")
+        return
+    raise InvalidatedError(
+        f"bundle {bundle_id} of repo `{repo}` is invalid: {'; '.join(reasons)}; pass --allow-invalid to use it anyway, "
+        f"or `datarun revalidate` its origin"
+    )
+
+
+allow_invalid_option = click.option(
+    "--allow-invalid", is_flag=True, help="Use the bundle even if it was invalidated (a warning is printed)."
+)
+
+
+def neighbours(repo: str, bundle_id: str) -> dict[str, Any]:
+    """A bundle's direct parents and children, and why it is invalid, for `bundle get`."""
+    from datarun.lineage import bundle_node
+
+    node = bundle_node(repo, bundle_id)
+    with open_graph(None) as graph:
+        up = graph.walk(node, "ancestors", depth=1)
+        down = graph.walk(node, "descendants", depth=1)
+        reasons = graph.invalid_reasons([node.key]).get(node.key, ())
+    return {
+        "parents": [n.to_json() for n in up.nodes if n.depth == 1],
+        "children": [n.to_json() for n in down.nodes if n.depth == 1],
+        "invalid": bool(reasons),
+        "invalid_reasons": list(reasons),
+    }

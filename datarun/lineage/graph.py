@@ -155,9 +155,12 @@ class Graph:
 
     # -- syncing ----------------------------------------------------------------------------
 
-    def sync(self, store: ObjectStore, *, workers: int = 32) -> LineageSync:
+    def sync(self, store: ObjectStore, *, workers: int = 32, invalidations_only: bool = False) -> LineageSync:
         """Bring the graph up to date: the catalog's runs, then bundle records, external records,
-        invalidation events and the marks of cascades not yet known to be complete."""
+        invalidation events and the marks of cascades not yet known to be complete.
+
+        ``invalidations_only`` skips the graph itself: what a download needs to refuse an invalid
+        bundle costs two list requests (events, done markers) plus one per unfinished cascade."""
         began = time.monotonic()
         index = self.index
         stored = self._meta("lineage_store")
@@ -165,13 +168,14 @@ class Graph:
             with index._write() as cur:
                 for table in _TABLES:
                     cur.execute(f"DELETE FROM {table}")
-        index.sync(store)
+        if not invalidations_only:
+            index.sync(store)
         cur = index._cursor()
         cur.execute("SELECT key, version FROM lineage_seen")
         seen = {str(k): int(v) for k, v in cur.fetchall()}
         listed = 0
         todo: list[str] = []
-        for prefix in ("repos/", RECORDS, EVENTS, DONE):
+        for prefix in (EVENTS, DONE) if invalidations_only else ("repos/", RECORDS, EVENTS, DONE):
             for info in store.list(prefix):
                 listed += 1
                 if info.key in seen:
@@ -216,7 +220,7 @@ class Graph:
         for key in mark_keys:
             event, _, rest = key[len(MARKS) :].partition("/")
             marks.append((event, rest[: -len(".json")]))
-        runs = self._runs_todo(seen)
+        runs = [] if invalidations_only else self._runs_todo(seen)
         for doc in runs:
             _run_rows(doc, nodes, edges, self._upsert_node)
         with index._write() as wcur:
@@ -248,7 +252,7 @@ class Graph:
                 f"INSERT INTO lineage_seen VALUES ({ph(2)}) ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version",
                 seen_rows,
             )
-            if stored is None:
+            if stored is None and not invalidations_only:
                 wcur.execute(
                     self._r(
                         "INSERT INTO index_meta (key, value) VALUES ('lineage_store', :p0) ON CONFLICT (key) DO NOTHING"

@@ -195,6 +195,58 @@ def descendants(**kw: Any) -> None:
     _walk("descendants", kw)
 
 
+@lineage.command("graph")
+@_walk_options
+@click.option(
+    "--direction",
+    type=click.Choice(["ancestors", "descendants", "both"]),
+    default="both",
+    show_default=True,
+    help="Which side of the node to draw.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["dot", "svg", "png", "json", "mermaid"]), default="svg", show_default=True
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="File to write (default: stdout).")
+def graph_cmd(direction: str, fmt: str, output: str | None, **kw: Any) -> None:
+    """Draw the lineage around a node: repos as clusters, runs as boxes, bundles as ellipses, invalid in red."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from datarun.lineage.picture import merge, render
+
+    node = selected_node(kw["repo"], kw["bundle_id"], kw["label"], kw["run_id"], kw["record_id"])
+    sides = ["ancestors", "descendants"] if direction == "both" else [direction]
+    with open_graph(kw["index_url"]) as graph:
+        if not graph.exists(node):
+            from datarun.errors import NotFoundError
+
+            raise NotFoundError(f"{node} is not in the lineage graph; check the id (and --repo)")
+        walks = [graph.walk(node, side, depth=kw["depth"], kinds=kw["kinds"], budget=kw["budget"]) for side in sides]
+    walk = merge(walks)
+    client = state().client()
+    labels: dict[str, list[str]] = {}
+    for repo in sorted({n.repo for n in walk.nodes if n.type == "bundle"}):
+        for lbl in client.list_labels(repo):
+            labels.setdefault(f"bundle/{repo}/{lbl.bundle}", []).append(lbl.name)
+    walk = replace(walk, nodes=tuple(replace(n, labels=tuple(sorted(labels.get(n.node, [])))) for n in walk.nodes))
+    if fmt == "png" and output is None:
+        raise UsageError("--format png writes binary: give -o FILE")
+    data = render(walk, fmt)
+    if output is None:
+        click.echo(data.decode(), nl=False)
+    else:
+        try:
+            Path(output).write_bytes(data)
+        except OSError as err:
+            from datarun.errors import LocalIOError
+
+            raise LocalIOError(f"cannot write `{output}`: {err.strerror}") from None
+        info(f"wrote {output} ({len(walk.nodes)} nodes, {len(walk.edges)} edges)")
+    if walk.cut:
+        info(f"cut: the graph is partial ({walk.cut} ran out at depth {walk.depth}); raise --depth or --budget")
+
+
 # -- invalidation ---------------------------------------------------------------------------
 
 

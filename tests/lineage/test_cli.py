@@ -89,3 +89,11 @@ def test_invalid_bundles_show_and_refuse_download(env: Env, tmp_path: Path) -> N
     env.ok("revalidate", "--repo", "raw", "--bundle", raw, "--reason", "fine after all")
     env.ok("bundle", "download", "--repo", "models", "--bundle", model, "--destination", str(tmp_path / "again"))
     assert "INVALID" not in env.ok("label", "list", "--repo", "raw").out
+
+
+def test_graph_command_writes_files(env: Env, tmp_path: Path) -> None:
+    _raw, model, _record = _setup(env)
+    out = tmp_path / "g.mmd"
+    env.ok("lineage", "graph", "--repo", "models", "--bundle", model, "--format", "mermaid", "-o", str(out))
+    assert out.read_text().startswith("flowchart LR") and "labels: latest" in out.read_text()
+    assert env.run("lineage", "graph", "--repo", "models", "--bundle", model, "--format", "png").code == ExitCode.USAGE

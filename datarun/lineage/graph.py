@@ -193,16 +193,19 @@ class Graph:
                 listed += 1
                 if info.key not in seen:
                     mark_keys.append(info.key)
-        todo = [k for k in todo if not k.startswith(DONE)]
+        todo = [k for k in todo if not k.startswith(DONE)] + mark_keys
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             bodies = list(pool.map(lambda key: (key, store.read(key)[0]), todo))
         nodes: list[tuple[str, str, str, str, str, str, str]] = []
         edges: list[tuple[str, str, str]] = []
         events: list[tuple[str, str, str, str, int, str]] = []
+        marks: list[tuple[str, str]] = []
         for key, raw in bodies:
             doc = loads(key, raw)
             if key.startswith(RECORDS):
                 _record_rows(doc, nodes, edges, self._upsert_node)
+            elif key.startswith(MARKS):
+                marks += [(str(doc["event"]), str(n)) for n in doc.get("nodes", [])]
             elif key.startswith(EVENTS):
                 events.append(
                     (
@@ -216,10 +219,6 @@ class Graph:
                 )
             else:
                 _bundle_rows(doc, nodes, edges, self._upsert_node)
-        marks = []
-        for key in mark_keys:
-            event, _, rest = key[len(MARKS) :].partition("/")
-            marks.append((event, rest[: -len(".json")]))
         runs = [] if invalidations_only else self._runs_todo(seen)
         for doc in runs:
             _run_rows(doc, nodes, edges, self._upsert_node)
@@ -245,7 +244,7 @@ class Graph:
             self._many(wcur, f"INSERT INTO lineage_marks VALUES ({ph(2)}) ON CONFLICT DO NOTHING", marks)
             # Marks are re-listed until the cascade's done marker is seen; after that, never again.
             self._many(wcur, f"UPDATE lineage_events SET done = 1 WHERE id = {ph(1)}", [(e,) for e in done_now])
-            seen_rows = [(k, 0) for k in todo] + [(k, 0) for k in mark_keys]
+            seen_rows = [(k, 0) for k in todo]
             seen_rows += [(f"runs/{d['id']}", int(d["version"])) for d in runs]
             self._many(
                 wcur,

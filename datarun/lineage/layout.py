@@ -22,7 +22,7 @@ FORMAT = 1
 
 RECORDS = "lineage/records/"  # external records, create-only, one object each
 EVENTS = "lineage/events/"  # invalidations and revalidations, append-only
-MARKS = "lineage/marks/"  # lineage/marks/<event-id>/<node>.json: a node an invalidation reached
+MARKS = "lineage/marks/"  # lineage/marks/<event-id>/<seq>.json: nodes an invalidation reached
 DONE = "lineage/done/"  # lineage/done/<event-id>.json: that cascade wrote every mark
 
 TYPES = ("bundle", "run", "record")

@@ -2,10 +2,11 @@
 
 Everything is create-only and append-only, so racing writers lose nothing:
 * an invalidation is an event ``lineage/events/<event-id>.json`` written *first* (the intent),
-  then one mark ``lineage/marks/<event-id>/<node>.json`` per node the cascade reaches, then
+  then mark objects ``lineage/marks/<event-id>/<seq>.json`` naming the nodes the cascade reaches
+  (up to 1,000 each), then
   ``lineage/done/<event-id>.json``. Two invalidations have two event ids and disjoint keys.
   A cascade killed half-way has an event without a done marker; the next ``invalidate`` finishes
-  it (marks are ``put_if_absent``: one already there is simply skipped).
+  it (it reads the marks there and writes only the nodes they do not name).
 * a revalidation is an event that names the invalidation it undoes; nothing is deleted.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 from datarun.errors import NotFoundError, PreconditionFailed, UsageError
 from datarun.ids import new_ksuid
 from datarun.lineage.graph import Graph, Walk
-from datarun.lineage.layout import DONE, EVENTS, FORMAT, MARKS, RECORDS, NodeId, dumps, now
+from datarun.lineage.layout import DONE, EVENTS, FORMAT, MARKS, RECORDS, NodeId, dumps, loads, now
 from datarun.store.base import ObjectStore
 
 
@@ -80,18 +81,36 @@ def _descendants(graph: Graph, node: NodeId) -> Walk:
     return walk
 
 
-def _write_marks(store: ObjectStore, event: dict[str, Any], keys: Sequence[str], workers: int) -> int:
-    body = dumps({"format": FORMAT, "event": event["id"], "origin": event["node"], "reason": event["reason"]})
+MARKS_PER_OBJECT = 1000  # node keys per mark object: a 10k cascade is 10 writes, not 10,000
 
-    def one(key: str) -> int:
-        try:
-            store.put_if_absent(f"{MARKS}{event['id']}/{key}.json", body)
-        except PreconditionFailed:
-            return 0  # written by an earlier, interrupted run of this cascade
-        return 1
+
+def _write_marks(store: ObjectStore, event: dict[str, Any], keys: Sequence[str], workers: int) -> int:
+    """Write marks for those of ``keys`` that no mark object of this event names yet."""
+    prefix = f"{MARKS}{event['id']}/"
+    present = [info.key for info in store.list(prefix)]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        bodies = list(pool.map(lambda key: loads(key, store.read(key)[0]), present))
+    done = {str(n) for body in bodies for n in body.get("nodes", [])}
+    missing = sorted(set(keys) - done)
+    seq = 1 + max((int(k[len(prefix) : -len(".json")]) for k in present), default=0)
+    chunks = [missing[at : at + MARKS_PER_OBJECT] for at in range(0, len(missing), MARKS_PER_OBJECT)]
+    base = {"format": FORMAT, "event": event["id"], "origin": event["node"], "reason": event["reason"]}
+
+    def one(item: tuple[int, list[str]]) -> int:
+        at, nodes = item
+        body = dumps({**base, "nodes": nodes})
+        n = at
+        while True:
+            try:
+                store.put_if_absent(f"{prefix}{n:06d}.json", body)
+                return len(nodes)
+            except PreconditionFailed:
+                # Another process finishing the same cascade took this number; the next free one
+                # is as good (a node named twice is harmless).
+                n += len(chunks)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return sum(pool.map(one, keys))
+        return sum(pool.map(one, [(seq + i, c) for i, c in enumerate(chunks)]))
 
 
 def _finish(store: ObjectStore, graph: Graph, event: dict[str, Any], workers: int) -> tuple[Walk, int]:

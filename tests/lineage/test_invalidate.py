@@ -103,12 +103,16 @@ def test_interrupted_cascade_completes_on_rerun(graph: Graph, world: World) -> N
     event = {"format": 1, "id": "3MxsAKEXsfyWG3xgP3yRyjBmvjb", "op": "invalidate", "node": world.a.key}
     event |= {"reason": "killed", "who": "t", "when": "2026-12-03T00:00:00Z"}
     store.put_if_absent(f"{EVENTS}{event['id']}.json", dumps(event))
-    store.put_if_absent(f"{MARKS}{event['id']}/{world.a.key}.json", dumps({"event": event["id"]}))
+    first = {"format": 1, "event": event["id"], "origin": world.a.key, "reason": "killed", "nodes": [world.a.key]}
+    store.put_if_absent(f"{MARKS}{event['id']}/000001.json", dumps(first))
     assert _invalid(graph, world) == {world.a.key}, "a half cascade shows what it reached"
     done = invalidate(store, graph, world.lone, reason="other", who="t")
     assert done.resumed == (event["id"],)
     assert _invalid(graph, world) == {world.a.key, world.run.key, world.f.key, world.m.key, world.x.key, world.lone.key}
     assert {i.key for i in store.list(DONE)} >= {f"{DONE}{event['id']}.json"}
+    marks = [orjson.loads(store.read(i.key)[0]) for i in store.list(f"{MARKS}{event['id']}/")]
+    named = [n for m in marks for n in m["nodes"]]
+    assert sorted(named) == sorted(set(named)), "the resumed cascade wrote only what was missing"
 
 
 def test_bad_input_is_refused(graph: Graph, world: World) -> None:

@@ -74,7 +74,9 @@ def _run(where: str | None, order_by: str | None, top: int, hidden: bool, as_jso
         stats = index.sync(client.meta)
         if stats.applied:
             info(f"index: {stats.applied} new run version(s) from the store ({stats.seconds:.2f} s)")
-        runs = index.query(where, order_by=expression, descending=descending, top=top, include_hidden=hidden)
+        runs = _with_lineage(
+            index, client.meta, stats.applied > 0 or stats.rebuilt, where, expression, descending, top, hidden
+        )
     if as_json:
         print_json(runs)
         return
@@ -86,6 +88,7 @@ def _run(where: str | None, order_by: str | None, top: int, hidden: bool, as_jso
         if len(params) > 60:
             params = params[:57] + "..."
         flag = " (hidden)" if run.get("hidden") else ""
+        flag += " (INVALID)" if run.get("invalid") else ""
         click.echo(
             f"{run.get('id', '')}  {run.get('start', '')}  {run.get('phase', ''):<9}  {run.get('title', '')}{flag}  "
             f"{params}"
@@ -104,3 +107,17 @@ def query(expr: str, order_by: str | None, top: int, hidden: bool, as_json: bool
 def list_runs(order_by: str | None, top: int, hidden: bool, as_json: bool, index_url: str | None) -> None:
     """List runs, newest first (``run query`` without a filter)."""
     _run(None, order_by, top, hidden, as_json, index_url)
+
+
+def _with_lineage(
+    index: Any, meta: Any, applied: bool, where: str | None, order: str | None, desc: bool, top: int, hidden: bool
+) -> list[dict[str, Any]]:
+    """The query with ``run.invalid`` (datarun.lineage) kept current in the index and in each document."""
+    from datarun.lineage import Graph
+
+    graph = Graph(index)
+    seen = graph.sync(meta, invalidations_only=True)
+    graph.flag_runs(full=applied or seen.fetched > 0)
+    runs = index.query(where, order_by=order, descending=desc, top=top, include_hidden=hidden)
+    bad = graph.invalid_reasons([f"run/{r['id']}" for r in runs])
+    return [{**r, "invalid": f"run/{r['id']}" in bad} for r in runs]

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from datarun.errors import ExitCode
+from datarun.store import LocalStore
+from tests.catalog.writer import run_doc, write_version
 from tests.cli.conftest import Env, env
 
 __all__ = ["env"]  # the CLI tier's fixture, registered by import
@@ -97,3 +99,23 @@ def test_graph_command_writes_files(env: Env, tmp_path: Path) -> None:
     env.ok("lineage", "graph", "--repo", "models", "--bundle", model, "--format", "mermaid", "-o", str(out))
     assert out.read_text().startswith("flowchart LR") and "labels: latest" in out.read_text()
     assert env.run("lineage", "graph", "--repo", "models", "--bundle", model, "--format", "png").code == ExitCode.USAGE
+
+
+def test_run_query_sees_run_invalid(env: Env) -> None:
+    raw, _model, _record = _setup(env)
+    store = LocalStore(env.store)
+    reader = run_doc(title="train", inputs=[{"name": "data", "repo": "raw", "bundle": raw}])
+    other = run_doc(title="unrelated")
+    for doc in (reader, other):
+        write_version(store, doc)
+    before = json.loads(env.ok("run", "query", "run.invalid = false", "--json").out)
+    assert {r["id"] for r in before} == {reader["id"], other["id"]}
+    env.ok("invalidate", "--repo", "raw", "--bundle", raw, "--reason", "bad sensor")
+    hit = json.loads(env.ok("run", "query", "run.invalid = true", "--json").out)
+    assert [r["id"] for r in hit] == [reader["id"]] and hit[0]["invalid"] is True
+    assert "(INVALID)" in env.ok("run", "list").out
+    # A newer version of the run (the catalog rewrites its rows) keeps the flag.
+    write_version(store, {**reader, "version": 2, "tags": ["x"]})
+    assert [r["id"] for r in json.loads(env.ok("run", "query", "run.invalid", "--json").out)] == [reader["id"]]
+    env.ok("revalidate", "--repo", "raw", "--bundle", raw, "--reason", "fine")
+    assert json.loads(env.ok("run", "query", "run.invalid = true", "--json").out) == []

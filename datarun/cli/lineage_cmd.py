@@ -277,7 +277,8 @@ def invalidate_cmd(
 
     node = selected_node(repo, bundle_id, label, run_id, record_id)
     with open_graph(index_url) as graph:
-        done = invalidate(state().client().meta, graph, node, reason=reason, who=who(), dry_run=dry_run)
+        client = state().client()
+        done = invalidate(client.meta, graph, node, reason=reason, who=who(), dry_run=dry_run, client=client)
     if as_json:
         print_json(
             {
@@ -286,11 +287,16 @@ def invalidate_cmd(
                 "nodes": done.nodes,
                 "written": done.written,
                 "resumed": list(done.resumed),
+                "actions": [
+                    {"action": o.action, "ok": o.ok, "detail": o.detail, "attempts": o.attempts} for o in done.actions
+                ],
             }
         )
         return
     for key in done.nodes:
         click.echo(key)
+    for o in done.actions:
+        info(f"action {o.action}: {'ok' if o.ok else 'FAILED'} ({o.detail})")
     for event in done.resumed:
         info(f"finished the interrupted cascade {event}")
     verb = "would mark" if dry_run else "marked"
@@ -375,3 +381,46 @@ def neighbours(repo: str, bundle_id: str) -> dict[str, Any]:
         "invalid": bool(reasons),
         "invalid_reasons": list(reasons),
     }
+
+
+# -- actions --------------------------------------------------------------------------------
+
+
+@click.group()
+def action() -> None:
+    """Invalidation actions: what runs when an invalidation reaches a repo or a record."""
+
+
+@action.command("add")
+@click.option("--on", "on", required=True, metavar="repo=NAME|record=ID", help="What the action watches.")
+@click.option("--do", "do", required=True, type=click.Choice(["move-label", "webhook"]), help="What it does.")
+@click.option("--label", default=None, help="move-label: only this label (default: every label of the repo).")
+@click.option("--url", default=None, help="webhook: where to POST the JSON document.")
+@click.option("--retries", type=click.IntRange(0, 10), default=3, show_default=True, help="webhook: retries.")
+@with_store
+@json_option
+def action_add(on: str, do: str, label: str | None, url: str | None, retries: int, as_json: bool) -> None:
+    """Attach an action; prints its id."""
+    from datarun.lineage.actions import add_action
+
+    doc = add_action(state().client(), on=on, do=do, label=label, url=url, retries=retries, author=who())
+    if as_json:
+        print_json(doc)
+        return
+    click.echo(doc["id"])
+
+
+@action.command("list")
+@with_store
+@json_option
+def action_list(as_json: bool) -> None:
+    """List actions: id , on , do , target."""
+    from datarun.lineage.actions import list_actions
+
+    found = list_actions(state().client())
+    if as_json:
+        print_json(found)
+        return
+    for a in found:
+        on = ",".join(f"{k}={v}" for k, v in a["on"].items())
+        click.echo(f"{a['id']} , {on} , {a['do']} , {a.get('url') or a.get('label') or ''}")

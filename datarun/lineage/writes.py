@@ -20,8 +20,10 @@ from typing import Any
 
 from datarun.errors import NotFoundError, PreconditionFailed, UsageError
 from datarun.ids import new_ksuid
+from datarun.lineage.actions import Outcome, run_actions
 from datarun.lineage.graph import Graph, Walk
 from datarun.lineage.layout import DONE, EVENTS, FORMAT, MARKS, RECORDS, NodeId, dumps, loads, now
+from datarun.repo import Client
 from datarun.store.base import ObjectStore
 
 
@@ -61,6 +63,7 @@ class Cascade:
     written: int  # marks written now (0 for a dry run; fewer than the nodes when resuming)
     dry_run: bool
     resumed: tuple[str, ...] = ()  # earlier cascades this call finished
+    actions: tuple[Outcome, ...] = ()  # the invalidation actions this cascade ran (datarun.lineage.actions)
 
     @property
     def nodes(self) -> list[str]:
@@ -113,13 +116,20 @@ def _write_marks(store: ObjectStore, event: dict[str, Any], keys: Sequence[str],
         return sum(pool.map(one, [(seq + i, c) for i, c in enumerate(chunks)]))
 
 
-def _finish(store: ObjectStore, graph: Graph, event: dict[str, Any], workers: int) -> tuple[Walk, int]:
+def _finish(
+    store: ObjectStore, graph: Graph, event: dict[str, Any], workers: int, client: Client | None
+) -> tuple[Walk, int, list[Outcome]]:
     origin = NodeId(**_split(event["node"]))
     walk = _descendants(graph, origin)
     written = _write_marks(store, event, [n.node for n in walk.nodes], workers)
+    outcomes: list[Outcome] = []
+    if client is not None:
+        # Actions run before the done marker, so a cascade killed among them runs the rest on resume.
+        graph.sync(store, invalidations_only=True)
+        outcomes = run_actions(client, graph, event, [n.node for n in walk.nodes])
     with contextlib.suppress(PreconditionFailed):  # another process finished the same cascade
         store.put_if_absent(f"{DONE}{event['id']}.json", dumps({"format": FORMAT, "event": event["id"], "when": now()}))
-    return walk, written
+    return walk, written, outcomes
 
 
 def _split(key: str) -> dict[str, str]:
@@ -138,8 +148,11 @@ def invalidate(
     who: str,
     dry_run: bool = False,
     workers: int = 32,
+    client: Client | None = None,
 ) -> Cascade:
-    """Mark ``node`` and every descendant invalid (or, with ``dry_run``, say which would be)."""
+    """Mark ``node`` and every descendant invalid (or, with ``dry_run``, say which would be).
+
+    With ``client``, the invalidation actions the cascade reaches run too (and are recorded)."""
     if not reason.strip():
         raise UsageError("--reason is required: say why, it is recorded with the invalidation")
     graph.sync(store)
@@ -149,7 +162,7 @@ def invalidate(
         return Cascade({"node": node.key, "reason": reason}, _descendants(graph, node), 0, True)
     resumed = []
     for pending in graph.unfinished():
-        _finish(store, graph, pending, workers)
+        _finish(store, graph, pending, workers, client)
         resumed.append(str(pending["id"]))
     event = {
         "format": FORMAT,
@@ -162,9 +175,9 @@ def invalidate(
     }
     store.put_if_absent(f"{EVENTS}{event['id']}.json", dumps(event))
     graph.sync(store)
-    walk, written = _finish(store, graph, event, workers)
+    walk, written, outcomes = _finish(store, graph, event, workers, client)
     graph.sync(store)
-    return Cascade(event, walk, written, False, tuple(resumed))
+    return Cascade(event, walk, written, False, tuple(resumed), tuple(outcomes))
 
 
 def revalidate(store: ObjectStore, graph: Graph, node: NodeId, *, reason: str, who: str) -> list[dict[str, Any]]:

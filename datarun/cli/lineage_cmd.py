@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -245,6 +246,48 @@ def graph_cmd(direction: str, fmt: str, output: str | None, **kw: Any) -> None:
         info(f"wrote {output} ({len(walk.nodes)} nodes, {len(walk.edges)} edges)")
     if walk.cut:
         info(f"cut: the graph is partial ({walk.cut} ran out at depth {walk.depth}); raise --depth or --budget")
+
+
+@lineage.command("export")
+@click.option("--format", "fmt", type=click.Choice(["openlineage"]), default="openlineage", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="NDJSON file (default: stdout).")
+@click.option("--openlineage-url", "url", default=None, help="POST each event there (e.g. Marquez's /api/v1/lineage).")
+@click.option("--top", type=click.IntRange(min=1), default=None, help="Only the newest N runs.")
+@index_option
+@with_store
+def export(fmt: str, output: str | None, url: str | None, top: int | None, index_url: str | None) -> None:
+    """Write the runs as OpenLineage RunEvents (START, then COMPLETE or FAIL), one JSON per line."""
+    import orjson
+
+    from datarun.errors import LocalIOError, StoreError
+    from datarun.lineage.actions import post_json
+    from datarun.lineage.openlineage import events
+
+    client = state().client()
+    with open_graph(index_url) as graph:
+        runs = graph.index.query(None, top=top, include_hidden=True)
+        bad = graph.invalid_reasons([f"run/{r['id']}" for r in runs])
+    out = []
+    for doc in reversed(runs):  # oldest first, as the events happened
+        out += list(events({**doc, "invalid": f"run/{doc['id']}" in bad}, client.meta.url))
+    text = b"".join(orjson.dumps(e) + b"\n" for e in out)
+    if output:
+        try:
+            Path(output).write_bytes(text)
+        except OSError as err:
+            raise LocalIOError(f"cannot write `{output}`: {err.strerror}") from None
+    elif not url:
+        click.echo(text.decode(), nl=False)
+    failed = 0
+    if url:
+        for event in out:
+            ok, detail, _ = post_json(url, orjson.dumps(event), retries=3)
+            if not ok:
+                failed += 1
+                info(f"event {event['eventType']} of run {event['run']['facets']['datarun']['runId']}: {detail}")
+    info(f"{len(out)} OpenLineage event(s) from {len(runs)} run(s)" + (f", {len(out) - failed} posted" if url else ""))
+    if failed:
+        raise StoreError(f"{failed} of {len(out)} event(s) could not be posted to {url}")
 
 
 # -- invalidation ---------------------------------------------------------------------------

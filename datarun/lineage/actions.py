@@ -105,7 +105,8 @@ def _move_labels(client: Client, graph: Graph, action: dict[str, Any]) -> str:
     return "; ".join(moved) or "no label pointed at an invalid bundle"
 
 
-def _post(url: str, body: bytes, retries: int, timeout: float = 5.0) -> tuple[bool, str, int]:
+def post_json(url: str, body: bytes, retries: int, timeout: float = 5.0) -> tuple[bool, str, int]:
+    """POST ``body`` with bounded retries and backoff: (delivered, detail, attempts)."""
     attempts = 0
     delay = 0.2
     last = ""
@@ -150,7 +151,7 @@ def run_actions(client: Client, graph: Graph, event: dict[str, Any], nodes: list
                         "count": len(hit),
                     }
                 )
-                ok, detail, attempts = _post(str(action["url"]), body, int(action.get("retries", 3)))
+                ok, detail, attempts = post_json(str(action["url"]), body, int(action.get("retries", 3)))
         except DatarunError as err:
             ok, detail = False, str(err)
         record = {"format": FORMAT, "event": event["id"], "action": action["id"], "do": action["do"]}

@@ -339,14 +339,27 @@ class Graph:
         start: NodeId,
         direction: str,
         *,
-        depth: int = 50,
+        depth: int | None = 50,
         kinds: Sequence[str] = (),
         budget: float = 5.0,
     ) -> Walk:
         """Ancestors or descendants of ``start`` to ``depth`` by one recursive query. When the query
-        runs past ``budget`` seconds it is asked again at half the depth, and the answer says ``cut``."""
+        runs past ``budget`` seconds it is asked again at half the depth, and the answer says ``cut``.
+
+        ``depth=None`` is the whole closure (what a cascade needs): the query then keeps one row per
+        node instead of one per (node, depth), so a DAG with many paths of different lengths stays
+        linear in its edges; depths are not computed (-1, the start 0)."""
         began = time.monotonic()
-        cut: str | None = None
+        if depth is None:
+            try:
+                found = self._reach(start.key, direction, None, budget)
+                cut = None
+            except _Budget:
+                found, cut = {start.key: 0}, "time"
+            nodes = self._nodes(found)
+            edges = self._edges_among(found, direction)
+            return Walk(start.key, direction, tuple(nodes), tuple(edges), cut, -1, time.monotonic() - began)
+        cut = None
         asked = depth
         while True:
             try:
@@ -372,16 +385,23 @@ class Graph:
             edges = [e for e in edges if e.src in keep and e.dst in keep]
         return Walk(start.key, direction, tuple(nodes), tuple(edges), cut, asked, time.monotonic() - began)
 
-    def _reach(self, start: str, direction: str, depth: int, budget: float) -> dict[str, int]:
+    def _reach(self, start: str, direction: str, depth: int | None, budget: float) -> dict[str, int]:
         near, far = ("dst", "src") if direction == "ancestors" else ("src", "dst")
-        sql = self._r(
-            "WITH RECURSIVE walk(node, depth) AS ("
-            " SELECT CAST(:p0 AS TEXT), 0"
-            f" UNION SELECT e.{far}, w.depth + 1 FROM walk w JOIN lineage_edges e ON e.{near} = w.node"
-            " WHERE w.depth < :p1)"
-            " SELECT node, MIN(depth) FROM walk GROUP BY node"
-        )
-        params = {"p0": start, "p1": depth}
+        if depth is None:
+            sql = self._r(
+                "WITH RECURSIVE walk(node) AS (SELECT CAST(:p0 AS TEXT)"
+                f" UNION SELECT e.{far} FROM walk w JOIN lineage_edges e ON e.{near} = w.node)"
+                " SELECT node, CASE WHEN node = :p0 THEN 0 ELSE -1 END FROM walk"
+            )
+        else:
+            sql = self._r(
+                "WITH RECURSIVE walk(node, depth) AS ("
+                " SELECT CAST(:p0 AS TEXT), 0"
+                f" UNION SELECT e.{far}, w.depth + 1 FROM walk w JOIN lineage_edges e ON e.{near} = w.node"
+                " WHERE w.depth < :p1)"
+                " SELECT node, MIN(depth) FROM walk GROUP BY node"
+            )
+        params: dict[str, Any] = {"p0": start} if depth is None else {"p0": start, "p1": depth}
         if self.dialect.name == "sqlite":
             conn: sqlite3.Connection = self.index.conn  # type: ignore[attr-defined]
             deadline = time.monotonic() + budget
@@ -471,7 +491,7 @@ class Graph:
                     params=doc.get("params", {}) if isinstance(doc, dict) else {},
                 )
             )
-        return sorted(nodes, key=lambda n: (n.depth, n.node))
+        return sorted(nodes, key=lambda n: (n.depth if n.depth >= 0 else 1 << 30, n.node))  # -1: not computed
 
     def active_invalidations(self, node: NodeId) -> list[dict[str, Any]]:
         """Invalidation events whose origin is ``node`` and that no revalidation undid."""

@@ -70,13 +70,12 @@ class Cascade:
         return [n.node for n in self.walk.nodes]
 
 
-# Cascades follow the whole graph: depth and time are generous, and a cut cascade is refused.
-CASCADE_DEPTH = 10_000
+# Cascades follow the whole closure; the time budget is generous, and a cut cascade is refused.
 CASCADE_BUDGET = 600.0
 
 
 def _descendants(graph: Graph, node: NodeId) -> Walk:
-    walk = graph.walk(node, "descendants", depth=CASCADE_DEPTH, budget=CASCADE_BUDGET)
+    walk = graph.walk(node, "descendants", depth=None, budget=CASCADE_BUDGET)
     if walk.cut is not None:
         raise UsageError(
             f"the descendants of {node} could not all be found ({walk.cut} ran out); nothing was marked invalid"

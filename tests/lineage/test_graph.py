@@ -91,3 +91,21 @@ def test_index_rebuilds_from_the_store(graph: Graph, world: World, index: Index)
         world.run.key,
         world.a.key,
     }
+
+
+def test_closure_of_a_dag_with_many_path_lengths(index: Index) -> None:
+    # Skip edges give each node many depths; the closure (depth=None, what cascades use) keeps one
+    # row per node, and finds exactly the nodes downstream.
+    graph = Graph(index)
+    n = 3_000
+    nodes = [(f"record/s{i:05d}", "record", "", f"s{i:05d}") for i in range(n)] + [("record/x", "record", "", "x")]
+    edges = [(nodes[i][0], nodes[j][0], "derived-from") for i in range(n) for j in (i + 1, i + 2, i + 3) if j < n]
+    edges.append(("record/x", nodes[5][0], "derived-from"))
+    graph.add_edges(edges, nodes)
+    from datarun.lineage import NodeId
+
+    down = graph.walk(NodeId("record", "s00010"), "descendants", depth=None, budget=120.0)
+    assert down.cut is None
+    assert {x.node for x in down.nodes} == {f"record/s{i:05d}" for i in range(10, n)}
+    up = graph.walk(NodeId("record", "s00007"), "ancestors", depth=None, budget=120.0)
+    assert {x.node for x in up.nodes} == {f"record/s{i:05d}" for i in range(8)} | {"record/x"}

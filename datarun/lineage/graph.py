@@ -120,7 +120,6 @@ class Graph:
         self.index = index
         self.dialect = index.dialect
         with index._write() as cur:
-            cur.execute("SELECT value FROM index_meta WHERE key = 'lineage_store'")
             if self.dialect.name == "sqlite":
                 for statement in _DDL.split(";"):
                     if statement.strip():

@@ -308,7 +308,7 @@ def main() -> None:
             ratio = [r[1] / r[0] for r in rows]
             print(
                 f"| ancestors depth 50, {rows[0][2]} records, {name} | {rng_fmt(idx)} | store walk {rng_fmt(walk)}, "
-                f"{min(ratio):.0f}-{max(ratio):.0f}x slower | ratio |"
+                f"{min(ratio):.1f}-{max(ratio):.1f}x slower | ratio |"
             )
     for name, rows, bar in (("local", local_cas, 5.0), ("Azurite", azure_cas, 60.0)):
         if rows:

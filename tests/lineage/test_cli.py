@@ -76,6 +76,9 @@ def test_invalid_bundles_show_and_refuse_download(env: Env, tmp_path: Path) -> N
     )
     assert refused.code == ExitCode.INVALID and "bad sensor" in refused.err and "--allow-invalid" in refused.err
     assert not (tmp_path / "no").exists()
+    (tmp_path / "mnt").mkdir()
+    mounted = env.run("bundle", "mount", "--repo", "models", "--bundle", model, "--mount", str(tmp_path / "mnt"))
+    assert mounted.code == ExitCode.INVALID and "--allow-invalid" in mounted.err, "refused before mounting"
     env.ok(
         "bundle",
         "download",

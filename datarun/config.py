@@ -51,6 +51,7 @@ class Config:
     name: str = ""  # author name recorded in bundles
     email: str = ""  # author email recorded in bundles
     credential: str = ""  # path to a credential file (cloud backends); never its content
+    index: str = ""  # run index URL (sqlite:///path or postgresql://...); default: SQLite in the cache folder
 
     def to_yaml(self) -> str:
         import yaml

@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     INTEGRITY = 5  # corrupt chunk/pack/manifest, unsafe path in a manifest
     STORE = 6  # the store is unreachable, refused access, or failed
     LOCAL_IO = 7  # a local path is missing, not permitted, or the disk is full
+    INVALID = 8  # the bundle was invalidated (datarun invalidate); --allow-invalid uses it anyway
     INTERRUPTED = 130  # SIGINT/SIGTERM; nothing half-done became visible
 
 
@@ -55,6 +56,12 @@ class LocalIOError(DatarunError):
 
 class UsageError(DatarunError):
     exit_code = ExitCode.USAGE
+
+
+class InvalidatedError(DatarunError):
+    """A download or mount of a bundle that an invalidation reached, without --allow-invalid."""
+
+    exit_code = ExitCode.INVALID
 
 
 # Store-level signals. Backends raise these; the repository layer translates them into the

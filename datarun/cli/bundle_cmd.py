@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from datarun.cli.common import info, json_option, print_json, progress_bar, state, with_store
+from datarun.cli.lineage_cmd import allow_invalid_option, invalid_reasons, neighbours, refuse_invalid
 from datarun.cli.mount_cmd import mount
 from datarun.errors import IntegrityError, UsageError
 from datarun.model import FILE, BundleRef, FileEntry
@@ -113,11 +114,13 @@ def list_(ctx: click.Context, repo: str | None, as_json: bool) -> None:
     if not repo:
         raise click.UsageError("Missing option '--repo'.")
     bundles = state().client().list_bundles(repo)
+    bad = invalid_reasons([f"bundle/{repo}/{b.id}" for b in bundles])
     if as_json:
-        print_json([b.to_json() for b in bundles])
+        print_json([{**b.to_json(), "invalid": f"bundle/{repo}/{b.id}" in bad} for b in bundles])
         return
     for b in bundles:
-        click.echo(f"{b.id} , {b.created} , {b.message}")
+        mark = " , INVALID" if f"bundle/{repo}/{b.id}" in bad else ""
+        click.echo(f"{b.id} , {b.created} , {b.message}{mark}")
 
 
 def _resolve(client: Client, repo: str, bundle_id: str | None, label: str | None) -> Any:
@@ -146,10 +149,17 @@ def list_files(repo: str, bundle_id: str | None, label: str | None, as_json: boo
 @click.option("--label", default=None, help="Select the bundle by label.")
 @click.option("--destination", default=None, type=click.Path(), help="Folder to download into.")
 @click.option("--force", is_flag=True, help="Write into a non-empty destination.")
+@allow_invalid_option
 @with_store
 @click.pass_context
 def download(
-    ctx: click.Context, repo: str | None, bundle_id: str | None, label: str | None, destination: str | None, force: bool
+    ctx: click.Context,
+    repo: str | None,
+    bundle_id: str | None,
+    label: str | None,
+    destination: str | None,
+    force: bool,
+    allow_invalid: bool,
 ) -> None:
     """Download a whole bundle. `bundle download file` fetches one file."""
     if ctx.invoked_subcommand is not None:
@@ -158,6 +168,7 @@ def download(
         raise click.UsageError("Missing option '--repo' or '--destination'.")
     client = state().client()
     found = _resolve(client, repo, bundle_id, label)
+    refuse_invalid(repo, found.id, allow_invalid)
     with progress_bar("downloading", found.total_size) as bar:
         done = client.download(found, destination, force=force, progress=bar)
     info(f"downloaded {done.files} files ({_human(done.bytes)}) of bundle {found.id} to {destination}")
@@ -254,8 +265,9 @@ def verify(repo: str, bundle_id: str | None, label: str | None, as_json: bool) -
 def get(repo: str, bundle_id: str | None, label: str | None, as_json: bool) -> None:
     """Show a bundle's record, with its provenance."""
     found = _resolve(state().client(), repo, bundle_id, label)
+    links = neighbours(repo, found.id)
     if as_json:
-        print_json(found.to_json())
+        print_json({**found.to_json(), "lineage": links})
         return
     p = found.provenance
     click.echo(f"id: {found.id}\nrepo: {found.repo}\ncreated: {found.created}\nmessage: {found.message}")
@@ -263,6 +275,12 @@ def get(repo: str, bundle_id: str | None, label: str | None, as_json: bool) -> N
     click.echo(f"host: {p.host}")
     for ref in p.inputs:
         click.echo(f"input: {ref.repo}:{ref.bundle}")
+    for side in ("parents", "children"):
+        for n in links[side]:
+            name = f"{n['repo']}@{n['id']}" if n["type"] == "bundle" else f"{n['type']}:{n['id']}"
+            click.echo(f"{side[:-1] if side == 'parents' else 'child'}: {name} {n['title']}".rstrip())
+    for reason in links["invalid_reasons"]:
+        click.echo(f"INVALID: {reason}")
 
 
 bundle.add_command(mount)

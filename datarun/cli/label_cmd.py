@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from datarun.cli.common import info, json_option, print_json, state, with_store
+from datarun.cli.lineage_cmd import invalid_reasons
 
 
 @click.group()
@@ -60,11 +61,13 @@ def get(repo: str, name: str, as_json: bool) -> None:
 def list_(repo: str, as_json: bool) -> None:
     """List labels: name , bundle , time."""
     labels = state().client().list_labels(repo)
+    bad = invalid_reasons([f"bundle/{repo}/{lbl.bundle}" for lbl in labels])
     if as_json:
-        print_json([lbl.to_json() for lbl in labels])
+        print_json([{**lbl.to_json(), "invalid": f"bundle/{repo}/{lbl.bundle}" in bad} for lbl in labels])
         return
     for lbl in labels:
-        click.echo(f"{lbl.name} , {lbl.bundle} , {lbl.time}")
+        mark = " , INVALID" if f"bundle/{repo}/{lbl.bundle}" in bad else ""
+        click.echo(f"{lbl.name} , {lbl.bundle} , {lbl.time}{mark}")
 
 
 @label.command("history")

@@ -22,9 +22,11 @@ from datarun.cli.common import CliState, store_option
 from datarun.cli.config_cmd import config
 from datarun.cli.datamover_cmd import datamover
 from datarun.cli.label_cmd import label
+from datarun.cli.lineage_cmd import action, invalidate_cmd, lineage, record, revalidate_cmd
 from datarun.cli.quickstart_cmd import quickstart
 from datarun.cli.repo_cmd import repo
 from datarun.cli.run_cmd import run as run_group
+from datarun.cli.run_query_cmd import list_runs, query
 from datarun.errors import DatarunError, ExitCode
 
 
@@ -57,7 +59,11 @@ cli.add_command(bundle)
 cli.add_command(label)
 cli.add_command(quickstart)
 cli.add_command(datamover)
+run_group.add_command(query)
+run_group.add_command(list_runs)
 cli.add_command(run_group)
+for _command in (lineage, record, action, invalidate_cmd, revalidate_cmd):
+    cli.add_command(_command)
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:

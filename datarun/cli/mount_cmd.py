@@ -14,6 +14,7 @@ import click
 
 from datarun import config as cfg
 from datarun.cli.common import info, state, with_store
+from datarun.cli.lineage_cmd import allow_invalid_option, refuse_invalid
 from datarun.errors import LocalIOError, UsageError
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
@@ -101,6 +102,7 @@ def _daemonize(argv: list[str], ready_file: Path | None, timeout: float) -> None
     show_default=True,
     help="With --daemonize: seconds to wait for the mount to be ready.",
 )
+@allow_invalid_option
 @with_store
 def mount(
     repo: str,
@@ -116,9 +118,12 @@ def mount(
     ready_file: str | None,
     allow_other: bool,
     timeout: float,
+    allow_invalid: bool,
 ) -> None:
     """Mount a bundle read-only. Runs until SIGTERM/SIGINT or `fusermount3 -u MOUNT`."""
     if daemonize:
+        # Refused here too: the background child's exit code would not reach the caller.
+        refuse_invalid(repo, state().client().resolve(repo, bundle_id, label).id, allow_invalid)
         _daemonize(sys.argv[1:], Path(ready_file) if ready_file else None, timeout)
         return
     try:
@@ -127,6 +132,7 @@ def mount(
         raise UsageError(f"mounting needs pyfuse3: pip install 'datarun[fuse]' ({err})") from None
     client = state().client()
     found = client.resolve(repo, bundle_id, label)
+    refuse_invalid(repo, found.id, allow_invalid)
     options = MountOptions(
         stream=stream,
         cache_dir=Path(cache_dir) if cache_dir else None,

@@ -1,0 +1,577 @@
+"""The run index: a cache of the store's run records that answers queries, on SQLite or PostgreSQL.
+
+The store is the truth. The index keeps, per run, its newest version (``runs``) and that
+version's flattened rows (``run_params``; path texts are interned in ``run_paths`` so 100k runs
+do not repeat ``params.model.lr`` a million times). It catches up by listing the change feed
+``runs/changes/`` after a watermark. Writers on other hosts have skewed clocks, so a change can
+land with a key a little *older* than one already seen: each sync re-lists a window of
+``skew`` seconds behind the watermark and skips the keys it remembers (``index_seen``), so an
+up-to-date index costs one list request and no reads. Versions are applied only when newer,
+so replays and races are harmless. Deleting the index loses nothing: the next sync rebuilds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from datarun.catalog import language, translate
+from datarun.catalog.flatten import flatten
+from datarun.errors import IntegrityError, StoreError, UsageError
+from datarun.ids import new_ksuid
+from datarun.store.base import ObjectStore
+
+SCHEMA = 1
+"""The index's own schema; an index written by a newer one is refused, an older one rebuilt."""
+
+RUN_FORMAT = 1
+"""The newest run record format this reader knows (FORMAT.md, "Runs")."""
+
+CHANGES = "runs/changes/"
+DEFAULT_SKEW = 600.0  # seconds a writer's clock may be behind the newest change already seen
+_AHEAD = 86_400.0  # seconds a writer's clock may be ahead of this host's; beyond, its changes wait
+_CHANGE_RE = re.compile(r"^runs/changes/([0-9A-Za-z]{27})\.json$")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStats:
+    listed: int  # keys the list returned (the window included)
+    fetched: int  # change objects read
+    applied: int  # run versions that were newer than the index's
+    seconds: float
+    rebuilt: bool  # the index started from empty (new, deleted, older schema, other store)
+
+
+class _Cursor(Protocol):
+    def execute(self, sql: Any, params: Any = ..., /) -> Any: ...
+    def executemany(self, sql: Any, params: Any, /) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+class Index:
+    """The common part; a backend supplies the connection, the DDL and a few statements."""
+
+    dialect: translate.Dialect
+    url: str
+
+    def __init__(self, *, skew: float = DEFAULT_SKEW) -> None:
+        self.skew = skew
+        self._pids: dict[str, int] = {}
+        self.rebuilt = False
+
+    # -- what a backend provides ------------------------------------------------------------
+
+    def _cursor(self) -> _Cursor:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[_Cursor]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def _insert_run(self, cur: _Cursor, doc: Mapping[str, Any], body: str) -> int:
+        raise NotImplementedError
+
+    def _load(self, raw: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _reset(self, cur: _Cursor) -> None:
+        for table in ("run_params", "runs", "run_paths", "index_seen"):
+            cur.execute(f"DELETE FROM {table}")  # noqa: S608 - table names are this module's own
+        cur.execute("DELETE FROM index_meta WHERE key <> 'schema'")
+        self._pids.clear()
+        self.rebuilt = True
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # -- meta -------------------------------------------------------------------------------
+
+    def _meta(self, key: str) -> str | None:
+        cur = self._cursor()
+        cur.execute(self.dialect.render("SELECT value FROM index_meta WHERE key = :p0"), {"p0": key})
+        row = cur.fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, cur: _Cursor, key: str, value: str) -> None:
+        cur.execute(
+            self.dialect.render(
+                "INSERT INTO index_meta (key, value) VALUES (:p0, :p1) ON CONFLICT (key) DO UPDATE SET value = :p1"
+            ),
+            {"p0": key, "p1": value},
+        )
+
+    def _check_schema(self, found: str | None) -> bool:
+        """True when the tables must be (re)created empty."""
+        if found is None:
+            return True
+        if int(found) > SCHEMA:
+            raise UsageError(
+                f"the run index `{self.url}` was written by a newer datarun (index schema {found}; this one knows "
+                f"{SCHEMA}): upgrade datarun, or point --index at another place (an index rebuilds from the store)"
+            )
+        return int(found) < SCHEMA
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _pid(self, cur: _Cursor, key: str) -> int:
+        pid = self._pids.get(key)
+        if pid is None:
+            render = self.dialect.render
+            cur.execute(render("SELECT pid FROM run_paths WHERE path = :p0"), {"p0": key})
+            row = cur.fetchone()
+            if row is None:
+                cur.execute(render("INSERT INTO run_paths (path) VALUES (:p0) RETURNING pid"), {"p0": key})
+                row = cur.fetchone()
+            pid = self._pids[key] = int(row[0])
+        return pid
+
+    def _apply_all(self, cur: _Cursor, docs: Sequence[Mapping[str, Any]]) -> int:
+        """Apply the newest version of each run among ``docs``; rows are inserted in one batch."""
+        newest: dict[str, Mapping[str, Any]] = {}
+        for doc in docs:
+            seen = newest.get(doc["id"])
+            if seen is None or int(seen["version"]) < int(doc["version"]):
+                newest[doc["id"]] = doc
+        rows: list[tuple[int, int, int, str | None, float | None]] = []
+        applied = sum(self._apply(cur, doc, rows) for doc in newest.values())
+        mark = "?" if self.dialect.name == "sqlite" else "%s"
+        cur.executemany(
+            f"INSERT INTO run_params (rid, pid, type, text, num) VALUES ({', '.join([mark] * 5)})",  # noqa: S608
+            rows,
+        )
+        return applied
+
+    def _apply(
+        self, cur: _Cursor, doc: Mapping[str, Any], rows: list[tuple[int, int, int, str | None, float | None]]
+    ) -> bool:
+        render = self.dialect.render
+        cur.execute(render("SELECT rid, version FROM runs WHERE id = :p0"), {"p0": doc["id"]})
+        row = cur.fetchone()
+        if row is not None and int(row[1]) >= int(doc["version"]):
+            return False  # a replay, or an older version arriving late
+        body = orjson.dumps(doc).decode()
+        if row is not None:
+            rid = int(row[0])
+            cur.execute(render("DELETE FROM run_params WHERE rid = :p0"), {"p0": rid})
+            cur.execute(
+                render(
+                    "UPDATE runs SET version = :p1, start = :p2, phase = :p3, hidden = :p4, doc = :p5 WHERE rid = :p0"
+                ),
+                {"p0": rid, **_columns(doc, body)},
+            )
+        else:
+            rid = self._insert_run(cur, doc, body)
+        pids = self._pids
+        for key, kind, text, num in flatten(doc):
+            pid = pids.get(key)
+            rows.append((rid, self._pid(cur, key) if pid is None else pid, kind, text, num))
+        return True
+
+    def add(self, docs: Sequence[Mapping[str, Any]]) -> int:
+        """Put documents into the index directly (tests, benchmarks); ``sync`` is the normal way."""
+        with self._write() as cur:
+            return self._apply_all(cur, [_checked(doc, "a document") for doc in docs])
+
+    def sync(self, store: ObjectStore, *, workers: int = 32) -> SyncStats:
+        """Catch up with the change feed of ``store``."""
+        began = time.monotonic()
+        rebuilt = self.rebuilt
+        if self._meta("store") not in (None, store.url):
+            # One index, one store: another store's runs would answer this store's queries.
+            with self._write() as cur:
+                self._reset(cur)
+            rebuilt = True
+        watermark = self._meta("watermark")
+        if watermark is None:
+            rebuilt = True
+        start_after = None if watermark is None else CHANGES + new_ksuid(_ksuid_seconds(watermark) - self.skew)
+        prefix = CHANGES
+        if start_after is not None:
+            # Every key between the window's floor and a day ahead of now shares their common
+            # prefix (the keys have one length), so only that slice is listed: on Azure, which
+            # has no server-side "start after", this keeps old history out of each listing.
+            ceiling = new_ksuid(time.time() + _AHEAD)
+            prefix += _common_prefix(start_after[len(CHANGES) :], ceiling)
+        seen = self._seen(start_after)
+        listed = 0
+        todo: list[str] = []
+        for info in store.list(prefix, start_after=start_after):
+            listed += 1
+            if _CHANGE_RE.match(info.key) and info.key not in seen:
+                todo.append(info.key)
+        fetched = applied = 0
+        newest = watermark
+        if todo:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                bodies = list(pool.map(lambda key: (key, store.read(key)[0]), todo))
+            fetched = len(bodies)
+            docs = [(key, _parse_change(key, raw)) for key, raw in bodies]
+            cap = new_ksuid(time.time() + 1)  # a writer with a clock ahead must not drag the window forward
+            with self._write() as cur:
+                applied = self._apply_all(cur, [doc for _, doc in docs])
+                cur.executemany(
+                    self.dialect.render("INSERT INTO index_seen (key) VALUES (:p0) ON CONFLICT (key) DO NOTHING"),
+                    [{"p0": key} for key, _ in docs],
+                )
+                top = _CHANGE_RE.match(max(todo))
+                assert top is not None
+                newest = max(newest or "", min(top.group(1), cap))
+                self._set_meta(cur, "watermark", newest)
+                self._set_meta(cur, "store", store.url)
+                floor = CHANGES + new_ksuid(_ksuid_seconds(newest) - self.skew)
+                cur.execute(self.dialect.render("DELETE FROM index_seen WHERE key < :p0"), {"p0": floor})
+        elif watermark is None:
+            with self._write() as cur:
+                self._set_meta(cur, "store", store.url)
+        self.rebuilt = False
+        return SyncStats(listed, fetched, applied, time.monotonic() - began, rebuilt)
+
+    def _seen(self, start_after: str | None) -> set[str]:
+        cur = self._cursor()
+        if start_after is None:
+            cur.execute("SELECT key FROM index_seen")
+        else:
+            cur.execute(self.dialect.render("SELECT key FROM index_seen WHERE key > :p0"), {"p0": start_after})
+        return {str(r[0]) for r in cur.fetchall()}
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def query(
+        self,
+        where: str | None,
+        *,
+        order_by: str | None = None,
+        descending: bool = True,
+        top: int | None = 10,
+        include_hidden: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Run documents matching ``where`` (the query language), newest first unless ``order_by``."""
+        tree = language.parse(where) if where is not None and where.strip() else None
+        order = language.parse_value(order_by) if order_by else None
+        if top is not None and top < 0:
+            raise UsageError(f"--top {top}: give a number of runs, 0 or more")
+        sql = translate.select_sql(
+            tree, dialect=self.dialect, order_by=order, descending=descending, top=top, include_hidden=include_hidden
+        )
+        cur = self._cursor()
+        cur.execute(sql.text, sql.params)
+        found = [row[0] for row in cur.fetchall()]
+        if not sql.rids:
+            return [self._load(raw) for raw in found]
+        docs: dict[int, Any] = {}
+        mark = "?" if self.dialect.name == "sqlite" else "%s"
+        for at in range(0, len(found), 500):
+            chunk = found[at : at + 500]
+            cur.execute(f"SELECT rid, doc FROM runs WHERE rid IN ({', '.join([mark] * len(chunk))})", chunk)  # noqa: S608
+            docs.update((int(rid), raw) for rid, raw in cur.fetchall())
+        return [self._load(docs[int(rid)]) for rid in found]
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        cur = self._cursor()
+        cur.execute(self.dialect.render("SELECT doc FROM runs WHERE id = :p0"), {"p0": run_id})
+        row = cur.fetchone()
+        return None if row is None else self._load(row[0])
+
+    def count(self) -> int:
+        cur = self._cursor()
+        cur.execute("SELECT count(*) FROM runs")
+        return int(cur.fetchone()[0])
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _columns(doc: Mapping[str, Any], body: str) -> dict[str, Any]:
+    return {
+        "p1": int(doc["version"]),
+        "p2": str(doc.get("start") or ""),
+        "p3": str(doc.get("phase") or ""),
+        "p4": 1 if doc.get("hidden") is True else 0,
+        "p5": body,
+    }
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+def _ksuid_seconds(ksuid: str) -> float:
+    from datarun.ids import ksuid_time
+
+    return ksuid_time(ksuid)
+
+
+def _parse_change(key: str, raw: bytes) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        raise IntegrityError(
+            f"run change `{key}` is not JSON ({err}); the writer of the store must repair it"
+        ) from None
+    return _checked(doc, f"run change `{key}`")
+
+
+def _checked(doc: Any, what: str) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise IntegrityError(f"{what} is not a JSON object")
+    fmt = doc.get("format")
+    if not isinstance(fmt, int) or isinstance(fmt, bool):
+        raise IntegrityError(f"{what} has no integer `format`")
+    if fmt > RUN_FORMAT:
+        raise UsageError(
+            f"{what} is run record format {fmt}, newer than this datarun reads ({RUN_FORMAT}): upgrade datarun"
+        )
+    if not isinstance(doc.get("id"), str) or not isinstance(doc.get("version"), int):
+        raise IntegrityError(f"{what} lacks a string `id` and an integer `version`")
+    return doc
+
+
+# -- SQLite ---------------------------------------------------------------------------------
+
+_SQLITE_DDL = """
+CREATE TABLE IF NOT EXISTS index_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    rid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, version INTEGER NOT NULL,
+    start TEXT NOT NULL, phase TEXT NOT NULL, hidden INTEGER NOT NULL, doc TEXT NOT NULL CHECK (json_valid(doc)));
+CREATE INDEX IF NOT EXISTS runs_start ON runs (start, id);
+CREATE TABLE IF NOT EXISTS run_paths (pid INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS run_params (rid INTEGER NOT NULL, pid INTEGER NOT NULL, type INTEGER NOT NULL,
+    text TEXT, num REAL);
+CREATE INDEX IF NOT EXISTS run_params_num ON run_params (pid, type, num, rid);
+CREATE INDEX IF NOT EXISTS run_params_text ON run_params (pid, type, text, rid);
+CREATE INDEX IF NOT EXISTS run_params_run ON run_params (rid, pid);
+CREATE TABLE IF NOT EXISTS index_seen (key TEXT PRIMARY KEY);
+"""
+
+_TABLES = ("run_params", "runs", "run_paths", "index_seen", "index_meta")
+
+
+class SqliteIndex(Index):
+    dialect = translate.SQLITE
+
+    def __init__(self, path: Path, *, skew: float = DEFAULT_SKEW) -> None:
+        super().__init__(skew=skew)
+        self.path = path
+        self.url = f"sqlite://{path}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        except (OSError, sqlite3.Error) as err:
+            raise UsageError(f"cannot open the run index `{path}`: {err}; check --index or DATARUN_INDEX") from None
+        conn = self.conn
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        # Cosmos's LIKE is case-sensitive; SQLite's is not unless told.
+        conn.execute("PRAGMA case_sensitive_like = ON")
+        # Python's case mapping, so LOWER/UPPER agree with the oracle beyond ASCII.
+        conn.create_function("lower", 1, _lower, deterministic=True)
+        conn.create_function("upper", 1, _upper, deterministic=True)
+        try:
+            self._prepare()
+        except sqlite3.DatabaseError as err:
+            conn.close()
+            raise UsageError(
+                f"the run index `{path}` is not a datarun index ({err}); delete it (it rebuilds from the store)"
+            ) from None
+
+    def _prepare(self) -> None:
+        found = None
+        row = self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'index_meta'"
+        ).fetchone()
+        if row is not None:
+            got = self.conn.execute("SELECT value FROM index_meta WHERE key = 'schema'").fetchone()
+            found = None if got is None else str(got[0])
+        if self._check_schema(found):
+            with self._write() as cur:
+                for table in _TABLES:
+                    cur.execute(f"DROP TABLE IF EXISTS {table}")
+                for statement in _SQLITE_DDL.split(";"):
+                    if statement.strip():
+                        cur.execute(statement)
+                self._set_meta(cur, "schema", str(SCHEMA))
+            self.rebuilt = True
+
+    def _cursor(self) -> _Cursor:
+        cur: _Cursor = self.conn.cursor()
+        return cur
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[_Cursor]:
+        cur = self.conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            self._pids.clear()
+            raise
+        cur.execute("COMMIT")
+
+    def _insert_run(self, cur: _Cursor, doc: Mapping[str, Any], body: str) -> int:
+        cur.execute(
+            "INSERT INTO runs (id, version, start, phase, hidden, doc) VALUES (:p0, :p1, :p2, :p3, :p4, :p5) "
+            "RETURNING rid",
+            {"p0": doc["id"], **_columns(doc, body)},
+        )
+        return int(cur.fetchone()[0])
+
+    def _load(self, raw: Any) -> dict[str, Any]:
+        doc: dict[str, Any] = orjson.loads(raw)
+        return doc
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _lower(text: Any) -> Any:
+    return text.lower() if isinstance(text, str) else text
+
+
+def _upper(text: Any) -> Any:
+    return text.upper() if isinstance(text, str) else text
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+
+_PG_DDL = """
+CREATE TABLE IF NOT EXISTS index_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    rid BIGSERIAL PRIMARY KEY, id TEXT COLLATE "C" NOT NULL UNIQUE, version INTEGER NOT NULL,
+    start TEXT COLLATE "C" NOT NULL, phase TEXT NOT NULL, hidden SMALLINT NOT NULL, doc JSONB NOT NULL);
+CREATE INDEX IF NOT EXISTS runs_start ON runs (start, id);
+CREATE INDEX IF NOT EXISTS runs_doc ON runs USING GIN (doc jsonb_path_ops);
+CREATE TABLE IF NOT EXISTS run_paths (pid BIGSERIAL PRIMARY KEY, path TEXT COLLATE "C" NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS run_params (rid BIGINT NOT NULL, pid BIGINT NOT NULL, type SMALLINT NOT NULL,
+    text TEXT COLLATE "C", num DOUBLE PRECISION);
+CREATE INDEX IF NOT EXISTS run_params_num ON run_params (pid, type, num, rid);
+CREATE INDEX IF NOT EXISTS run_params_text ON run_params (pid, type, text, rid);
+CREATE INDEX IF NOT EXISTS run_params_run ON run_params (rid, pid);
+CREATE TABLE IF NOT EXISTS index_seen (key TEXT COLLATE "C" PRIMARY KEY);
+"""
+
+_PG_LOCK = 0x6461746172756E  # "datarun": one schema change or sync at a time per database
+
+
+class PostgresIndex(Index):
+    """A shared index for a team: the same tables, with the documents as JSONB under a GIN index."""
+
+    dialect = translate.POSTGRESQL
+
+    def __init__(self, url: str, *, skew: float = DEFAULT_SKEW) -> None:
+        super().__init__(skew=skew)
+        self.url = _redacted(url)
+        try:
+            import psycopg
+        except ImportError:
+            raise UsageError(
+                f"the run index `{self.url}` needs the `postgres` extra: pip install 'datarun[postgres]'"
+            ) from None
+        try:
+            self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        except psycopg.Error as err:
+            detail = " ".join(str(err).split())
+            raise StoreError(
+                f"cannot connect to the run index `{self.url}`: {detail}; check --index or DATARUN_INDEX"
+            ) from None
+        with self._write() as cur:
+            cur.execute("SELECT to_regclass('index_meta')")
+            found = None
+            if cur.fetchone()[0] is not None:
+                cur.execute("SELECT value FROM index_meta WHERE key = 'schema'")
+                row = cur.fetchone()
+                found = None if row is None else str(row[0])
+            if self._check_schema(found):
+                for table in _TABLES:
+                    cur.execute(f"DROP TABLE IF EXISTS {table}")
+                cur.execute(_PG_DDL)
+                self._set_meta(cur, "schema", str(SCHEMA))
+                self.rebuilt = True
+
+    def _cursor(self) -> _Cursor:
+        cur: _Cursor = self.conn.cursor()
+        return cur
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[_Cursor]:
+        try:
+            with self.conn.transaction():
+                cur = self.conn.cursor()
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK,))
+                yield cur
+        except BaseException:
+            self._pids.clear()
+            raise
+
+    def _insert_run(self, cur: _Cursor, doc: Mapping[str, Any], body: str) -> int:
+        cur.execute(
+            "INSERT INTO runs (id, version, start, phase, hidden, doc) "
+            "VALUES (%(p0)s, %(p1)s, %(p2)s, %(p3)s, %(p4)s, %(p5)s::jsonb) RETURNING rid",
+            {"p0": doc["id"], **_columns(doc, body)},
+        )
+        return int(cur.fetchone()[0])
+
+    def _load(self, raw: Any) -> dict[str, Any]:
+        doc: dict[str, Any] = raw if isinstance(raw, dict) else orjson.loads(raw)
+        return doc
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _redacted(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+# -- choosing -------------------------------------------------------------------------------
+
+ENV_INDEX = "DATARUN_INDEX"
+
+
+def choose_index_url(url: str | None, cache_dir: Path) -> str:
+    """``--index``, then DATARUN_INDEX, then the config file's ``index``, then SQLite in the cache."""
+    if url:
+        return url
+    if os.environ.get(ENV_INDEX):
+        return os.environ[ENV_INDEX]
+    from datarun.config import load_config
+
+    configured = load_config().index
+    if configured:
+        return configured
+    return f"sqlite://{cache_dir / 'index.sqlite'}"
+
+
+def open_index(url: str | None, cache_dir: Path, *, skew: float = DEFAULT_SKEW) -> Index:
+    chosen = choose_index_url(url, cache_dir)
+    if chosen.startswith(("postgresql://", "postgres://")):
+        return PostgresIndex(chosen, skew=skew)
+    if chosen.startswith("sqlite://"):
+        rest = chosen[len("sqlite://") :]
+        if not rest.startswith("/"):
+            raise UsageError(f"index URL `{chosen}`: use sqlite:///absolute/path (three slashes)")
+        return SqliteIndex(Path(rest), skew=skew)
+    if "://" not in chosen:
+        return SqliteIndex(Path(chosen).expanduser().absolute(), skew=skew)
+    raise UsageError(f"unsupported index URL `{_redacted(chosen)}`: use sqlite:///path or postgresql://user@host/db")
+
+
+__all__ = ["Index", "PostgresIndex", "SqliteIndex", "SyncStats", "choose_index_url", "open_index"]

@@ -1,0 +1,167 @@
+"""Invalidation actions: what runs when a cascade reaches a repo's bundles or a record.
+
+An action is a create-only record ``lineage/actions/<action-id>.json``. When an invalidation's
+cascade has written its marks, each action whose target it reached runs once for that event and
+its outcome is recorded create-only in ``lineage/executions/<event-id>/<action-id>.json``; a
+resumed cascade runs only the actions without an execution record. A failing action is recorded
+as failed and the cascade goes on.
+
+* ``move-label``: each label of the repo (or the one named) that points at an invalid bundle is
+  moved, with compare-and-swap, to the newest bundle of the repo that is valid;
+* ``webhook``: POST a JSON document to a URL, retried with backoff a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from datarun.errors import ConflictError, DatarunError, PreconditionFailed, UsageError
+from datarun.ids import new_ksuid
+from datarun.lineage.graph import Graph
+from datarun.lineage.layout import FORMAT, dumps, loads, now
+from datarun.repo import Client
+
+ACTIONS = "lineage/actions/"
+EXECUTIONS = "lineage/executions/"
+KINDS = ("move-label", "webhook")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    action: str
+    ok: bool
+    detail: str
+    attempts: int
+
+
+def add_action(
+    client: Client,
+    *,
+    on: str,
+    do: str,
+    label: str | None = None,
+    url: str | None = None,
+    retries: int = 3,
+    author: str = "",
+) -> dict[str, Any]:
+    key, eq, value = on.partition("=")
+    if not eq or key not in ("repo", "record") or not value:
+        raise UsageError(f"--on `{on}`: write repo=NAME or record=ID")
+    if do not in KINDS:
+        raise UsageError(f"--do `{do}`: choose one of {', '.join(KINDS)} (rerun is the operator's)")
+    if key == "repo":
+        client.get_repo(value)
+    if do == "webhook" and not (url or "").startswith(("http://", "https://")):
+        raise UsageError("--do webhook needs --url http(s)://...")
+    if do == "move-label" and key != "repo":
+        raise UsageError("--do move-label acts on a repo's labels: use --on repo=NAME")
+    doc = {
+        "format": FORMAT,
+        "id": new_ksuid(),
+        "on": {key: value},
+        "do": do,
+        "label": label,
+        "url": url,
+        "retries": retries,
+        "created": now(),
+        "author": author,
+    }
+    client.meta.put_if_absent(f"{ACTIONS}{doc['id']}.json", dumps(doc))
+    return doc
+
+
+def list_actions(client: Client) -> list[dict[str, Any]]:
+    return [loads(i.key, client.meta.read(i.key)[0]) for i in client.meta.list(ACTIONS)]
+
+
+def _reached(action: dict[str, Any], nodes: list[str]) -> list[str]:
+    on = action["on"]
+    if "repo" in on:
+        return [n for n in nodes if n.startswith(f"bundle/{on['repo']}/")]
+    return [n for n in nodes if n == f"record/{on['record']}"]
+
+
+def _move_labels(client: Client, graph: Graph, action: dict[str, Any]) -> str:
+    repo = action["on"]["repo"]
+    # Newest first by creation time (microseconds); a KSUID alone orders only to the second.
+    bundles = [b.id for b in sorted(client.list_bundles(repo), key=lambda b: (b.created, b.id), reverse=True)]
+    bad = graph.invalid_reasons([f"bundle/{repo}/{b}" for b in bundles])
+    valid = [b for b in bundles if f"bundle/{repo}/{b}" not in bad]
+    moved = []
+    for lbl in client.list_labels(repo):
+        if action.get("label") and lbl.name != action["label"]:
+            continue
+        if f"bundle/{repo}/{lbl.bundle}" not in bad:
+            continue
+        if not valid:
+            raise ConflictError(f"repo `{repo}` has no valid bundle to move label `{lbl.name}` to")
+        client.set_label(repo, lbl.name, valid[0], expect=lbl.bundle)
+        moved.append(f"{lbl.name}: {lbl.bundle} -> {valid[0]}")
+    return "; ".join(moved) or "no label pointed at an invalid bundle"
+
+
+def post_json(url: str, body: bytes, retries: int, timeout: float = 5.0) -> tuple[bool, str, int]:
+    """POST ``body`` with bounded retries and backoff: (delivered, detail, attempts)."""
+    attempts = 0
+    delay = 0.2
+    last = ""
+    while attempts <= max(0, retries):
+        attempts += 1
+        request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})  # noqa: S310 - http(s) only, checked by add_action
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - the user's own URL
+                return True, f"HTTP {response.status}", attempts
+        except urllib.error.HTTPError as err:
+            last = f"HTTP {err.code}"
+        except (urllib.error.URLError, OSError) as err:
+            last = str(getattr(err, "reason", err))
+        if attempts <= retries:
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    return False, f"gave up after {attempts} attempt(s): {last}", attempts
+
+
+def run_actions(client: Client, graph: Graph, event: dict[str, Any], nodes: list[str]) -> list[Outcome]:
+    """Run, once per event, every action the cascade reached; record each outcome."""
+    outcomes = []
+    for action in list_actions(client):
+        hit = _reached(action, nodes)
+        if not hit:
+            continue
+        key = f"{EXECUTIONS}{event['id']}/{action['id']}.json"
+        with contextlib.suppress(DatarunError):
+            client.meta.head(key)
+            continue  # ran already (this is a resumed cascade)
+        attempts = 1
+        try:
+            if action["do"] == "move-label":
+                ok, detail = True, _move_labels(client, graph, action)
+            else:
+                body = dumps(
+                    {
+                        "type": "datarun.invalidation",
+                        "event": event,
+                        "action": action["id"],
+                        "nodes": hit,
+                        "count": len(hit),
+                    }
+                )
+                ok, detail, attempts = post_json(str(action["url"]), body, int(action.get("retries", 3)))
+        except DatarunError as err:
+            ok, detail = False, str(err)
+        record = {"format": FORMAT, "event": event["id"], "action": action["id"], "do": action["do"]}
+        record |= {"ok": ok, "detail": detail, "attempts": attempts, "nodes": len(hit), "when": now()}
+        with contextlib.suppress(PreconditionFailed):  # a concurrent finisher recorded it first
+            client.meta.put_if_absent(key, dumps(record))
+        outcomes.append(Outcome(action["id"], ok, detail, attempts))
+    return outcomes
+
+
+def executions(client: Client, event_id: str) -> list[dict[str, Any]]:
+    prefix = f"{EXECUTIONS}{event_id}/"
+    return [loads(i.key, client.meta.read(i.key)[0]) for i in client.meta.list(prefix)]

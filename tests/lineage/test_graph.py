@@ -1,0 +1,111 @@
+"""The lineage graph synced from a real local store into SQLite and PostgreSQL, and walked by recursive SQL."""
+
+from __future__ import annotations
+
+from datarun.catalog import Index
+from datarun.lineage import Graph, NodeId, bundle_node
+from datarun.model import BundleRef
+from datarun.store.base import ObjectStore
+from tests.lineage.conftest import World
+
+
+def _keys(walk: object) -> set[str]:
+    return {n.node for n in walk.nodes}  # type: ignore[attr-defined]
+
+
+def test_what_data_trained_this_model(graph: Graph, world: World) -> None:
+    walk = graph.walk(world.x, "ancestors", kinds=("bundle",))
+    assert _keys(walk) == {world.x.key, world.m.key, world.f.key, world.a.key, world.a2.key}
+    assert walk.cut is None
+    everything = graph.walk(world.x, "ancestors")
+    depth = {n.node: n.depth for n in everything.nodes}
+    assert depth == {world.x.key: 0, world.m.key: 1, world.f.key: 2, world.a2.key: 2, world.run.key: 3, world.a.key: 4}
+    edges = {(e.src, e.dst, e.rel) for e in everything.edges}
+    assert (world.a.key, world.run.key, "read") in edges
+    assert (world.run.key, world.f.key, "wrote") in edges
+    assert (world.f.key, world.m.key, "derived-from") in edges
+    assert (world.m.key, world.x.key, "derived-from") in edges
+    assert len(edges) == 5
+    run = next(n for n in everything.nodes if n.node == world.run.key)
+    assert run.title == "featurize" and run.params == {"window": 5}
+
+
+def test_descendants_and_depth_cut(graph: Graph, world: World) -> None:
+    down = graph.walk(world.a, "descendants")
+    assert _keys(down) == {world.a.key, world.run.key, world.f.key, world.m.key, world.x.key}
+    near = graph.walk(world.a, "descendants", depth=2)
+    assert _keys(near) == {world.a.key, world.run.key, world.f.key}
+    assert near.cut == "depth"
+    leaf = graph.walk(world.x, "descendants", depth=1)
+    assert _keys(leaf) == {world.x.key} and leaf.cut is None
+    assert graph.walk(world.lone, "descendants").nodes[0].node == world.lone.key
+
+
+def test_sync_is_incremental_and_picks_up_new_records(graph: Graph, world: World) -> None:
+    again = graph.sync(world.client.meta)
+    assert again.fetched == 0, "nothing new: only lists"
+    from tests.lineage.conftest import _folder
+
+    n = world.client.upload(
+        "models",
+        _folder(world.client.cache_dir.parent, "n"),
+        "model v2",
+        inputs=(bundle_ref(world.m),),
+    ).bundle
+    graph.sync(world.client.meta)
+    assert bundle_node("models", n.id).key in _keys(graph.walk(world.a, "descendants"))
+
+
+def bundle_ref(node: NodeId) -> BundleRef:
+    return BundleRef(node.repo, node.id)
+
+
+def test_time_budget_cuts_instead_of_timing_out(index: Index, world: World) -> None:
+    graph = Graph(index)
+    chain = 20_000
+    nodes = [(f"run/c{i:06d}", "run", "", f"c{i:06d}") for i in range(chain)]
+    edges = [(nodes[i][0], nodes[i + 1][0], "derived-from") for i in range(chain - 1)]
+    graph.add_edges(edges, nodes)
+    end = NodeId("run", f"c{chain - 1:06d}")
+    full = graph.walk(end, "ancestors", depth=chain, budget=60.0)
+    assert len(full.nodes) == chain and full.cut is None
+    cut = graph.walk(end, "ancestors", depth=chain, budget=0.002)
+    assert cut.cut == "time"
+    assert cut.depth < chain and len(cut.nodes) == cut.depth + 1
+
+
+def test_index_rebuilds_from_the_store(graph: Graph, world: World, index: Index) -> None:
+    with index._write() as cur:
+        for table in ("lineage_nodes", "lineage_edges", "lineage_seen"):
+            cur.execute(f"DELETE FROM {table}")
+    store: ObjectStore = world.client.meta
+    with index._write() as cur:
+        cur.execute("DELETE FROM runs")
+        cur.execute("DELETE FROM index_meta WHERE key = 'watermark'")
+    Graph(index).sync(store)
+    assert _keys(graph.walk(world.x, "ancestors")) == {
+        world.x.key,
+        world.m.key,
+        world.f.key,
+        world.a2.key,
+        world.run.key,
+        world.a.key,
+    }
+
+
+def test_closure_of_a_dag_with_many_path_lengths(index: Index) -> None:
+    # Skip edges give each node many depths; the closure (depth=None, what cascades use) keeps one
+    # row per node, and finds exactly the nodes downstream.
+    graph = Graph(index)
+    n = 3_000
+    nodes = [(f"record/s{i:05d}", "record", "", f"s{i:05d}") for i in range(n)] + [("record/x", "record", "", "x")]
+    edges = [(nodes[i][0], nodes[j][0], "derived-from") for i in range(n) for j in (i + 1, i + 2, i + 3) if j < n]
+    edges.append(("record/x", nodes[5][0], "derived-from"))
+    graph.add_edges(edges, nodes)
+    from datarun.lineage import NodeId
+
+    down = graph.walk(NodeId("record", "s00010"), "descendants", depth=None, budget=120.0)
+    assert down.cut is None
+    assert {x.node for x in down.nodes} == {f"record/s{i:05d}" for i in range(10, n)}
+    up = graph.walk(NodeId("record", "s00007"), "ancestors", depth=None, budget=120.0)
+    assert {x.node for x in up.nodes} == {f"record/s{i:05d}" for i in range(8)} | {"record/x"}

@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     INTEGRITY = 5  # corrupt chunk/pack/manifest, unsafe path in a manifest
     STORE = 6  # the store is unreachable, refused access, or failed
     LOCAL_IO = 7  # a local path is missing, not permitted, or the disk is full
+    RUN_FAILED = 8  # `run exec`: the command exited non-zero or did not write a declared output
     INTERRUPTED = 130  # SIGINT/SIGTERM; nothing half-done became visible
 
 
@@ -55,6 +56,12 @@ class LocalIOError(DatarunError):
 
 class UsageError(DatarunError):
     exit_code = ExitCode.USAGE
+
+
+class RunFailedError(DatarunError):
+    """The command a run executed failed; its run record says Failed and nothing was uploaded."""
+
+    exit_code = ExitCode.RUN_FAILED
 
 
 # Store-level signals. Backends raise these; the repository layer translates them into the

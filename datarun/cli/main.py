@@ -25,6 +25,7 @@ from datarun.cli.label_cmd import label
 from datarun.cli.quickstart_cmd import quickstart
 from datarun.cli.repo_cmd import repo
 from datarun.cli.run_cmd import run as run_group
+from datarun.cli.run_exec_cmd import COMMANDS as RUN_EXEC_COMMANDS
 from datarun.errors import DatarunError, ExitCode
 
 
@@ -58,6 +59,8 @@ cli.add_command(label)
 cli.add_command(quickstart)
 cli.add_command(datamover)
 cli.add_command(run_group)
+for _command in RUN_EXEC_COMMANDS:
+    run_group.add_command(_command)
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:

@@ -23,6 +23,7 @@ from datarun.cache.key import (
     compute_key,
     differences,
     image_part,
+    key_from_parts,
     task_of,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "compute_key",
     "differences",
     "image_part",
+    "key_from_parts",
     "not_invalidated",
     "task_of",
     "tree_hash",

@@ -14,7 +14,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from datarun.cache.key import KEY_SCHEMA, CacheKey, OutputSpec, canonical, differences, task_of
+from datarun.cache.key import KEY_SCHEMA, CacheKey, canonical, differences, key_from_parts
 from datarun.errors import IntegrityError, NotFoundError, ObjectNotFound, PreconditionFailed, UsageError
 from datarun.layout import bundle_key, cache_entry_key, cache_key_prefix, cache_task_prefix
 from datarun.runs import SUCCEEDED, Run, RunStore
@@ -166,5 +166,4 @@ class RunCache:
 
 
 def _task_from(parts: dict[str, Any]) -> str:
-    outputs = parts.get("outputs") or {}
-    return task_of({n: OutputSpec(o["repo"], o["path"]) for n, o in outputs.items()})
+    return key_from_parts(parts).task

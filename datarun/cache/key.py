@@ -103,7 +103,8 @@ def image_part(image: str, image_digest: str | None, trust_tags: bool) -> tuple[
         return {"digest": image_digest.rsplit("@", 1)[-1]}, ""
     if trust_tags:
         return {"tag": image}, ""
-    return {"tag": image}, (
+    # Marked, so that a key rebuilt from stored parts (``key_from_parts``) knows it was untrusted.
+    return {"tag": image, "untrusted": True}, (
         f"image `{image}` is a tag and no digest is known for it yet, and a tag can move; pin it by "
         "digest (image@sha256:...) or set cache.trustTags: true"
     )
@@ -140,6 +141,24 @@ def compute_key(spec: KeySpec) -> CacheKey:
         "salt": spec.salt,
     }
     return CacheKey(digest(parts), task_of(spec.outputs), parts, uncacheable)
+
+
+def key_from_parts(parts: dict[str, Any], image_digest: str | None = None) -> CacheKey:
+    """The key of stored parts, with the image's tag replaced by ``image_digest`` when one became
+    known (the kubelet's imageID after the run): the entry a finished run writes."""
+    parts = dict(parts)
+    image = parts.get("image")
+    if image_digest and isinstance(image, dict) and "tag" in image:
+        parts["image"] = {"digest": image_digest.rsplit("@", 1)[-1]}
+    uncacheable = ""
+    image = parts.get("image")
+    if isinstance(image, dict) and image.get("untrusted"):
+        uncacheable = f"image `{image.get('tag')}` is a tag and no digest is known for it; pin it by digest"
+    outputs = parts.get("outputs") or {}
+    if not outputs:
+        uncacheable = "the run declares no outputs, so a hit would have nothing to reuse"
+    task = task_of({n: OutputSpec(o["repo"], o["path"]) for n, o in outputs.items()})
+    return CacheKey(digest(parts), task, parts, uncacheable)
 
 
 def check_policy(policy: str) -> str:

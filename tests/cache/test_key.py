@@ -101,3 +101,14 @@ def test_no_outputs_is_uncacheable_and_the_task_is_the_outputs() -> None:
     assert compute_key(BASE).task == task_of(BASE.outputs)
     assert compute_key(dataclasses.replace(BASE, salt="v9")).task == compute_key(BASE).task
     assert task_of({"model": OutputSpec("models", "elsewhere/")}) != compute_key(BASE).task
+
+
+def test_a_key_rebuilt_from_its_parts_is_the_same_and_a_known_digest_makes_a_tag_cacheable() -> None:
+    from datarun.cache import key_from_parts
+
+    base = compute_key(BASE)
+    assert key_from_parts(base.parts) == base
+    tagged = compute_key(dataclasses.replace(BASE, image="registry.example/train:latest"))
+    assert not key_from_parts(tagged.parts).cacheable
+    known = key_from_parts(tagged.parts, f"registry.example/train@{DIGEST}")
+    assert known.cacheable and known.key == base.key

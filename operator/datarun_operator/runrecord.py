@@ -52,7 +52,7 @@ def cache_key(
         else:
             env[var.name] = var.value or ""
     cache = spec.cache
-    return compute_key(
+    key = compute_key(
         KeySpec(
             command=(*spec.command, *spec.args),
             image=spec.image,
@@ -67,6 +67,12 @@ def cache_key(
             salt=cache.version if cache is not None else "",
         )
     )
+    dumping = [d.name for d in spec.databases if d.output_repo]
+    if dumping:
+        # A hit reuses spec.outputs only; the dump a database uploads is not among them.
+        why = f"database(s) {', '.join(dumping)} upload a dump (outputRepo), which a cache hit cannot reuse"
+        return replace(key, uncacheable=why)
+    return key
 
 
 def stamp_of(key: CacheKey, policy: CachePolicy, cached_from: str | None = None) -> CacheStamp:

@@ -56,6 +56,13 @@ def test_a_bare_tag_misses_until_trusted_or_its_digest_is_known() -> None:
     assert _key(tagged, digest=f"docker.io/library/busybox@{DIGEST}").key == _key(_run(image=PINNED_IMAGE)).key
 
 
+def test_a_datarun_that_dumps_a_database_is_not_cached() -> None:
+    dumping = _run(image=PINNED_IMAGE, databases=[{"name": "db", "port": 5432, "outputRepo": "dumps"}])
+    assert "outputRepo" in _key(dumping).uncacheable
+    serving = _run(image=PINNED_IMAGE, databases=[{"name": "db", "port": 5432}])
+    assert _key(serving).cacheable
+
+
 def test_the_kubelets_image_id_is_read_from_the_app_container() -> None:
     pod = {"status": {"containerStatuses": [{"name": MAIN, "imageID": f"docker-pullable://busybox@{DIGEST}"}]}}
     assert app_image_id(pod) == f"busybox@{DIGEST}"

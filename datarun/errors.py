@@ -21,6 +21,7 @@ class ExitCode(IntEnum):
     STORE = 6  # the store is unreachable, refused access, or failed
     LOCAL_IO = 7  # a local path is missing, not permitted, or the disk is full
     INVALID = 8  # the bundle was invalidated (datarun invalidate); --allow-invalid uses it anyway
+    RUN_FAILED = 9  # `run exec`: the command exited non-zero or did not write a declared output
     INTERRUPTED = 130  # SIGINT/SIGTERM; nothing half-done became visible
 
 
@@ -62,6 +63,12 @@ class InvalidatedError(DatarunError):
     """A download or mount of a bundle that an invalidation reached, without --allow-invalid."""
 
     exit_code = ExitCode.INVALID
+
+
+class RunFailedError(DatarunError):
+    """The command a run executed failed; its run record says Failed and nothing was uploaded."""
+
+    exit_code = ExitCode.RUN_FAILED
 
 
 # Store-level signals. Backends raise these; the repository layer translates them into the

@@ -20,6 +20,7 @@ PACK_PREFIX = "packs/"
 INDEX_PREFIX = "index/"
 RUN_RECORDS_PREFIX = "runs/records/"
 RUN_CHANGES_PREFIX = "runs/changes/"
+CACHE_PREFIX = "cache/"
 
 
 # -- metadata store ----------------------------------------------------------------------
@@ -93,6 +94,21 @@ def run_change_key(change_id: str) -> str:
     return f"{RUN_CHANGES_PREFIX}{change_id}.json"
 
 
+def cache_task_prefix(task: str) -> str:
+    """Every cache entry of one task (same declared outputs): where `explain-cache` looks for the
+    nearest earlier run."""
+    return f"{CACHE_PREFIX}{task}/"
+
+
+def cache_key_prefix(task: str, key: str) -> str:
+    """The entries of one cache key: a lookup is one listing of this prefix."""
+    return f"{cache_task_prefix(task)}{key}/"
+
+
+def cache_entry_key(task: str, key: str, run_id: str) -> str:
+    return f"{cache_key_prefix(task, key)}{run_id}.json"
+
+
 # -- the list of kinds -------------------------------------------------------------------
 
 Role = Literal["meta", "blob"]
@@ -121,6 +137,7 @@ KINDS: tuple[KeyKind, ...] = (
     KeyKind("index-segment", "blob", INDEX_PREFIX, segment_key("<pack-id>"), "content"),
     KeyKind("run-version", "meta", RUN_RECORDS_PREFIX, f"{run_record_prefix('<run-id>')}<version>.json", "create-only"),
     KeyKind("run-change", "meta", RUN_CHANGES_PREFIX, f"{RUN_CHANGES_PREFIX}<change-id>.json", "create-only"),
+    KeyKind("cache-entry", "meta", CACHE_PREFIX, cache_entry_key("<task>", "<key>", "<run-id>"), "create-only"),
 )
 
 
@@ -147,4 +164,6 @@ def kind_of(key: str) -> KeyKind | None:
         return by_name["run-version"]
     if key.startswith(RUN_CHANGES_PREFIX) and len(parts) == 3 and parts[2].endswith(".json"):
         return by_name["run-change"]
+    if head == CACHE_PREFIX and len(parts) == 4 and parts[1] and parts[2] and parts[3].endswith(".json"):
+        return by_name["cache-entry"]
     return None

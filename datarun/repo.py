@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from datarun import config as cfg
 from datarun import labels
+from datarun.cache import RunCache
 from datarun.cas.index import ChunkIndex
 from datarun.errors import ConflictError, IntegrityError, LocalIOError, NotFoundError, PreconditionFailed, UsageError
 from datarun.hashcache import HashCache
@@ -118,6 +119,11 @@ class Client:
             host=cfg.hostname(),
             before_write=lambda: self.records.check_format(create=True),
         )
+
+    @property
+    def cache(self) -> RunCache:
+        """The run cache of this store (datarun.cache): entries, lookups, explanations."""
+        return RunCache(self.meta, self.runs)
 
     # -- repos ---------------------------------------------------------------------------
 

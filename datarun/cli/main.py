@@ -26,6 +26,7 @@ from datarun.cli.lineage_cmd import action, invalidate_cmd, lineage, record, rev
 from datarun.cli.quickstart_cmd import quickstart
 from datarun.cli.repo_cmd import repo
 from datarun.cli.run_cmd import run as run_group
+from datarun.cli.run_exec_cmd import COMMANDS as RUN_EXEC_COMMANDS
 from datarun.cli.run_query_cmd import list_runs, query
 from datarun.errors import DatarunError, ExitCode
 
@@ -64,6 +65,8 @@ run_group.add_command(list_runs)
 cli.add_command(run_group)
 for _command in (lineage, record, action, invalidate_cmd, revalidate_cmd):
     cli.add_command(_command)
+for _command in RUN_EXEC_COMMANDS:
+    run_group.add_command(_command)
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:

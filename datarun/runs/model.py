@@ -127,6 +127,43 @@ class Source:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheStamp:
+    """The run cache's note on a run (FORMAT.md §15): the key, the parts it was made of (kept so
+    that a miss can be explained), the policy in force, and for a ``Cached`` run the earlier run
+    whose outputs it reused."""
+
+    key: str
+    schema: int
+    parts: dict[str, Any]
+    policy: str = "use"
+    cached_from: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "schema": self.schema,
+            "parts": self.parts,
+            "policy": self.policy,
+            "cached_from": self.cached_from,
+        }
+
+    @staticmethod
+    def from_json(raw: Any) -> CacheStamp:
+        if not isinstance(raw, dict):
+            raise ValueError(f"cache is {raw!r}, not an object")
+        cached_from = _opt_str(raw, "cached_from")
+        if cached_from is not None and not is_ksuid(cached_from):
+            raise ValueError(f"cache.cached_from `{cached_from}` is not a run id")
+        return CacheStamp(
+            key=_str(raw, "key"),
+            schema=_int(raw, "schema"),
+            parts=_obj(raw.get("parts", {}), "cache.parts"),
+            policy=str(raw.get("policy") or "use"),
+            cached_from=cached_from,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Run:
     """One version of a run record. ``version`` 1 is the creation; every update adds one."""
 
@@ -150,6 +187,7 @@ class Run:
     annotations: dict[str, str] = field(default_factory=dict)
     hidden: bool = False
     source: Source | None = None
+    cache: CacheStamp | None = None
 
     def check(self) -> Run:
         """Raise UsageError naming the field if this run cannot be stored; return it otherwise."""
@@ -204,6 +242,7 @@ class Run:
             "annotations": dict(self.annotations),
             "hidden": self.hidden,
             "source": self.source.to_json() if self.source is not None else None,
+            "cache": self.cache.to_json() if self.cache is not None else None,
         }
 
     @staticmethod
@@ -247,6 +286,7 @@ class Run:
                 annotations={str(k): str(v) for k, v in annotations.items()},
                 hidden=bool(raw.get("hidden", False)),
                 source=Source(_str(source, "kind"), _str(source, "uri")) if source is not None else None,
+                cache=CacheStamp.from_json(raw["cache"]) if raw.get("cache") is not None else None,
             )
             return run.check()
         except (KeyError, TypeError, ValueError, UsageError) as err:

@@ -24,17 +24,20 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 import kopf
 
+from datarun.cache import CacheKey, key_from_parts
 from datarun.errors import ConflictError, DatarunError, NotFoundError, UsageError
-from datarun.repo import connect
-from datarun.runs import Run
+from datarun.repo import Client, connect
+from datarun.runs import SUCCEEDED, Run
 from datarun_operator import reconcile, runrecord, webhook
 from datarun_operator.builder import LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY, get_pod, pod_name
 from datarun_operator.kube import Kube, load_config
-from datarun_operator.models import GROUP, PLURAL, VERSION, DataRun, Phase, SpecError, parse_status
+from datarun_operator.models import GROUP, PLURAL, VERSION, CachePolicy, DataRun, Phase, SpecError, parse_status
+from datarun_operator.result import app_image_id
 from datarun_operator.settings import Settings
 from datarun_operator.wire import store_of
 
@@ -128,12 +131,19 @@ def start(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
             raise kopf.PermanentError(str(err)) from None
         _post(body, (reconcile.Event("Warning", "StoreUnavailable", str(err)),))
         raise kopf.TemporaryError(str(err), delay=30) from None
+    key, hit = _cache_lookup(body, run, pinned)
     try:
-        record = _create_record(run, runrecord.started_record(run, pinned, when))
+        if key is not None and hit is not None:
+            # A hit creates no pod: the labels move to the earlier bundles, the record links both runs.
+            _move_cached_labels(run, hit)
+            record = _create_record(run, runrecord.cached_record(run, pinned, when, key, hit))
+            _apply(namespace, name, body, reconcile.cache_hit_status(status, run, pinned, when, record, hit, key.key))
+            return
+        record = _create_record(run, runrecord.started_record(run, pinned, when, key))
     except DatarunError as err:
         _post(body, (reconcile.Event("Warning", "StoreUnavailable", f"cannot write the run record: {err}"),))
         raise kopf.TemporaryError(str(err), delay=30) from None
-    _apply(namespace, name, body, reconcile.started_status(status, run, pinned, when, record))
+    _apply(namespace, name, body, reconcile.started_status(status, run, pinned, when, record, key.key if key else None))
     if kube().create_pod(pod):
         _post(body, (reconcile.Event("Normal", "PodCreated", f"created pod `{pod_name(name)}`"),))
         return
@@ -148,6 +158,71 @@ def start(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         )
     _post(body, (reconcile.Event("Normal", "PodAdopted", f"pod `{pod_name(name)}` exists already; following it"),))
     sync_run(namespace, name, existing)
+
+
+# -- the run cache (datarun.cache) -------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    return {"wrapper": SETTINGS.images.wrapper, "sidecar": SETTINGS.images.sidecar}
+
+
+def _cache_lookup(body: kopf.Body, run: DataRun, pinned: Mapping[str, str]) -> tuple[CacheKey | None, Run | None]:
+    """The run's cache key (None: policy off, or no store) and, under policy `use`, the earlier
+    run to reuse. A store that cannot answer is a miss with a Warning: running is always safe."""
+    policy = runrecord.cache_policy(run)
+    if policy is CachePolicy.OFF or not run.spec.outputs:
+        return None, None
+    try:
+        url = store_of(run.spec, SETTINGS)[0]
+    except SpecError:
+        return None, None
+    try:
+        client = connect(url)
+    except DatarunError:
+        return None, None
+    try:
+        manifests = {}
+        sources = [(i.name, i.repo) for i in run.spec.inputs]
+        sources += [(d.name, d.source_repo) for d in run.spec.databases if d.source_repo]
+        for name, repo in sources:
+            manifests[name] = client.get_bundle(repo, pinned[name]).manifest
+        key = runrecord.cache_key(run, manifests, _versions())
+        if policy is not CachePolicy.USE:
+            return key, None
+        found = client.cache.lookup(key)
+        return key, found.hit
+    except DatarunError as err:
+        _post(body, (reconcile.Event("Warning", "CacheUnavailable", f"cache lookup failed, running: {err}"),))
+        return None, None
+    finally:
+        client.close()
+
+
+def _move_cached_labels(run: DataRun, hit: Run) -> None:
+    earlier = {o.name: o for o in hit.outputs}
+    client = connect(store_of(run.spec, SETTINGS)[0])
+    try:
+        for out in run.spec.outputs:
+            if out.label:
+                client.set_label(out.repo, out.label, earlier[out.name].bundle, retries=5)
+    finally:
+        client.close()
+
+
+def _record_cache_entry(client: Client, run: DataRun, record: Run, pod: Mapping[str, Any] | None) -> None:
+    """After a Succeeded run: the kubelet's imageID into the record (and into the key, for an
+    image given by tag), then the cache entry, if the run qualifies."""
+    if record.cache is None or runrecord.cache_policy(run) is CachePolicy.OFF:
+        return
+    image_id = app_image_id(pod)
+    key = key_from_parts(record.cache.parts, image_id)
+    if image_id or key.key != record.cache.key:
+        stamp = runrecord.stamp_of(key, runrecord.cache_policy(run))
+        record = client.runs.update(
+            record.id, lambda r: replace(r, image_digest=image_id or r.image_digest, cache=stamp)
+        )
+    client.cache.record(record, key)
 
 
 # -- the run record (datarun.runs) -------------------------------------------------------------
@@ -170,7 +245,9 @@ def _create_record(run: DataRun, record: Run) -> str | None:
     return record.id
 
 
-def _finish_record(raw: Mapping[str, Any], status: Any, update: reconcile.StatusUpdate) -> bool:
+def _finish_record(
+    raw: Mapping[str, Any], status: Any, update: reconcile.StatusUpdate, pod: Mapping[str, Any] | None = None
+) -> bool:
     """Write the run's end into its record before the status says the run ended: if the store
     fails, the status stays unfinished and the resync timer tries again. False: try later."""
     finish = runrecord.finish_of(status, update.patch)
@@ -183,7 +260,9 @@ def _finish_record(raw: Mapping[str, Any], status: Any, update: reconcile.Status
         logger.warning("DataRun %s: cannot open the store for its run record: %s", status.run_record, err)
         return True  # a spec that cannot run never had a record worth waiting for
     try:
-        client.runs.finish(status.run_record, finish.phase, finish.exit_code, finish.outputs, end=finish.end)
+        done = client.runs.finish(status.run_record, finish.phase, finish.exit_code, finish.outputs, end=finish.end)
+        if done.phase == SUCCEEDED:
+            _record_cache_entry(client, run, done, pod)
     except DatarunError as err:
         _post(raw, (reconcile.Event("Warning", "RunRecordFailed", f"cannot finish the run record: {err}"),))
         return False
@@ -211,7 +290,7 @@ def sync_run(namespace: str, name: str, pod: Mapping[str, Any] | None) -> None:
     if status.pod_name is None and pod is None:
         return  # not started yet: the create handler is still at it
     update = reconcile.status_from_pod(status, pod, reconcile.now())
-    if not _finish_record(raw, status, update):
+    if not _finish_record(raw, status, update, pod):
         return
     _apply(namespace, name, raw, update)
 

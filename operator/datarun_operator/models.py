@@ -92,6 +92,15 @@ class CacheMedium(StrEnum):
     MEMORY = "Memory"
 
 
+class CachePolicy(StrEnum):
+    """The run cache (FORMAT.md §15): `use` reuses an identical earlier run, `refresh` runs
+    anyway and records, `off` neither looks up nor records."""
+
+    USE = "use"
+    REFRESH = "refresh"
+    OFF = "off"
+
+
 class Phase(StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
@@ -247,6 +256,22 @@ class Cache:
     medium: Annotated[CacheMedium, FieldSchema("`Disk` (node storage) or `Memory` (tmpfs, counts against memory).")] = (
         CacheMedium.DISK
     )
+    policy: Annotated[
+        CachePolicy,
+        FieldSchema(
+            "The run cache: `use` skips the run (no pod) when an identical run succeeded and its outputs exist; "
+            "`refresh` runs anyway and records; `off` neither looks up nor records."
+        ),
+    ] = CachePolicy.USE
+    version: Annotated[
+        str, FieldSchema("A salt in the run cache's key: change it to make every earlier run miss.", max_length=256)
+    ] = ""
+    trust_tags: Annotated[
+        bool,
+        FieldSchema(
+            "Let a bare image tag (no @sha256: digest) be part of the key; otherwise a tag-only image always misses."
+        ),
+    ] = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -283,7 +308,7 @@ class DataRunSpec:
         FieldSchema("PostgreSQL databases served next to the app.", list_map_key="name", max_items=16),
     ] = ()
     store: Annotated[StoreOverride | None, FieldSchema("Use another store than the operator's default.")] = None
-    cache: Annotated[Cache | None, FieldSchema("The sidecars' chunk cache.")] = None
+    cache: Annotated[Cache | None, FieldSchema("The sidecars' chunk cache, and the run cache's policy.")] = None
 
     def check(self, where: str = "spec") -> None:
         """The rules the schema cannot state (or states only with CEL); raises SpecError."""
@@ -375,6 +400,12 @@ class DataRunStatus:
     run_record: Annotated[
         str | None,
         FieldSchema("Id of the run record in the store (`datarun run show ID`), written when inputs are pinned."),
+    ] = None
+    cache_key: Annotated[
+        str | None, FieldSchema("The run cache key (`datarun run explain-cache --run <runRecord>` shows its parts).")
+    ] = None
+    cached_from: Annotated[
+        str | None, FieldSchema("A cache hit: the earlier run (record id) whose outputs this run reused.")
     ] = None
     conditions: Annotated[tuple[Condition, ...], FieldSchema("Conditions.", list_map_key="type")] = ()
 

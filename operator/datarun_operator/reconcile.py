@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from datarun.errors import DatarunError, NotFoundError, UsageError
+from datarun.runs import Run
 from datarun_operator.builder import pod_name
 from datarun_operator.models import (
     Condition,
@@ -28,6 +29,7 @@ from datarun_operator.schema import dump
 INPUTS_PINNED = "InputsPinned"
 APP_COMPLETED = "AppCompleted"
 OUTPUTS_UPLOADED = "OutputsUploaded"
+CACHE_HIT = "CacheHit"
 
 # Pending reasons worth a Warning event: the run will not start until someone acts.
 STUCK_REASONS = frozenset(
@@ -155,7 +157,12 @@ def pin_inputs(spec: DataRunSpec, resolve: Resolver, pinned: Mapping[str, str] |
 
 
 def started_status(
-    current: DataRunStatus, run: DataRun, pinned: Mapping[str, str], when: str, run_record: str | None = None
+    current: DataRunStatus,
+    run: DataRun,
+    pinned: Mapping[str, str],
+    when: str,
+    run_record: str | None = None,
+    cache_key: str | None = None,
 ) -> StatusUpdate:
     """Written BEFORE the pod is created: the pins (and the run record's id) are on record whatever
     happens next."""
@@ -169,10 +176,45 @@ def started_status(
         pod_name=pod_name(run.name),
         observed_generation=run.generation,
         run_record=current.run_record or run_record,
+        cache_key=current.cache_key or cache_key,
         conditions=set_condition(current.conditions, INPUTS_PINNED, ConditionStatus.TRUE, "Pinned", pins, when),
     )
     events = (Event("Normal", INPUTS_PINNED, pins),) if not current.pinned_inputs and pinned else ()
     return StatusUpdate(_diff(current, new), events)
+
+
+def cache_hit_status(
+    current: DataRunStatus, run: DataRun, pinned: Mapping[str, str], when: str, record: str | None, hit: Run, key: str
+) -> StatusUpdate:
+    """A cache hit, with no pod: Succeeded/CacheHit, the earlier run's bundles as the outputs,
+    labels as the spec moves them."""
+    earlier = {o.name: o for o in hit.outputs}
+    outputs = tuple(
+        OutputStatus(name=o.name, repo=o.repo, bundle=earlier[o.name].bundle, label=o.label or "")
+        for o in run.spec.outputs
+    )
+    message = f"reused the outputs of run {hit.id} (no pod)"
+    pins = ", ".join(f"{name}={bundle}" for name, bundle in sorted(pinned.items())) or "no inputs"
+    conditions = set_condition(current.conditions, INPUTS_PINNED, ConditionStatus.TRUE, "Pinned", pins, when)
+    conditions = set_condition(conditions, OUTPUTS_UPLOADED, ConditionStatus.TRUE, CACHE_HIT, message, when)
+    new = replace(
+        current,
+        phase=Phase.SUCCEEDED,
+        reason=CACHE_HIT,
+        message=message,
+        pinned_inputs=dict(pinned),
+        outputs=outputs,
+        output_summary=output_summary(outputs),
+        app_exit_code=0,
+        start_time=current.start_time or when,
+        completion_time=when,
+        observed_generation=run.generation,
+        run_record=current.run_record or record,
+        cache_key=key,
+        cached_from=hit.id,
+        conditions=conditions,
+    )
+    return StatusUpdate(_diff(current, new), (Event("Normal", CACHE_HIT, message),))
 
 
 def owned_by(pod: Mapping[str, Any], uid: str) -> bool:

@@ -146,6 +146,17 @@ def _pending_message(pod: Mapping[str, Any]) -> tuple[str, str]:
     return "PodPending", "waiting for the pod to start"
 
 
+def app_image_id(pod: Mapping[str, Any] | None) -> str | None:
+    """The digest the kubelet ran the app's image by (``imageID``, `repo@sha256:...`), if any.
+    It is what a run cache key may use for an image given by tag only."""
+    for cs in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == MAIN:
+            image_id = str(cs.get("imageID") or "")
+            # Runtimes spell it `docker-pullable://repo@sha256:...` or plain; only a digest counts.
+            return image_id.split("://", 1)[-1] if "@sha256:" in image_id else None
+    return None
+
+
 def parse_pod_result(pod: Mapping[str, Any]) -> RunResult:
     """Read a run's state from its pod: the phase, the outputs from the sidecars' termination
     messages, and the reason, from the exit codes of the wrapper (75/76/77, or the app's own)."""

@@ -534,3 +534,35 @@ def test_the_operator_runs_with_the_charts_least_privilege_rbac(
     ]
     assert {f"{v} {r}": can(v, r) for v, r in allowed} == {f"{v} {r}": "yes" for v, r in allowed}
     assert {f"{v} {r}": can(v, r) for v, r in denied} == {f"{v} {r}": "no" for v, r in denied}
+
+
+def test_a_second_identical_datarun_makes_no_pod_and_is_a_cache_hit(
+    operator: OperatorProcess,
+    create_run: Callable[..., str],
+    custom: kubernetes.client.CustomObjectsApi,
+    core_v1: kubernetes.client.CoreV1Api,
+    store: tuple[str, Client, str],
+    tmp_path: Path,
+) -> None:
+    _url, client, _ = store
+    # A digest-pinned image (kwok pulls nothing) and a param of its own, so no other test's run matches.
+    the_spec = spec(image=f"registry.example/tool@sha256:{'3' * 64}", params={"case": uuid.uuid4().hex})
+    first = create_run(the_spec)
+    wait_for_pod(core_v1, first, operator, phase="Running")
+    (tmp_path / "r.txt").write_text("result\n")
+    bundle = client.upload("out", tmp_path, "the first run's output").bundle.id
+    output = {"name": "result", "repo": "out", "path": "/data/out/result", "label": "latest", "bundle": bundle,
+              "uploaded": True}  # fmt: skip
+    finish(core_v1, first, {MAIN: 0, FUSE: 0}, {FUSE: fuse_result([output])})
+    done = wait_for_phase(custom, first, "Succeeded", operator)
+
+    second = create_run(the_spec)
+    run = wait_for_phase(custom, second, "Succeeded", operator)
+    status = run["status"]
+    assert (status["reason"], status["cachedFrom"]) == ("CacheHit", done["status"]["runRecord"])
+    assert [o["bundle"] for o in status["outputs"]] == [bundle]
+    assert pods_of(core_v1, second) == [] and get_pod(core_v1, f"{second}-run") is None
+    record = client.runs.get(status["runRecord"])
+    assert record.phase == "Cached" and record.cache is not None
+    assert record.cache.cached_from == done["status"]["runRecord"]
+    assert client.get_label("out", "latest").bundle == bundle

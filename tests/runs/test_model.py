@@ -8,12 +8,13 @@ import pytest
 
 from datarun.errors import IntegrityError, UsageError
 from datarun.ids import new_ksuid
-from datarun.runs import RUN_FORMAT, BundleLink, Run, Source
+from datarun.runs import RUN_FORMAT, BundleLink, CacheStamp, Run, Source
 from datarun.runs.exekias import parse_folder_name, parse_params, parse_start
 
 CONTRACT_KEYS = {
     "format", "id", "version", "updated", "start", "end", "title", "phase", "exit_code", "params", "command",
     "image", "image_digest", "author", "host", "inputs", "outputs", "tags", "annotations", "hidden", "source",
+    "cache",
 }  # fmt: skip
 
 
@@ -103,3 +104,13 @@ def test_params_errors_give_line_and_column() -> None:
         parse_params("[1]", "p.json")
     with pytest.raises(UsageError, match="`NaN` is not JSON"):
         parse_params('{"a": NaN}', "p.json")
+
+
+def test_a_cache_stamp_round_trips_and_a_bad_cached_from_is_corrupt() -> None:
+    stamp = CacheStamp("ab" * 32, 1, {"command": ["x"], "params": {"lr": 1}}, "refresh", new_ksuid())
+    run = _run(cache=stamp)
+    assert Run.from_json(run.to_json()) == run
+    assert Run.from_json({**run.to_json(), "cache": None}).cache is None
+    bad = {**run.to_json(), "cache": {**stamp.to_json(), "cached_from": "nope"}}
+    with pytest.raises(IntegrityError, match="cached_from"):
+        Run.from_json(bad)

@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 
 from datarun import layout
+from datarun.cache import KeySpec, OutputSpec, compute_key
 from datarun.repo import Client
-from datarun.runs import RUNNING, Run, now_iso
+from datarun.runs import RUNNING, SUCCEEDED, BundleLink, Run, now_iso
 from datarun.store import LocalStore
 
 FORMAT_MD = Path(__file__).resolve().parents[2] / "FORMAT.md"
@@ -43,6 +44,7 @@ def test_every_kind_is_found_under_its_prefix() -> None:
         "index-segment": layout.segment_key("cd" * 32),
         "run-version": layout.run_record_key("2Aa" * 9, 3),
         "run-change": layout.run_change_key("2Ab" * 9),
+        "cache-entry": layout.cache_entry_key("ab" * 32, "cd" * 32, "2Aa" * 9),
     }
     assert sorted(examples) == sorted(kind.name for kind in layout.KINDS)
     for kind in layout.KINDS:
@@ -65,6 +67,8 @@ def test_keys_datarun_never_writes_have_no_kind() -> None:
         "datarun-store.json.bak",
         "runs/records/x.json",
         "runs/changes/a/b.json",
+        "cache/task/key.json",
+        "cache/task/key/run/extra.json",
     ):
         assert layout.kind_of(key) is None, key
 
@@ -84,6 +88,9 @@ def test_every_key_an_upload_and_a_run_write_has_a_kind(tmp_path: Path) -> None:
         runs = client.runs
         run = runs.create(Run(id=runs.new_id(), start=now_iso(), title="t", phase=RUNNING))
         runs.update(run.id, lambda r: dataclasses.replace(r, tags=("done",)))
+        cache_key = compute_key(KeySpec(command=("true",), outputs={"out": OutputSpec("r")}))
+        done = runs.finish(run.id, SUCCEEDED, 0, (BundleLink("out", "r", first.bundle.id),))
+        assert client.cache.record(done, cache_key) == ""
     keys = [info.key for kind in {k.prefix for k in layout.KINDS} for info in store.list(kind)]
     kinds = set()
     for key in keys:

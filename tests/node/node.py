@@ -443,6 +443,8 @@ class NodeCluster(ControlPlane):
                             "type": "bridge",
                             "bridge": BRIDGE,
                             "isGateway": True,
+                            # The default route via the bridge: Service IPs (10.0.0.x) are only DNATed there.
+                            "isDefaultGateway": True,
                             # No masquerade: pods talk only to the host and each other, and the plugin
                             # then writes no iptables rules on a machine that others share.
                             "ipMasq": False,
@@ -557,8 +559,10 @@ state = "{w}/containerd/state"
             "failCgroupV1": False,
             "cgroupRoot": f"/{CGROUP_ROOT}",
             "failSwapOn": False,
-            "address": "127.0.0.1",
+            # On the node's address: the apiserver fetches logs (kubectl logs) from the node's InternalIP.
+            "address": GATEWAY,
             "port": port,
+            "podLogsDir": str(w / "pod-logs"),
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
             "healthzPort": healthz,

@@ -192,13 +192,14 @@ def test_deleting_a_running_datarun_stops_its_pod_and_leaves_no_mount(
 
     def app_started() -> bool:
         pod = node.get_json("-n", RUN_NAMESPACE, "pod", pod_name)
-        return any("running" in s.get("state", {}) for s in pod["status"].get("containerStatuses", []))
+        main = [s for s in pod["status"].get("containerStatuses", []) if s["name"] == "main"]
+        return bool(main) and "running" in main[0].get("state", {})
 
+    # The app's container starts before the fuse sidecar has mounted (its wrapper waits for the mount).
     deadline = time.monotonic() + 120
-    while not app_started():
-        assert time.monotonic() < deadline, diagnose(node, "sleeper")
+    while not (app_started() and fuse_mounts()):
+        assert time.monotonic() < deadline, f"no FUSE mount on the node under {STATE_DIR}\n{diagnose(node, 'sleeper')}"
         time.sleep(1)
-    assert fuse_mounts(), "a running mount-mode run shows no FUSE mount on the node"
     begin = time.monotonic()
     node.kubectl("delete", "-n", RUN_NAMESPACE, "dr/sleeper", "--wait=true", "--timeout=180s", timeout=200)
     node.kubectl("wait", "-n", RUN_NAMESPACE, f"pod/{pod_name}", "--for=delete", "--timeout=180s", timeout=200)

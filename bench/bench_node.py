@@ -45,7 +45,7 @@ from tests.node.release import (  # noqa: E402
 )
 from tests.store.emulators import gcs_missing  # noqa: E402
 
-DATARUN = str(ROOT / ".venv" / "bin" / "datarun")
+DATARUN = str(Path(sys.executable).parent / "datarun")  # the CLI of the venv that runs this script
 MIB = 1 << 20
 
 
@@ -136,8 +136,14 @@ def run_read(node: NodeCluster, index: int, mib: int) -> tuple[float, float]:
         app_ns = int(found.group(1)) if found else None
         if app_ns is None:
             time.sleep(0.5)
-    host_file = next((p / "b.bin" for p in fuse_mount_points() for p in [p, *p.glob("*"), *p.glob("*/*")]
-                      if (p / "b.bin").is_file()), None)  # fmt: skip
+    host_file = None
+    for point in fuse_mount_points():
+        try:  # a dead mount of an earlier run (transport endpoint is not connected) raises
+            host_file = next((d / "b.bin" for d in [point, *point.glob("*")] if (d / "b.bin").is_file()), None)
+        except OSError:
+            continue
+        if host_file is not None:
+            break
     if host_file is None:
         raise SystemExit(f"no FUSE mount under {STATE_DIR} holds b.bin: {fuse_mount_points()}")
     started = time.perf_counter()
@@ -160,7 +166,8 @@ def main() -> None:
         raise SystemExit(f"cannot run: {missing}")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-node-"))
-    with NodeCluster() as node:
+    node = NodeCluster()
+    with node:
         import_images(node, images)
         server = PodNetworkGCS(tmp / "gcs")
         server.start()

@@ -181,6 +181,17 @@ def _sleeper(name: str, seconds: int) -> dict[str, Any]:
     return manifest
 
 
+# Seen on this node: the fuse sidecar ends on SIGTERM without unmounting, its `datarun bundle mount` child dies with
+# the container, and the kubelet then retries for ever to tear down the data volume ("UnmountVolume.TearDown
+# failed for volume "datarun-data" ... openfdat .../in/greetings: transport endpoint is not connected"): the pod
+# stays Terminating and the dead FUSE mount stays on the node. The fix belongs in sidecar/datarun_sidecar/fuse.py
+# (unmount, lazily, on SIGTERM); strict, so that this test fails the day it passes and the marker goes.
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="fuse sidecar leaves its mount on SIGTERM; kubelet: UnmountVolume.TearDown failed ... transport endpoint "
+    "is not connected (pod stuck Terminating)",
+)
 def test_deleting_a_running_datarun_stops_its_pod_and_leaves_no_mount(
     node: NodeCluster, store: NodeStore, release: str, tmp_path: Path
 ) -> None:
@@ -200,15 +211,17 @@ def test_deleting_a_running_datarun_stops_its_pod_and_leaves_no_mount(
     while not (app_started() and fuse_mounts()):
         assert time.monotonic() < deadline, f"no FUSE mount on the node under {STATE_DIR}\n{diagnose(node, 'sleeper')}"
         time.sleep(1)
-    begin = time.monotonic()
-    node.kubectl("delete", "-n", RUN_NAMESPACE, "dr/sleeper", "--wait=true", "--timeout=180s", timeout=200)
-    node.kubectl("wait", "-n", RUN_NAMESPACE, f"pod/{pod_name}", "--for=delete", "--timeout=180s", timeout=200)
-    elapsed = time.monotonic() - begin
-    assert elapsed < 120, f"deleting a running DataRun took {elapsed:.0f} s"
-    deadline = time.monotonic() + 30
-    while fuse_mounts():
-        assert time.monotonic() < deadline, f"orphan FUSE mount after the delete: {fuse_mounts()}"
-        time.sleep(0.5)
+    grace = node.get_json("-n", RUN_NAMESPACE, "pod", pod_name)["spec"]["terminationGracePeriodSeconds"]
+    node.kubectl("delete", "-n", RUN_NAMESPACE, "dr/sleeper", "--wait=true", "--timeout=120s", timeout=150)
+    # The grace period, then a margin for the kubelet to tear the pod down.
+    node.kubectl("wait", "-n", RUN_NAMESPACE, f"pod/{pod_name}", "--for=delete", f"--timeout={grace + 45}s",
+                 check=False, timeout=grace + 75)  # fmt: skip
+    left = node.kubectl("get", "-n", RUN_NAMESPACE, "pod", pod_name, "--ignore-not-found", "-o", "name")
+    teardown = [line for line in node.logs("kubelet", 400).splitlines() if "TearDown failed" in line]
+    assert not left.strip(), (
+        f"pod {pod_name} still there {grace + 45} s after the delete; kubelet: {teardown[-1:] or 'no TearDown error'}"
+    )
+    assert fuse_mounts() == [], f"orphan FUSE mount after the delete: {fuse_mounts()}"
     assert "sleeper" not in {label.name for label in store.client.list_labels("greetings-out")}
 
 

@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.cluster.controlplane import BinariesMissingError, find_binaries
 from tests.node.conftest import NodeStore
 from tests.node.node import STATE_DIR, NodeCluster
 from tests.node.release import OPERATOR_NAMESPACE, ROOT, RUN_NAMESPACE
 
-pytestmark = [pytest.mark.node, pytest.mark.slow]
+# The first test also starts the node, imports the images and installs the chart (about 100 s here).
+pytestmark = [pytest.mark.node, pytest.mark.slow, pytest.mark.timeout(600)]
 
 WAIT = "300s"
 
@@ -238,3 +240,16 @@ def test_operator_pod_killed_mid_run(node: NodeCluster, store: NodeStore, releas
     assert {p["metadata"]["uid"] for p in after}.isdisjoint({p["metadata"]["uid"] for p in before})
     assert run["status"]["outputs"][0]["bundle"] == store.client.get_label("greetings-out", "survivor").bundle
     assert read_label(store, "greetings-out", "survivor", tmp_path) == {"done.txt": "done\n"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=BinariesMissingError,
+    reason="argoexec does not build from github.com/argoproj/argo-workflows/v3@v3.6.10 as the module proxy serves "
+    "it: `undefined: Setpgid` (workflow/executor/os-specific/command_unix.go:33; signal_linux.go is missing from the "
+    "module zip); examples/argo stay validated against Argo's models in tests/operator, and the webhook path of "
+    "an Argo step runs above with a plain Pod",
+)
+def test_argo_workflow_of_examples_argo() -> None:
+    find_binaries(names=("workflow-controller", "argoexec"))
+    pytest.fail("argoexec is built now: run examples/argo end to end here and drop the xfail")

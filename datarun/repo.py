@@ -44,6 +44,7 @@ from datarun.model import (
     FORMAT_VERSION,
     Bundle,
     BundleRef,
+    ChunkRef,
     FileEntry,
     Label,
     Provenance,
@@ -60,6 +61,7 @@ from datarun.transfer import (
     Progress,
     Uploader,
     UploadStats,
+    fetch_chunks,
     stream_entry,
     verify_entries,
 )
@@ -396,6 +398,34 @@ class Client:
         if entry.kind != FILE:
             raise UsageError(f"`{path}` in bundle `{bundle.id}` is a {entry.kind}, not a file")
         return stream_entry(self.blobs, entry, sink, self.workers)
+
+    def read_range(self, entry: FileEntry, start: int, length: int) -> bytes:
+        """Bytes ``start``..``start+length`` of the file ``entry`` (short only at its end).
+
+        Only the chunks that overlap the range are fetched, nearby frames of a pack in one
+        request, and each is hash-checked before any of its bytes are returned. Callers that
+        read piecewise (fsspec, ``datarun.open``) align ranges to ``entry.chunks`` to cache.
+        """
+        if entry.kind != FILE:
+            raise UsageError(f"`{entry.path}` is a {entry.kind}, not a file")
+        if start < 0 or length < 0:
+            raise UsageError(f"range {start}+{length} of `{entry.path}` is negative")
+        end = min(start + length, entry.size)
+        if start >= end:
+            return b""
+        wanted: list[ChunkRef] = []
+        first_offset = -1
+        offset = 0
+        for ref in entry.chunks:
+            if offset + ref.size > start and offset < end:
+                if first_offset < 0:
+                    first_offset = offset
+                wanted.append(ref)
+            offset += ref.size
+            if offset >= end:
+                break
+        data = b"".join(fetch_chunks(self.blobs, wanted, [entry.path] * len(wanted)))
+        return data[start - first_offset : end - first_offset]
 
     def verify(self, bundle: Bundle, progress: Progress | None = None) -> VerifyReport:
         if progress is not None:

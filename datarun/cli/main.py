@@ -24,6 +24,7 @@ from datarun.cli.datamover_cmd import datamover
 from datarun.cli.label_cmd import label
 from datarun.cli.quickstart_cmd import quickstart
 from datarun.cli.repo_cmd import repo
+from datarun.cli.web_cmd import web
 from datarun.errors import DatarunError, ExitCode
 
 
@@ -56,6 +57,7 @@ cli.add_command(bundle)
 cli.add_command(label)
 cli.add_command(quickstart)
 cli.add_command(datamover)
+cli.add_command(web)
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:

@@ -44,7 +44,6 @@ from datarun.model import (
     FORMAT_VERSION,
     Bundle,
     BundleRef,
-    ChunkRef,
     FileEntry,
     Label,
     Provenance,
@@ -399,32 +398,34 @@ class Client:
             raise UsageError(f"`{path}` in bundle `{bundle.id}` is a {entry.kind}, not a file")
         return stream_entry(self.blobs, entry, sink, self.workers)
 
-    def read_range(self, entry: FileEntry, start: int, length: int) -> bytes:
-        """Bytes ``start``..``start+length`` of the file ``entry`` (short only at its end).
+    def read_chunks(self, entry: FileEntry, first: int, count: int) -> list[bytes]:
+        """The plaintext of chunks ``first .. first+count`` of the file ``entry``, each hash-checked.
 
-        Only the chunks that overlap the range are fetched, nearby frames of a pack in one
-        request, and each is hash-checked before any of its bytes are returned. Callers that
-        read piecewise (fsspec, ``datarun.open``) align ranges to ``entry.chunks`` to cache.
+        Nearby frames of a pack come in one request. For readers that cache by chunk (fsspec,
+        ``datarun.open``); the chunk sizes and so their offsets are in ``entry.chunks``.
         """
         if entry.kind != FILE:
             raise UsageError(f"`{entry.path}` is a {entry.kind}, not a file")
+        refs = list(entry.chunks[first : first + count])
+        return fetch_chunks(self.blobs, refs, [entry.path] * len(refs))
+
+    def read_range(self, entry: FileEntry, start: int, length: int) -> bytes:
+        """Bytes ``start .. start+length`` of the file ``entry`` (short only at its end), fetching
+        only the chunks that overlap the range, each hash-checked before any byte is returned."""
         if start < 0 or length < 0:
             raise UsageError(f"range {start}+{length} of `{entry.path}` is negative")
         end = min(start + length, entry.size)
         if start >= end:
             return b""
-        wanted: list[ChunkRef] = []
-        first_offset = -1
-        offset = 0
-        for ref in entry.chunks:
-            if offset + ref.size > start and offset < end:
-                if first_offset < 0:
-                    first_offset = offset
-                wanted.append(ref)
+        first, count, first_offset, offset = -1, 0, 0, 0
+        for i, ref in enumerate(entry.chunks):
+            if offset + ref.size > start and first < 0:
+                first, first_offset = i, offset
             offset += ref.size
             if offset >= end:
+                count = i + 1 - first
                 break
-        data = b"".join(fetch_chunks(self.blobs, wanted, [entry.path] * len(wanted)))
+        data = b"".join(self.read_chunks(entry, first, count))
         return data[start - first_offset : end - first_offset]
 
     def verify(self, bundle: Bundle, progress: Progress | None = None) -> VerifyReport:

@@ -1,6 +1,6 @@
 """A seekable, read-only file over one file of a bundle, and ``datarun.open``.
 
-Reads fetch only the chunks that overlap them (``Client.read_range``, each chunk hash-checked)
+Reads fetch only the chunks that overlap them (``Client.read_chunks``, each one hash-checked)
 and keep recent chunks in a small cache, so the footer-then-column reads of a parquet reader
 cost about the bytes they ask for. When reads run forward the next chunks are fetched on a
 worker thread while the caller decodes, which is what keeps a full sequential read close to
@@ -13,6 +13,7 @@ import bisect
 import io
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
@@ -24,7 +25,8 @@ from datarun.repo import Client, connect
 
 CACHE_BYTES = 64 << 20  # decoded chunks kept per open file
 READAHEAD_BYTES = 16 << 20  # fetched ahead of a forward reader
-_SPAN_BYTES = 8 << 20  # one read_range call fetches at most about this much
+FETCH_THREADS = 4  # spans in flight per open file
+_SPAN_BYTES = 4 << 20  # one read_chunks call fetches at most about this much
 
 
 def resolve_ref(client: Client, repo: str, ref: str) -> Bundle:
@@ -56,9 +58,11 @@ class BundleReader(io.RawIOBase):
         self._pos = 0
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cached_bytes = 0
-        self._pending: dict[int, Future[list[bytes]]] = {}  # first chunk index -> span being fetched
-        self._pending_span: dict[int, int] = {}  # first chunk index -> chunks in that span
+        # chunk index -> (the fetch of its span, its place in that span)
+        self._inflight: dict[int, tuple[Future[list[bytes]], int]] = {}
         self._last_end = -1
+        # Reentrant: a fetch that is already done runs its callback (which locks) in add_done_callback.
+        # Never held while waiting for a fetch.
         self._lock = threading.RLock()
         self._stats_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
@@ -110,7 +114,12 @@ class BundleReader(io.RawIOBase):
     # -- ranged reads --------------------------------------------------------------------------
 
     def pread(self, start: int, length: int) -> bytes:
-        """``length`` bytes at ``start`` (short at the end of the file); the position is kept."""
+        """``length`` bytes at ``start`` (short at the end of the file); the position is kept.
+
+        Safe from several threads at once, as pyarrow calls it: chunks another read is already
+        fetching are waited for, not fetched twice, and the missing ones are fetched in spans on
+        the worker threads, so one large read is several requests in flight.
+        """
         if self.closed:
             raise ValueError("read of a closed file")
         end = min(start + length, self.size)
@@ -121,50 +130,88 @@ class BundleReader(io.RawIOBase):
         with self._lock:
             forward = start == self._last_end
             self._last_end = end
-            parts = [self._chunk(i, last) for i in range(first, last + 1)]
-            if forward:
-                self._read_ahead(last + 1)
+        parts = self._gather(first, last)
+        if forward:
+            with self._lock:
+                self._submit_missing(range(last + 1, len(self.entry.chunks)), READAHEAD_BYTES)
+        head = start - self._starts[first]
         if len(parts) == 1:
-            offset = start - self._starts[first]
-            return parts[0][offset : offset + end - start]
-        joined = b"".join(parts)
-        offset = start - self._starts[first]
-        return joined[offset : offset + end - start]
+            return parts[0][head : head + end - start]
+        # One copy: the first and last chunks enter the join as views of the bytes the read wants.
+        tail = end - self._starts[last]
+        return b"".join([memoryview(parts[0])[head:], *parts[1:-1], memoryview(parts[-1])[:tail]])
 
-    def _chunk(self, index: int, last: int) -> bytes:
-        cached = self._cache.get(index)
-        if cached is not None:
-            self._cache.move_to_end(index)
-            return cached
-        for first, future in list(self._pending.items()):
-            if first <= index < first + self._pending_span[first]:
-                self._pending.pop(first)
-                self._pending_span.pop(first)
-                for k, data in enumerate(future.result()):
-                    self._remember(first + k, data)
-                return self._cache[index]
-        # Fetch this chunk and, in the same request, the rest that the read needs.
-        count = 1
-        span = self.entry.chunks[index].size
-        while index + count <= last and span < _SPAN_BYTES:
-            span += self.entry.chunks[index + count].size
-            count += 1
-        for k, data in enumerate(self._fetch(index, count)):
-            self._remember(index + k, data)
-        return self._cache[index]
+    def _gather(self, first: int, last: int) -> list[bytes]:
+        found: dict[int, bytes] = {}
+        with self._lock:
+            for index in range(first, last + 1):
+                data = self._cache.get(index)
+                if data is not None:
+                    self._cache.move_to_end(index)
+                    found[index] = data
+            self._submit_missing((i for i in range(first, last + 1) if i not in found), None)
+            waits = []
+            for index in range(first, last + 1):
+                if index in found:
+                    continue
+                hit = self._inflight.get(index)
+                if hit is not None:
+                    waits.append((index, *hit))
+                elif index in self._cache:  # its fetch finished already and landed in the cache
+                    found[index] = self._cache[index]
+        for index, future, k in waits:
+            found[index] = future.result()[k]
+        for index in range(first, last + 1):
+            if index not in found:  # landed and was evicted at once by concurrent reads: rare
+                found[index] = self._fetch(index, 1)[0]
+        return [found[i] for i in range(first, last + 1)]
+
+    def _submit_missing(self, indexes: Iterable[int], budget: int | None) -> None:
+        """Fetch, in spans of consecutive chunks, those of ``indexes`` neither cached nor in flight;
+        stop after ``budget`` bytes (read-ahead). Called with the lock held."""
+        span: list[int] = []
+        span_bytes = 0
+        total = 0
+        for index in indexes:
+            if budget is not None and total >= budget:
+                break
+            size = self.entry.chunks[index].size
+            total += size
+            if index in self._cache or index in self._inflight:
+                self._flush(span)
+                span, span_bytes = [], 0
+                continue
+            if span and (span[-1] != index - 1 or span_bytes + size > _SPAN_BYTES):
+                self._flush(span)
+                span, span_bytes = [], 0
+            span.append(index)
+            span_bytes += size
+        self._flush(span)
+
+    def _flush(self, span: list[int]) -> None:
+        if not span:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=FETCH_THREADS, thread_name_prefix="datarun-read")
+        future = self._pool.submit(self._fetch, span[0], len(span))
+        for k, index in enumerate(span):
+            self._inflight[index] = (future, k)
+        future.add_done_callback(lambda done: self._landed(span, done))
 
     def _fetch(self, first: int, count: int) -> list[bytes]:
-        refs = self.entry.chunks[first : first + count]
-        start = self._starts[first]
-        blob = self.client.read_range(self.entry, start, sum(r.size for r in refs))
-        out = []
-        offset = 0
-        for ref in refs:
-            out.append(blob[offset : offset + ref.size])
-            offset += ref.size
-        with self._stats_lock:  # not self._lock: a reader holding it may be waiting on this fetch
-            self.fetched_bytes += len(blob)
+        out = self.client.read_chunks(self.entry, first, count)
+        with self._stats_lock:
+            self.fetched_bytes += sum(len(data) for data in out)
         return out
+
+    def _landed(self, span: list[int], future: Future[list[bytes]]) -> None:
+        with self._lock:
+            for index in span:
+                self._inflight.pop(index, None)
+            if future.cancelled() or future.exception() is not None:
+                return  # the waiting read raises it; a later read fetches again
+            for index, data in zip(span, future.result(), strict=True):
+                self._remember(index, data)
 
     def _remember(self, index: int, data: bytes) -> None:
         if index in self._cache:
@@ -174,26 +221,6 @@ class BundleReader(io.RawIOBase):
         while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
             _, old = self._cache.popitem(last=False)
             self._cached_bytes -= len(old)
-
-    def _read_ahead(self, first: int) -> None:
-        index, budget = first, READAHEAD_BYTES
-        while index < len(self.entry.chunks) and budget > 0:
-            if index in self._cache or any(f <= index < f + n for f, n in self._pending_span.items()):
-                budget -= self.entry.chunks[index].size
-                index += 1
-                continue
-            count, span = 0, 0
-            while index + count < len(self.entry.chunks) and span < _SPAN_BYTES and span < budget:
-                if index + count in self._cache:
-                    break
-                span += self.entry.chunks[index + count].size
-                count += 1
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="datarun-readahead")
-            self._pending[index] = self._pool.submit(self._fetch, index, count)
-            self._pending_span[index] = count
-            index += count
-            budget -= span
 
 
 def open_url(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -126,3 +128,17 @@ def test_a_corrupt_chunk_fails_the_read(tmp_path: Path) -> None:
     ):
         handle.read(10)
     client.close()
+
+
+def test_concurrent_reads_from_threads_get_the_right_bytes_and_share_fetches(served: Served) -> None:
+    # pyarrow reads column chunks of one file from several threads at once.
+    data = (served.src / "big.bin").read_bytes()
+    fs = fsspec.filesystem("datarun", store=served.url)
+    rng = random.Random(5)
+    ranges = [(rng.randrange(len(data)), rng.randrange(1, 3 << 20)) for _ in range(40)]
+    with fs.open("images@latest/big.bin") as handle, ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda r: handle.pread(*r), ranges))
+        for (start, length), got in zip(ranges, results, strict=True):
+            assert got == data[start : start + length]
+        # The 64 MiB cache holds the whole 12 MiB file: no chunk was fetched twice.
+        assert handle.fetched_bytes <= len(data)

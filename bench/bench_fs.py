@@ -1,0 +1,118 @@
+"""datarun:// through pandas against the same parquet file on local disk.
+
+    .venv/bin/python bench/bench_fs.py              # 256 MiB parquet, 3 runs
+    .venv/bin/python bench/bench_fs.py --mib 32     # a smoke run
+
+Both sides read the same bytes with the page cache warm (one untimed read of each first), and
+the runs interleave the two. Bars: a full ``pd.read_parquet`` through ``datarun://`` runs at
+>= 70% of the local file's speed (local seconds / datarun seconds), and reading one column
+fetches < 2x that column's stored bytes (every row group's chunk of it, from the parquet footer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from datarun.fs.spec import DatarunFileSystem
+from datarun.repo import Client
+from datarun.store import LocalStore
+
+COLUMNS = 8
+
+
+def make_parquet(path: Path, mib: int) -> None:
+    rows = (mib << 20) // (COLUMNS * 8)
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(
+        {f"c{i}": rng.random(rows) if i % 2 else rng.integers(0, 1 << 62, rows) for i in range(COLUMNS)}
+    )
+    # Random values do not compress: the file is about --mib MiB, in row groups of 1 Mi rows.
+    frame.to_parquet(path, row_group_size=1 << 20)
+
+
+def timed(fn: object) -> float:
+    start = time.perf_counter()
+    fn()  # type: ignore[operator]
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--mib", type=int, default=256, help="size of the parquet file")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-fs-") as tmp:
+        root = Path(tmp)
+        src = root / "src"
+        src.mkdir()
+        data = src / "data.parquet"
+        make_parquet(data, args.mib)
+        size = data.stat().st_size
+        client = Client(LocalStore(root / "store"), cache_dir=root / "cache")
+        client.create_repo("bench")
+        client.upload("bench", src, "parquet", label="latest")
+        url = f"file://{root / 'store'}"
+        fsspec.register_implementation("datarun", DatarunFileSystem, clobber=True)
+        remote = "datarun://bench@latest/data.parquet"
+
+        def local() -> None:
+            pd.read_parquet(data)
+
+        def through() -> None:
+            pd.read_parquet(remote, storage_options={"store": url})
+
+        local(), through()  # warm the page cache and the imports
+        local_s, datarun_s = [], []
+        for _ in range(args.runs):
+            local_s.append(timed(local))
+            datarun_s.append(timed(through))
+        ratios = [lo / dr for lo, dr in zip(local_s, datarun_s, strict=True)]
+
+        meta = pq.ParquetFile(data).metadata
+        column = "c3"
+        index = meta.schema.names.index(column)
+        column_bytes = sum(meta.row_group(i).column(index).total_compressed_size for i in range(meta.num_row_groups))
+        fs = fsspec.filesystem("datarun", store=url)
+        fetched = []
+        for _ in range(args.runs):
+            with fs.open("bench@latest/data.parquet") as handle:
+                frame = pd.read_parquet(handle, columns=[column])
+                assert list(frame.columns) == [column]
+                fetched.append(handle.fetched_bytes)
+        client.close()
+
+    def span(values: list[float], fmt: str) -> str:
+        return f"{fmt.format(min(values))} - {fmt.format(max(values))}"
+
+    rows = [
+        ("pd.read_parquet, local disk (s)", span(local_s, "{:.2f}"), ""),
+        ("pd.read_parquet, datarun:// (s)", span(datarun_s, "{:.2f}"), ""),
+        ("datarun:// speed / local disk", span(ratios, "{:.0%}"), ">= 70%"),
+        (f"one column ({column}): fetched / its bytes", span([f / column_bytes for f in fetched], "{:.2f}x"), "< 2x"),
+    ]
+    print(
+        f"\n{size / (1 << 20):.0f} MiB parquet, {COLUMNS} columns, {meta.num_row_groups} row groups, {args.runs} runs\n"
+    )
+    print("| measure | range over runs | bar |\n|---|---|---|")
+    for row in rows:
+        print(f"| {row[0]} | {row[1]} | {row[2]} |")
+    print(f"\ncolumn {column}: {column_bytes / (1 << 20):.1f} MiB stored; fetched {[f >> 20 for f in fetched]} MiB")
+    if args.json:
+        args.json.write_text(json.dumps({"local_s": local_s, "datarun_s": datarun_s, "fetched": fetched}))
+    ok = min(ratios) >= 0.7 and max(fetched) < 2 * column_bytes
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

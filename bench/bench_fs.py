@@ -3,10 +3,11 @@
     .venv/bin/python bench/bench_fs.py              # 256 MiB parquet, 3 runs
     .venv/bin/python bench/bench_fs.py --mib 32     # a smoke run
 
-Both sides read the same bytes with the page cache warm (one untimed read of each first), and
-the runs interleave the two. Bars: a full ``pd.read_parquet`` through ``datarun://`` runs at
->= 70% of the local file's speed (local seconds / datarun seconds), and reading one column
-fetches < 2x that column's stored bytes (every row group's chunk of it, from the parquet footer).
+Both sides read the same bytes with the page cache warm (one untimed read of each first);
+the runs interleave the two, and each run keeps the fastest of ``--reps`` reads per side.
+Bars: a full ``pd.read_parquet`` through ``datarun://`` runs at >= 70% of the local file's
+speed (local seconds / datarun seconds), and reading one column fetches < 2x that column's
+stored bytes (every row group's chunk of it, from the parquet footer).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--mib", type=int, default=256, help="size of the parquet file")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=3, help="reads per side in a run; a run keeps the fastest")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-fs-") as tmp:
@@ -77,8 +79,11 @@ def main() -> int:
         through()
         local_s, datarun_s = [], []
         for _ in range(args.runs):
-            local_s.append(timed(local))
-            datarun_s.append(timed(through))
+            # Interleaved, fastest of --reps per side: on a shared machine a slow read is someone
+            # else's load, not ours.
+            pairs = [(timed(local), timed(through)) for _ in range(args.reps)]
+            local_s.append(min(p[0] for p in pairs))
+            datarun_s.append(min(p[1] for p in pairs))
         ratios = [lo / dr for lo, dr in zip(local_s, datarun_s, strict=True)]
 
         meta = pq.ParquetFile(data).metadata

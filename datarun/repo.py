@@ -53,7 +53,8 @@ from datarun.model import (
     validate_relpath,
     validate_repo_name,
 )
-from datarun.store import ObjectStore, open_store
+from datarun.mount.chunks import ChunkSource
+from datarun.store import LocalStore, ObjectStore, open_store
 from datarun.transfer import (
     DEFAULT_WORKERS,
     Downloader,
@@ -157,11 +158,14 @@ class Client:
         self.author = author
         self.workers = workers
         self._index: ChunkIndex | None = None
+        self._mapped: ChunkSource | None = None
         self._format_checked = False
 
     def close(self) -> None:
         if self._index is not None:
             self._index.close()
+        if self._mapped is not None:
+            self._mapped.close()
         self.meta.close()
         if self.blobs is not self.meta:
             self.blobs.close()
@@ -398,16 +402,37 @@ class Client:
             raise UsageError(f"`{path}` in bundle `{bundle.id}` is a {entry.kind}, not a file")
         return stream_entry(self.blobs, entry, sink, self.workers)
 
-    def read_chunks(self, entry: FileEntry, first: int, count: int) -> list[bytes]:
+    def read_chunks(self, entry: FileEntry, first: int, count: int) -> list[bytes | memoryview]:
         """The plaintext of chunks ``first .. first+count`` of the file ``entry``, each hash-checked.
 
-        Nearby frames of a pack come in one request. For readers that cache by chunk (fsspec,
-        ``datarun.open``); the chunk sizes and so their offsets are in ``entry.chunks``.
+        For readers that cache by chunk (fsspec, ``datarun.open``); chunk sizes, and so their
+        offsets, are in ``entry.chunks``. From a remote store nearby frames of a pack come in one
+        request. From a local store an uncompressed chunk is a read-only view of its mapped pack,
+        checked the first time this client serves it, as the mount serves it: no copy at all,
+        which is what lets a parquet reader run close to the speed of a plain local file.
         """
         if entry.kind != FILE:
             raise UsageError(f"`{entry.path}` is a {entry.kind}, not a file")
         refs = list(entry.chunks[first : first + count])
-        return fetch_chunks(self.blobs, refs, [entry.path] * len(refs))
+        mapped = self._mapped_chunks()
+        if mapped is None:
+            return list(fetch_chunks(self.blobs, refs, [entry.path] * len(refs)))
+        out: list[bytes | memoryview | None] = []
+        try:
+            out = [mapped.view(ref) for ref in refs]
+        except IntegrityError as err:
+            raise IntegrityError(f"`{entry.path}`: {err}") from None
+        rest = [i for i, got in enumerate(out) if got is None]  # compressed: decoded into memory
+        if rest:
+            fetched = fetch_chunks(self.blobs, [refs[i] for i in rest], [entry.path] * len(rest))
+            for i, data in zip(rest, fetched, strict=True):
+                out[i] = data
+        return [got for got in out if got is not None]
+
+    def _mapped_chunks(self) -> ChunkSource | None:
+        if self._mapped is None and isinstance(self.blobs, LocalStore):
+            self._mapped = ChunkSource(self.blobs, None, memory_bytes=0, disk_bytes=0, workers=1)
+        return self._mapped
 
     def read_range(self, entry: FileEntry, start: int, length: int) -> bytes:
         """Bytes ``start .. start+length`` of the file ``entry`` (short only at its end), fetching

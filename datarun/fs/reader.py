@@ -56,10 +56,10 @@ class BundleReader(io.RawIOBase):
             self._starts.append(offset)
             offset += ref.size
         self._pos = 0
-        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache: OrderedDict[int, bytes | memoryview] = OrderedDict()
         self._cached_bytes = 0
         # chunk index -> (the fetch of its span, its place in that span)
-        self._inflight: dict[int, tuple[Future[list[bytes]], int]] = {}
+        self._inflight: dict[int, tuple[Future[list[bytes | memoryview]], int]] = {}
         self._last_end = -1
         # Reentrant: a fetch that is already done runs its callback (which locks) in add_done_callback.
         # Never held while waiting for a fetch.
@@ -136,13 +136,13 @@ class BundleReader(io.RawIOBase):
                 self._submit_missing(range(last + 1, len(self.entry.chunks)), READAHEAD_BYTES)
         head = start - self._starts[first]
         if len(parts) == 1:
-            return parts[0][head : head + end - start]
+            return bytes(parts[0][head : head + end - start])
         # One copy: the first and last chunks enter the join as views of the bytes the read wants.
         tail = end - self._starts[last]
         return b"".join([memoryview(parts[0])[head:], *parts[1:-1], memoryview(parts[-1])[:tail]])
 
-    def _gather(self, first: int, last: int) -> list[bytes]:
-        found: dict[int, bytes] = {}
+    def _gather(self, first: int, last: int) -> list[bytes | memoryview]:
+        found: dict[int, bytes | memoryview] = {}
         with self._lock:
             for index in range(first, last + 1):
                 data = self._cache.get(index)
@@ -198,13 +198,13 @@ class BundleReader(io.RawIOBase):
             self._inflight[index] = (future, k)
         future.add_done_callback(lambda done: self._landed(span, done))
 
-    def _fetch(self, first: int, count: int) -> list[bytes]:
+    def _fetch(self, first: int, count: int) -> list[bytes | memoryview]:
         out = self.client.read_chunks(self.entry, first, count)
         with self._stats_lock:
             self.fetched_bytes += sum(len(data) for data in out)
         return out
 
-    def _landed(self, span: list[int], future: Future[list[bytes]]) -> None:
+    def _landed(self, span: list[int], future: Future[list[bytes | memoryview]]) -> None:
         with self._lock:
             for index in span:
                 self._inflight.pop(index, None)
@@ -213,7 +213,7 @@ class BundleReader(io.RawIOBase):
             for index, data in zip(span, future.result(), strict=True):
                 self._remember(index, data)
 
-    def _remember(self, index: int, data: bytes) -> None:
+    def _remember(self, index: int, data: bytes | memoryview) -> None:
         if index in self._cache:
             return
         self._cache[index] = data

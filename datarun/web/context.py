@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,6 +21,7 @@ from datarun.errors import DatarunError, ExitCode, UnsafePathError
 from datarun.fs.reader import resolve_ref
 from datarun.model import Bundle
 from datarun.repo import Client
+from datarun.web.listing import ListingCache
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -48,6 +49,7 @@ class WebContext:
     client: Client
     page_size: int = 200
     title: str = "datarun"
+    listings: ListingCache = field(default_factory=ListingCache)
 
     @functools.cached_property
     def env(self) -> Environment:

@@ -8,7 +8,10 @@ records, which is what keeps it fast for a bundle of millions of files.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import bisect
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -73,3 +76,66 @@ def take_after(items: Iterator[T], key_of: Any, after: str, limit: int) -> tuple
             return out, key_of(out[-1])
         out.append(item)
     return out, ""
+
+
+class Listing:
+    """A bundle's whole listing in memory, for pages past the first: bisect instead of a scan.
+
+    Built once per manifest (bundles are immutable) the first time a page past the first one is
+    asked for; the first page of a bundle never waits for it.
+    """
+
+    def __init__(self, records: Iterable[dict[str, Any]]) -> None:
+        self.keys: list[tuple[str, ...]] = []
+        self.rows: list[tuple[str, str, int, str]] = []  # path, kind, size, link target
+        for raw in records:
+            path = str(raw["p"])
+            self.keys.append(tree_key(path))
+            self.rows.append((path, str(raw["k"]), int(raw.get("s", 0)), str(raw.get("l", ""))))
+
+    def page(self, folder: str, after: str, limit: int) -> Page:
+        base = tree_key(folder) if folder else ()
+        at = bisect.bisect_left(self.keys, base)
+        if folder:
+            if at == len(self.keys) or self.keys[at][: len(base)] != base:
+                return Page([], "", False)
+            if self.keys[at] == base and self.rows[at][1] != "d":
+                return Page([], "", False)
+        start = bisect.bisect_right(self.keys, base) if folder else 0
+        if after:
+            start = max(start, bisect.bisect_right(self.keys, tree_key(after)))
+        rows: list[Row] = []
+        for i in range(start, len(self.keys)):
+            key = self.keys[i]
+            if key[: len(base)] != base:
+                break
+            if len(rows) == limit:
+                return Page(rows, rows[-1].path, True)
+            path, kind, size, target = self.rows[i]
+            rows.append(Row(path, key[-1], len(key) - len(base) - 1, kind, size, target))
+        return Page(rows, "", True)
+
+
+class ListingCache:
+    """The last few bundles' listings, by manifest id, up to ``max_entries`` entries each."""
+
+    def __init__(self, keep: int = 4, max_entries: int = 2_000_000) -> None:
+        self.keep = keep
+        self.max_entries = max_entries
+        self._items: OrderedDict[str, Listing] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, manifest: str, entries: int, records: Callable[[], Iterable[dict[str, Any]]]) -> Listing | None:
+        if entries > self.max_entries:
+            return None  # too big to hold: pages are scanned from the manifest instead
+        with self._lock:
+            found = self._items.get(manifest)
+            if found is not None:
+                self._items.move_to_end(manifest)
+                return found
+        built = Listing(records())
+        with self._lock:
+            self._items[manifest] = built
+            while len(self._items) > self.keep:
+                self._items.popitem(last=False)
+        return built

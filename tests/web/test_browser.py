@@ -14,7 +14,9 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import Select
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.web.conftest import Site
 
@@ -55,6 +57,16 @@ def browser(downloads: Path) -> Iterator[webdriver.Chrome]:
     driver.quit()
 
 
+def _wait(browser: webdriver.Chrome, how: str, what: str) -> WebElement:
+    """The element once it is there: a click on a link returns before the next page has loaded."""
+    return WebDriverWait(browser, 30).until(expected_conditions.presence_of_element_located((how, what)))
+
+
+def _click_and_wait(browser: webdriver.Chrome, element: WebElement) -> None:
+    element.click()
+    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(element))
+
+
 def _wait_for_file(folder: Path, name: str, timeout: float = 30) -> Path:
     deadline = time.monotonic() + timeout
     target = folder / name
@@ -67,31 +79,33 @@ def _wait_for_file(folder: Path, name: str, timeout: float = 30) -> Path:
 
 def test_browse_to_a_file_and_download_it(browser: webdriver.Chrome, site: Site, downloads: Path) -> None:
     browser.get(site.base + "/")
-    browser.find_element(By.LINK_TEXT, "cams").click()
+    _click_and_wait(browser, _wait(browser, By.LINK_TEXT, "cams"))
     assert "camera frames" in browser.page_source
-    browser.find_element(By.CSS_SELECTOR, f'#bundles a[href$="{site.second}"]').click()
-    browser.find_element(By.LINK_TEXT, "images/").click()
-    browser.find_element(By.LINK_TEXT, "day1/").click()
-    row = browser.find_element(By.XPATH, "//table[@id='files']//tr[td/a[text()='frame 1.bin']]")
+    _click_and_wait(browser, _wait(browser, By.CSS_SELECTOR, f'#bundles a[href$="{site.second}"]'))
+    _click_and_wait(browser, _wait(browser, By.LINK_TEXT, "images/"))
+    _click_and_wait(browser, _wait(browser, By.LINK_TEXT, "day1/"))
+    row = _wait(browser, By.XPATH, "//table[@id='files']//tr[td/a[text()='frame 1.bin']]")
     assert row.find_element(By.CSS_SELECTOR, "td.num").text == "5.0 MiB"
     if SCREENSHOT:
         browser.get(f"{site.base}/repos/cams/bundles/{site.second}")
         browser.save_screenshot(SCREENSHOT)
         browser.back()
-    browser.find_element(By.LINK_TEXT, "frame 1.bin").click()
+    _wait(browser, By.LINK_TEXT, "frame 1.bin").click()
     got = _wait_for_file(downloads, "frame 1.bin")
     assert hashlib.sha256(got.read_bytes()).hexdigest() == site.big_sha256
 
 
 def test_diff_two_bundles_from_the_form(browser: webdriver.Chrome, site: Site) -> None:
     browser.get(site.base + "/repos/cams")
-    browser.find_element(By.ID, "diff-link").click()
-    Select(browser.find_element(By.ID, "old")).select_by_value(site.first)
+    _click_and_wait(browser, _wait(browser, By.ID, "diff-link"))
+    Select(_wait(browser, By.ID, "old")).select_by_value(site.first)
     Select(browser.find_element(By.ID, "new")).select_by_value(site.second)
-    browser.find_element(By.ID, "compare").click()
+    _click_and_wait(browser, browser.find_element(By.ID, "compare"))
+    _wait(browser, By.ID, "changes")
     rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#changes tr")[1:]]
     assert rows == ["added added.txt 4 B", "removed images/link", "removed images/notes.txt 6 B"]
-    browser.find_element(By.ID, "next").click()
+    _click_and_wait(browser, browser.find_element(By.ID, "next"))
+    _wait(browser, By.ID, "changes")
     rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#changes tr")[1:]]
     assert rows == ["modified meta.csv 12 B 16 B"]
 

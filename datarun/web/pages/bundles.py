@@ -35,7 +35,12 @@ def bundle(ctx: WebContext, request: Request) -> Response:
     folder = _folder(request)
     found = ctx.bundle(repo, ref)
     after = request.query_params.get("after", "")
-    listing = tree_page(ctx.client.list_records(found), folder, after, ctx.page_size)
+    listing = None
+    if folder or after:  # past the first page: worth indexing the bundle once
+        cached = ctx.listings.get(found.manifest, found.file_count, lambda: ctx.client.list_records(found))
+        listing = cached.page(folder, after, ctx.page_size) if cached is not None else None
+    if listing is None:
+        listing = tree_page(ctx.client.list_records(found), folder, after, ctx.page_size)
     if not listing.found:
         raise NotFoundError(f"folder `{folder}` not found in bundle `{found.id}` of repo `{repo}`")
     labels = [label.name for label in ctx.client.list_labels(repo) if label.bundle == found.id]

@@ -14,6 +14,7 @@ import pytest
 
 import datarun
 from datarun.errors import IntegrityError, UsageError
+from datarun.fs.spec import DatarunFileSystem
 from datarun.repo import Client
 from datarun.store import LocalStore
 from tests.fs.conftest import Served, make_source
@@ -30,10 +31,19 @@ def test_pandas_reads_csv_and_parquet_by_label_and_by_id(served: Served) -> None
     pd.testing.assert_frame_equal(part, pd.read_parquet(served.src / "pq" / "part-1.parquet"))
 
 
-def test_store_from_the_environment_as_the_cli_chooses_it(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_store_from_the_environment_or_the_config_file_as_the_cli_chooses_it(
+    served: Served, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("DATARUN_STORE", served.url)
     frame = pd.read_csv("datarun://images@latest/meta.csv")
     assert list(frame["name"])[:2] == ["frame-0", "frame-1"]
+    monkeypatch.delenv("DATARUN_STORE")
+    DatarunFileSystem.clear_instance_cache()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"store: {served.url}\n")
+    monkeypatch.setenv("DATARUN_CONFIG", str(config))
+    with fsspec.open("datarun://images@latest/meta.csv", "rb") as handle:
+        assert handle.read().startswith(b"id,name\n0,frame-0\n")
 
 
 def test_pyarrow_dataset_over_a_folder_of_parquet(served: Served) -> None:

@@ -41,6 +41,8 @@ def test_a_built_wheel_registers_the_datarun_protocol(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         (points,) = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
         assert "[fsspec.specs]\ndatarun = datarun.fs.spec:DatarunFileSystem" in archive.read(points).decode()
+        # The web view's templates are package data: without them `datarun web` serves nothing.
+        assert "datarun/web/templates/bundle.html" in archive.namelist()
         archive.extractall(tmp_path / "site")
     src = tmp_path / "src"
     src.mkdir()

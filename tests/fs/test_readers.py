@@ -152,3 +152,17 @@ def test_concurrent_reads_from_threads_get_the_right_bytes_and_share_fetches(ser
             assert got == data[start : start + length]
         # The 64 MiB cache holds the whole 12 MiB file: no chunk was fetched twice.
         assert handle.fetched_bytes <= len(data)
+
+
+def test_a_label_move_is_seen_after_label_ttl(served: Served, tmp_path: Path) -> None:
+    pinned = fsspec.filesystem("datarun", store=served.url, label_ttl=3600, skip_instance_cache=True)
+    live = fsspec.filesystem("datarun", store=served.url, label_ttl=0, skip_instance_cache=True)
+    assert pinned.cat_file("images@latest/meta.csv").startswith(b"id,name\n0,")
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    (changed / "meta.csv").write_text("id,name\n99,moved\n")
+    served.client.upload("images", changed, "moved", label="latest")
+    assert live.cat_file("images@latest/meta.csv") == b"id,name\n99,moved\n"
+    # Within its TTL a filesystem keeps the bundle it resolved: one dataset read sees one bundle.
+    assert pinned.cat_file("images@latest/meta.csv").startswith(b"id,name\n0,")
+    assert pinned.cat_file(f"images@{served.bundle_id}/meta.csv").startswith(b"id,name\n0,")

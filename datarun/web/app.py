@@ -1,7 +1,8 @@
 """The read-only web view: a Starlette app assembled from page modules.
 
-Each module in ``PAGES`` exposes ``routes(ctx) -> list[Route]``; a new page (runs over
-``datarun.catalog``, lineage) is one more module in that tuple. Only GET and HEAD are routed,
+Each module in ``PAGES`` exposes ``routes(ctx) -> list[Route]`` and may name a top-level
+link as ``NAV = ("Runs", "/runs")``; a new page (runs over ``datarun.catalog``, lineage) is
+one more module in that tuple, with its templates beside the others. Only GET and HEAD are routed,
 so nothing here can change a store; Starlette answers anything else with 405.
 """
 
@@ -23,7 +24,8 @@ PAGES: tuple[ModuleType, ...] = (repos, bundles, diff)
 
 
 def create_app(client: Client, *, page_size: int = 200, pages: tuple[ModuleType, ...] = PAGES) -> Starlette:
-    ctx = WebContext(client, page_size=page_size)
+    nav = tuple(module.NAV for module in pages if hasattr(module, "NAV"))
+    ctx = WebContext(client, page_size=page_size, nav=nav)
     routes: list[BaseRoute] = []
     for module in pages:
         routes.extend(module.routes(ctx))

@@ -50,6 +50,7 @@ class WebContext:
     page_size: int = 200
     title: str = "datarun"
     listings: ListingCache = field(default_factory=ListingCache)
+    nav: tuple[tuple[str, str], ...] = ()  # (label, href) of each page family's top-level link
 
     @functools.cached_property
     def env(self) -> Environment:
@@ -60,7 +61,7 @@ class WebContext:
         return env
 
     def render(self, name: str, status: int = 200, **values: Any) -> HTMLResponse:
-        html = self.env.get_template(name).render(title=self.title, **values)
+        html = self.env.get_template(name).render(title=self.title, nav=self.nav, **values)
         return HTMLResponse(html, status_code=status)
 
     def error(self, status: int, message: str) -> HTMLResponse:

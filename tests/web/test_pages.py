@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.client
+import types
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
+import httpx
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from datarun.web.app import PAGES, create_app
 from tests.web.conftest import Site
 
 
@@ -99,3 +106,19 @@ def test_path_traversal_is_refused(site: Site) -> None:
 def test_read_only(site: Site) -> None:
     for method in ("POST", "PUT", "DELETE"):
         assert raw_request(site, method, "/repos/cams")[0] == 405
+
+
+def test_a_page_family_plugs_in_as_one_module(site: Site) -> None:
+    # How the runs and lineage pages will arrive: a module with routes() and NAV, added to PAGES.
+    extra = types.ModuleType("extra")
+    extra.NAV = ("Extra", "/extra")  # type: ignore[attr-defined]
+    extra.routes = lambda ctx: [Route("/extra", lambda request: PlainTextResponse("extra page"))]  # type: ignore[attr-defined]
+    app = create_app(site.client, pages=(*PAGES, extra))
+
+    async def both() -> tuple[str, str]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://web") as client:
+            return (await client.get("/extra")).text, (await client.get("/")).text
+
+    page, home = asyncio.run(both())
+    assert page == "extra page"
+    assert 'href="/extra">Extra</a>' in home and 'href="/">Repos</a>' in home

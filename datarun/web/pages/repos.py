@@ -8,6 +8,8 @@ from starlette.routing import Route
 
 from datarun.web.context import WebContext, page
 
+NAV = ("Repos", "/")
+
 
 def index(ctx: WebContext, request: Request) -> Response:
     repos = sorted(ctx.client.list_repos(), key=lambda r: r.name)

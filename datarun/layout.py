@@ -21,6 +21,12 @@ INDEX_PREFIX = "index/"
 RUN_RECORDS_PREFIX = "runs/records/"
 RUN_CHANGES_PREFIX = "runs/changes/"
 CACHE_PREFIX = "cache/"
+LINEAGE_RECORDS_PREFIX = "lineage/records/"  # external records (FORMAT.md §14)
+LINEAGE_EVENTS_PREFIX = "lineage/events/"  # invalidations and revalidations, append-only
+LINEAGE_MARKS_PREFIX = "lineage/marks/"  # <event-id>/<seq>.json: nodes an invalidation reached
+LINEAGE_DONE_PREFIX = "lineage/done/"  # <event-id>.json: that cascade wrote every mark
+LINEAGE_ACTIONS_PREFIX = "lineage/actions/"  # invalidation actions
+LINEAGE_EXECUTIONS_PREFIX = "lineage/executions/"  # <event-id>/<action-id>.json: one run of an action
 
 
 # -- metadata store ----------------------------------------------------------------------
@@ -137,6 +143,24 @@ KINDS: tuple[KeyKind, ...] = (
     KeyKind("index-segment", "blob", INDEX_PREFIX, segment_key("<pack-id>"), "content"),
     KeyKind("run-version", "meta", RUN_RECORDS_PREFIX, f"{run_record_prefix('<run-id>')}<version>.json", "create-only"),
     KeyKind("run-change", "meta", RUN_CHANGES_PREFIX, f"{RUN_CHANGES_PREFIX}<change-id>.json", "create-only"),
+    KeyKind(
+        "lineage-record", "meta", LINEAGE_RECORDS_PREFIX, f"{LINEAGE_RECORDS_PREFIX}<record-id>.json", "create-only"
+    ),
+    KeyKind("lineage-event", "meta", LINEAGE_EVENTS_PREFIX, f"{LINEAGE_EVENTS_PREFIX}<event-id>.json", "create-only"),
+    KeyKind(
+        "lineage-mark", "meta", LINEAGE_MARKS_PREFIX, f"{LINEAGE_MARKS_PREFIX}<event-id>/<seq>.json", "create-only"
+    ),
+    KeyKind("lineage-done", "meta", LINEAGE_DONE_PREFIX, f"{LINEAGE_DONE_PREFIX}<event-id>.json", "create-only"),
+    KeyKind(
+        "lineage-action", "meta", LINEAGE_ACTIONS_PREFIX, f"{LINEAGE_ACTIONS_PREFIX}<action-id>.json", "create-only"
+    ),
+    KeyKind(
+        "lineage-execution",
+        "meta",
+        LINEAGE_EXECUTIONS_PREFIX,
+        f"{LINEAGE_EXECUTIONS_PREFIX}<event-id>/<action-id>.json",
+        "create-only",
+    ),
     KeyKind("cache-entry", "meta", CACHE_PREFIX, cache_entry_key("<task>", "<key>", "<run-id>"), "create-only"),
 )
 
@@ -164,6 +188,19 @@ def kind_of(key: str) -> KeyKind | None:
         return by_name["run-version"]
     if key.startswith(RUN_CHANGES_PREFIX) and len(parts) == 3 and parts[2].endswith(".json"):
         return by_name["run-change"]
+    if parts[0] == "lineage" and len(parts) >= 3 and parts[-1].endswith(".json") and all(parts):
+        flat = {
+            "records": "lineage-record",
+            "events": "lineage-event",
+            "done": "lineage-done",
+            "actions": "lineage-action",
+        }
+        nested = {"marks": "lineage-mark", "executions": "lineage-execution"}
+        if len(parts) == 3 and parts[1] in flat:
+            return by_name[flat[parts[1]]]
+        if len(parts) == 4 and parts[1] in nested:
+            return by_name[nested[parts[1]]]
+        return None
     if head == CACHE_PREFIX and len(parts) == 4 and parts[1] and parts[2] and parts[3].endswith(".json"):
         return by_name["cache-entry"]
     return None

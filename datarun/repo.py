@@ -49,6 +49,7 @@ from datarun.model import (
     validate_repo_name,
 )
 from datarun.progress import Callback
+from datarun.ranged import RangedReader
 from datarun.records import Records, dumps, now
 from datarun.results import DownloadResult, MountResult, UploadResult, VerifyReport
 from datarun.runs import RunStore
@@ -95,10 +96,13 @@ class Client:
         self.workers = workers
         self.records = Records(meta)
         self._index: ChunkIndex | None = None
+        self._ranged: RangedReader | None = None
 
     def close(self) -> None:
         if self._index is not None:
             self._index.close()
+        if self._ranged is not None:
+            self._ranged.close()
         self.meta.close()
         if self.blobs is not self.meta:
             self.blobs.close()
@@ -301,6 +305,21 @@ class Client:
         if entry.kind != FILE:
             raise UsageError(f"`{path}` in bundle `{bundle.id}` is a {entry.kind}, not a file")
         return stream_entry(self.blobs, entry, sink, self.workers)
+
+    def read_chunks(self, entry: FileEntry, first: int, count: int) -> list[bytes | memoryview]:
+        """The plaintext of chunks ``first .. first+count`` of the file ``entry``, each hash-checked
+        (for readers that cache by chunk: fsspec, ``datarun.open``); see :mod:`datarun.ranged`."""
+        return self._ranged_reader().read_chunks(entry, first, count)
+
+    def read_range(self, entry: FileEntry, start: int, length: int) -> bytes:
+        """Bytes ``start .. start+length`` of the file ``entry`` (short only at its end), fetching
+        only the chunks that overlap the range, each hash-checked before any byte is returned."""
+        return self._ranged_reader().read_range(entry, start, length)
+
+    def _ranged_reader(self) -> RangedReader:
+        if self._ranged is None:
+            self._ranged = RangedReader(self.blobs)
+        return self._ranged
 
     def verify(self, bundle: Bundle, progress: Callback | None = None) -> VerifyReport:
         if progress is not None:

@@ -138,10 +138,10 @@ if ((${#stale[@]})); then
   CONTEXT=$CACHE/context
   rm -rf "$CONTEXT"
   mkdir -p "$CONTEXT/wheels"
-  log "building wheels of datarun[fuse,azure,gcs,operator] on the host"
+  log "building wheels of datarun[fuse,azure,gcs,operator,web] on the host"
   # pip reuses its HTTP and wheel caches, so after the first time this only rebuilds datarun itself.
   "$VENV/bin/python" -m pip wheel -q --disable-pip-version-check -w "$CONTEXT/wheels" \
-    ".[fuse,azure,gcs,operator]" >/dev/null
+    ".[fuse,azure,gcs,operator,web]" >/dev/null
   cp wrap_application.sh "$CONTEXT/"
   for name in "${stale[@]}"; do
     tag=$(tag_of "$name")

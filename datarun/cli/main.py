@@ -28,6 +28,7 @@ from datarun.cli.repo_cmd import repo
 from datarun.cli.run_cmd import run as run_group
 from datarun.cli.run_exec_cmd import COMMANDS as RUN_EXEC_COMMANDS
 from datarun.cli.run_query_cmd import list_runs, query
+from datarun.cli.web_cmd import web
 from datarun.errors import DatarunError, ExitCode
 
 
@@ -67,6 +68,7 @@ for _command in (lineage, record, action, invalidate_cmd, revalidate_cmd):
     cli.add_command(_command)
 for _command in RUN_EXEC_COMMANDS:
     run_group.add_command(_command)
+cli.add_command(web)
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:

@@ -22,12 +22,13 @@ from typing import Any
 
 from datarun.errors import ConflictError, DatarunError, PreconditionFailed, UsageError
 from datarun.ids import new_ksuid
+from datarun.layout import LINEAGE_ACTIONS_PREFIX, LINEAGE_EXECUTIONS_PREFIX
 from datarun.lineage.graph import Graph
 from datarun.lineage.layout import FORMAT, dumps, loads, now
 from datarun.repo import Client
 
-ACTIONS = "lineage/actions/"
-EXECUTIONS = "lineage/executions/"
+ACTIONS = LINEAGE_ACTIONS_PREFIX
+EXECUTIONS = LINEAGE_EXECUTIONS_PREFIX
 KINDS = ("move-label", "webhook")
 
 

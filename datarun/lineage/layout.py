@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from datarun import layout as store_layout
 from datarun.errors import IntegrityError, UsageError
 from datarun.ids import is_ksuid
 from datarun.model import validate_repo_name
@@ -20,10 +21,11 @@ from datarun.model import validate_repo_name
 FORMAT = 1
 """The newest lineage record format this datarun reads and writes."""
 
-RECORDS = "lineage/records/"  # external records, create-only, one object each
-EVENTS = "lineage/events/"  # invalidations and revalidations, append-only
-MARKS = "lineage/marks/"  # lineage/marks/<event-id>/<seq>.json: nodes an invalidation reached
-DONE = "lineage/done/"  # lineage/done/<event-id>.json: that cascade wrote every mark
+# The prefixes are datarun.layout's, the one list of every kind of key.
+RECORDS = store_layout.LINEAGE_RECORDS_PREFIX
+EVENTS = store_layout.LINEAGE_EVENTS_PREFIX
+MARKS = store_layout.LINEAGE_MARKS_PREFIX
+DONE = store_layout.LINEAGE_DONE_PREFIX
 
 TYPES = ("bundle", "run", "record")
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from datarun import layout
 from datarun.cache import KeySpec, OutputSpec, compute_key
+from datarun.catalog import open_index
+from datarun.lineage import Graph, add_record, bundle_node, invalidate
+from datarun.lineage.actions import add_action
 from datarun.repo import Client
 from datarun.runs import RUNNING, SUCCEEDED, BundleLink, Run, now_iso
 from datarun.store import LocalStore
@@ -44,6 +47,12 @@ def test_every_kind_is_found_under_its_prefix() -> None:
         "index-segment": layout.segment_key("cd" * 32),
         "run-version": layout.run_record_key("2Aa" * 9, 3),
         "run-change": layout.run_change_key("2Ab" * 9),
+        "lineage-record": "lineage/records/2Ac.json",
+        "lineage-event": "lineage/events/2Ad.json",
+        "lineage-mark": "lineage/marks/2Ad/000000000001.json",
+        "lineage-done": "lineage/done/2Ad.json",
+        "lineage-action": "lineage/actions/2Ae.json",
+        "lineage-execution": "lineage/executions/2Ad/2Ae.json",
         "cache-entry": layout.cache_entry_key("ab" * 32, "cd" * 32, "2Aa" * 9),
     }
     assert sorted(examples) == sorted(kind.name for kind in layout.KINDS)
@@ -91,6 +100,13 @@ def test_every_key_an_upload_and_a_run_write_has_a_kind(tmp_path: Path) -> None:
         cache_key = compute_key(KeySpec(command=("true",), outputs={"out": OutputSpec("r")}))
         done = runs.finish(run.id, SUCCEEDED, 0, (BundleLink("out", "r", first.bundle.id),))
         assert client.cache.record(done, cache_key) == ""
+        # lineage: an external record, an action on the repo, and an invalidation that runs it
+        add_record(client.meta, kind="model", uri="s3://m", derived_from=[bundle_node("r", first.bundle.id)])
+        add_action(client, on="repo=r", do="move-label", label="latest")
+        with open_index(None, client.cache_dir) as index:
+            graph = Graph(index)
+            graph.sync(client.meta)
+            invalidate(client.meta, graph, bundle_node("r", first.bundle.id), reason="bad", who="t", client=client)
     keys = [info.key for kind in {k.prefix for k in layout.KINDS} for info in store.list(kind)]
     kinds = set()
     for key in keys:

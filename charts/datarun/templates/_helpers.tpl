@@ -45,3 +45,18 @@ app.kubernetes.io/component: operator
 {{- define "datarun.image" -}}
 {{- printf "%s:%s" .repository (toString .tag) -}}
 {{- end -}}
+
+{{/* The web view's pods are told apart from the operator's by their component label. */}}
+{{- define "datarun.webSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "datarun.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: web
+{{- end -}}
+
+{{- define "datarun.webLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "datarun.webSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: datarun
+{{- end -}}

@@ -1,0 +1,1 @@
+"""The read-only web view (`datarun web`): see datarun.web.app."""

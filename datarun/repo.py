@@ -36,6 +36,7 @@ from datarun.errors import (
     PreconditionFailed,
     UsageError,
 )
+from datarun.gc import guard as gc_guard
 from datarun.hashcache import HashCache
 from datarun.ids import is_ksuid, new_ksuid
 from datarun.manifest import ManifestWriter, manifest_key, read_manifest, read_manifest_records, tree_key
@@ -54,6 +55,7 @@ from datarun.model import (
     validate_repo_name,
 )
 from datarun.store import ObjectStore, open_store
+from datarun.summary import TransferSummary
 from datarun.transfer import (
     DEFAULT_WORKERS,
     Downloader,
@@ -308,6 +310,8 @@ class Client:
         if label is not None:
             validate_label_name(label)
         self._check_format(create=True)
+        # Read before the index sync: if a gc sweeps after this, the commit re-checks what it reuses.
+        generation = gc_guard.read_generation(self.meta)
         index = self._chunk_index()
         index.sync(self.workers * 2)
         spool = self.blobs.staging_dir() or (self.cache_dir / "spool")
@@ -338,12 +342,21 @@ class Client:
             manifest=manifest_id,
             file_count=writer.file_count,
             total_size=writer.total_size,
-            provenance=Provenance(self.author[0], self.author[1], cfg.hostname(), tuple(inputs), run),
+            provenance=Provenance(
+                self.author[0],
+                self.author[1],
+                cfg.hostname(),
+                tuple(inputs),
+                run,
+                upload_summary(uploader.stats, writer.file_count, time.perf_counter() - started).to_json(),
+            ),
         )
         if before_commit is not None:
             before_commit()
-        # Written last and create-only: this is the moment the bundle becomes visible.
-        self.meta.put_if_absent(_bundle_key(repo, bundle.id), _dumps(bundle.to_json()))
+        # Written last and create-only: this is the moment the bundle becomes visible. The guard
+        # refuses it if a garbage collection took any of its data meanwhile (FORMAT.md, "Garbage collection").
+        with gc_guard.commit_guard(self.meta, self.blobs, repo, bundle.id, manifest_id, generation):
+            self.meta.put_if_absent(_bundle_key(repo, bundle.id), _dumps(bundle.to_json()))
         moved = self.set_label(repo, label, bundle.id, retries=label_retries) if label else None
         return UploadResult(bundle, uploader.stats, moved, time.perf_counter() - started)
 
@@ -502,6 +515,19 @@ class Client:
     def _append_history(self, label: Label) -> None:
         with contextlib.suppress(PreconditionFailed):  # already recorded: history is idempotent
             self.meta.put_if_absent(_history_key(label.repo, label.name, label.seq), _dumps(label.to_json()))
+
+
+def upload_summary(stats: UploadStats, files: int, seconds: float) -> TransferSummary:
+    return TransferSummary(
+        "upload",
+        stats.bytes_total,
+        stats.bytes_new,
+        stats.bytes_stored,
+        stats.chunks_new,
+        stats.chunks_deduplicated,
+        files,
+        seconds,
+    )
 
 
 SPOOL_MAX_AGE = 6 * 3600.0

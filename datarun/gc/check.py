@@ -204,6 +204,8 @@ def check_store(
                 continue
             indexed[name] = {r.offset: r for r in refs}
             if name not in packs:
+                if name not in users:
+                    continue  # a segment whose pack a sweep took before the writer put the segment: gc's garbage
                 add(
                     Problem(
                         "pack",

@@ -241,9 +241,10 @@ def _collect(
     started = time.time()
     live = _Live()
     # Objects are listed before the roots: anything written after this listing is not a
-    # candidate in this run at all, whatever the roots say.
-    packs = _listing(blobs, PACKS_PREFIX)
+    # candidate in this run at all, whatever the roots say. Segments before packs: a writer puts
+    # a segment only after its pack, so every listed segment's pack is in the pack listing.
     segments = _listing(blobs, INDEX_PREFIX)
+    packs = _listing(blobs, PACKS_PREFIX)
     manifests = _listing(meta, MANIFESTS_PREFIX)
     _mark(meta, _bundle_keys(meta), live, options.workers)
     unref_packs = {p for p in packs if p not in live.frames}

@@ -72,12 +72,19 @@ def bump_generation(meta: ObjectStore, who: str) -> int:
     raise ConflictError(f"`{GENERATION_KEY}` in `{meta.url}` keeps changing; is another gc running?")
 
 
-def referenced_objects(meta: ObjectStore, manifest_id: str) -> set[str]:
-    """The pack ids a manifest's chunk refs name."""
+def referenced_objects(meta: ObjectStore, manifest_id: str, repo: str = "") -> set[str]:
+    """The pack ids a manifest's chunk refs name. A manifest that is gone was swept (an
+    identical tree uploaded before gives the same manifest id): the commit is refused."""
     packs: set[str] = set()
-    for raw in read_manifest_records(meta, manifest_id):
-        for ref in raw.get("c", ()):
-            packs.add(str(ref[1]))
+    try:
+        for raw in read_manifest_records(meta, manifest_id):
+            for ref in raw.get("c", ()):
+                packs.add(str(ref[1]))
+    except ObjectNotFound:
+        raise ConflictError(
+            f"upload to repo `{repo}` not committed: garbage collection removed its manifest "
+            f"`{manifest_key(manifest_id)}` during the upload; run the upload again"
+        ) from None
     return packs
 
 
@@ -102,7 +109,7 @@ def commit_guard(
         packs: set[str] | None = None
         for plan in read_plans(meta):
             if packs is None:
-                packs = referenced_objects(meta, manifest_id)
+                packs = referenced_objects(meta, manifest_id, repo)
             doomed = set(map(str, plan.get("packs", []))) & packs  # type: ignore[call-overload]
             if manifest_id in plan.get("manifests", []) or doomed:  # type: ignore[operator]
                 what = f"pack {sorted(doomed)[0]}" if doomed else f"manifest {manifest_id}"
@@ -114,7 +121,7 @@ def commit_guard(
             # A sweep may have begun and ended during the upload: the index it deduplicated
             # against may name packs that are gone now.
             if packs is None:
-                packs = referenced_objects(meta, manifest_id)
+                packs = referenced_objects(meta, manifest_id, repo)
             keys = [pack_key(p) for p in sorted(packs)]
             with ThreadPoolExecutor(max_workers=8) as pool:
                 present = list(pool.map(blobs.exists, keys))

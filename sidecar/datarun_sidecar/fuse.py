@@ -16,10 +16,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datarun import summary
 from datarun.errors import DatarunError
 from datarun.model import BundleRef, RunRecord
 from datarun.repo import Client, connect
-from datarun_sidecar.protocol import Coordination, OutputResult, SidecarResult
+from datarun_sidecar.protocol import Coordination, OutputResult, SidecarResult, transfer_fields
 
 
 class SidecarUsageError(Exception):
@@ -216,6 +217,7 @@ class FuseSidecar:
                     )
                     out.bundle = done.bundle.id
                     out.uploaded = True
+                    summary.emit("transfer", transfer_fields("fuse", out.name, done.bundle))
                 except DatarunError as err:
                     out.error = str(err)
         finally:

@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from datarun import summary
 from datarun.errors import DatarunError
 from datarun.model import Bundle
 from datarun.repo import Client, UploadResult, connect
-from datarun_sidecar.protocol import Coordination, OutputResult, SidecarResult
+from datarun_sidecar.protocol import Coordination, OutputResult, SidecarResult, transfer_fields
 from datarun_sidecar.serialmap import SerialMapError, parse_serialized_map
 
 META_FILE = "datarun-postgres.json"
@@ -485,6 +486,7 @@ class PostgresSidecar:
                     )
                     out.bundle = done.bundle.id
                     out.uploaded = True
+                    summary.emit("transfer", transfer_fields("postgres", out.name, done.bundle))
                 except (DatarunError, PostgresSidecarError) as err:
                     out.error = str(err)
         finally:

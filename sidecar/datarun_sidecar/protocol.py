@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from datarun.model import Bundle
+
 HEARTBEAT_SECONDS = 2.0
 EXIT_UPLOAD_FAILED = 75
 EXIT_NOT_READY = 76
@@ -189,3 +191,15 @@ class Coordination:
                 if time.time() - last > app_heartbeat_timeout:
                     return None, f"the wrapper stopped sending heartbeats for {app_heartbeat_timeout:.0f}s"
             time.sleep(poll)
+
+
+def transfer_fields(sidecar: str, output: str, bundle: Bundle) -> dict[str, Any]:
+    """The fields of a sidecar's ``transfer`` JSON log line: the bundle record's transfer summary
+    (also kept in its provenance) with what names the output."""
+    return {
+        "sidecar": sidecar,
+        "output": output,
+        "repo": bundle.repo,
+        "bundle": bundle.id,
+        **bundle.provenance.transfer,
+    }

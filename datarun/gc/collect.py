@@ -28,6 +28,7 @@ from datarun.gc.keys import (
     MANIFESTS_PREFIX,
     MARKS_PREFIX,
     PACKS_PREFIX,
+    PLANS_PREFIX,
     REPOS_PREFIX,
     mark_key,
     object_name,
@@ -204,6 +205,19 @@ def _await_commits(meta: ObjectStore, timeout: float, log: Log) -> int:
     return seen
 
 
+def _drop_dead_plans(meta: ObjectStore, who: str, log: Log) -> None:
+    """Plans left by a collector that died (we hold the lock, so no live one owns them). Their
+    sweep may be half done; advancing the generation makes every writer that began before this
+    check the packs it reuses still exist, so dropping the plan cannot let a commit through."""
+    dead = [info.key for info in meta.list(PLANS_PREFIX)]
+    if not dead:
+        return
+    for key in dead:
+        log(f"removing the plan {key} of a gc that did not finish")
+        meta.delete(key)
+    guard.bump_generation(meta, who)
+
+
 def _delete_all(store: ObjectStore, keys: list[str], workers: int) -> None:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(store.delete, keys))
@@ -239,6 +253,8 @@ def _collect(
     | None,
 ) -> GcReport:
     started = time.time()
+    if not options.dry_run:
+        _drop_dead_plans(meta, who, log)
     live = _Live()
     # Objects are listed before the roots: anything written after this listing is not a
     # candidate in this run at all, whatever the roots say. Segments before packs: a writer puts

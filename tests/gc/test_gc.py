@@ -102,3 +102,14 @@ def test_a_second_gc_is_refused_while_one_holds_the_lock(client: Client) -> None
     client.meta.put_if_absent("gc/lock.json", b'{"by": "elsewhere:1", "time": 0}')
     with pytest.raises(ConflictError, match="another gc"):
         _report(client)
+
+
+def test_a_dead_collectors_plan_is_dropped_and_the_generation_moves(client: Client, tmp_path: Path) -> None:
+    from datarun.gc.guard import read_generation
+
+    client.create_repo("data")
+    client.upload("data", random_tree(tmp_path / "t"), "one")
+    client.meta.put_if_absent("gc/plans/dead.json", b'{"format": 1, "id": "dead", "packs": []}')
+    before = read_generation(client.meta)
+    _report(client)
+    assert not list(client.meta.list("gc/plans/")) and read_generation(client.meta) == before + 1

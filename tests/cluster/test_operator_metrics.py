@@ -111,6 +111,7 @@ def wait_match(port: int, custom: kubernetes.client.CustomObjectsApi, want: dict
     raise AssertionError(f"after {timeout:.0f}s: api {api}, scraped {scraped}, wanted {want}")
 
 
+@pytest.mark.timeout(900)
 def test_metrics_during_a_burst_match_the_phases(
     metered: tuple[OperatorProcess, int], kube_api: kubernetes.client.ApiClient
 ) -> None:

@@ -198,14 +198,19 @@ class Provenance:
     host: str = ""
     inputs: tuple[BundleRef, ...] = ()
     run: RunRecord | None = None
+    # The upload's transfer summary (datarun.summary.TransferSummary.to_json()); {} if unknown.
+    transfer: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "author": {"name": self.author_name, "email": self.author_email},
             "host": self.host,
             "inputs": [i.to_json() for i in self.inputs],
             "run": self.run.to_json() if self.run else None,
         }
+        if self.transfer:
+            out["transfer"] = dict(self.transfer)
+        return out
 
     @staticmethod
     def from_json(raw: dict[str, Any]) -> Provenance:
@@ -217,6 +222,7 @@ class Provenance:
             host=str(raw.get("host", "")),
             inputs=tuple(BundleRef(str(i["repo"]), str(i["bundle"])) for i in raw.get("inputs", [])),
             run=RunRecord.from_json(run) if run else None,
+            transfer=dict(raw["transfer"]) if isinstance(raw.get("transfer"), dict) else {},
         )
 
 

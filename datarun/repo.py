@@ -30,7 +30,15 @@ from datarun import config as cfg
 from datarun import labels
 from datarun.cache import RunCache
 from datarun.cas.index import ChunkIndex
-from datarun.errors import ConflictError, IntegrityError, LocalIOError, NotFoundError, PreconditionFailed, UsageError
+from datarun.errors import (
+    ConflictError,
+    IntegrityError,
+    LocalIOError,
+    NotFoundError,
+    PreconditionFailed,
+    UsageError,
+)
+from datarun.gc import guard as gc_guard
 from datarun.hashcache import HashCache
 from datarun.ids import is_ksuid, new_ksuid
 from datarun.layout import REPOS_PREFIX, bundle_key, bundles_prefix, is_repo_key, manifest_key, repo_key
@@ -51,7 +59,7 @@ from datarun.model import (
 from datarun.progress import Callback
 from datarun.ranged import RangedReader
 from datarun.records import Records, dumps, now
-from datarun.results import DownloadResult, MountResult, UploadResult, VerifyReport
+from datarun.results import DownloadResult, MountResult, UploadResult, VerifyReport, upload_summary
 from datarun.runs import RunStore
 from datarun.store import ObjectStore, open_store
 from datarun.transfer import (
@@ -219,6 +227,8 @@ class Client:
         if label is not None:
             validate_label_name(label)
         self.records.check_format(create=True)
+        # Read before the index sync: if a gc sweeps after this, the commit re-checks what it reuses.
+        generation = gc_guard.read_generation(self.meta)
         index = self._chunk_index()
         index.sync(self.workers * 2)
         spool = self.blobs.staging_dir() or (self.cache_dir / "spool")
@@ -249,12 +259,21 @@ class Client:
             manifest=manifest_id,
             file_count=writer.file_count,
             total_size=writer.total_size,
-            provenance=Provenance(self.author[0], self.author[1], cfg.hostname(), tuple(inputs), run),
+            provenance=Provenance(
+                self.author[0],
+                self.author[1],
+                cfg.hostname(),
+                tuple(inputs),
+                run,
+                upload_summary(uploader.stats, writer.file_count, time.perf_counter() - started).to_json(),
+            ),
         )
         if before_commit is not None:
             before_commit()
-        # Written last and create-only: this is the moment the bundle becomes visible.
-        self.meta.put_if_absent(bundle_key(repo, bundle.id), dumps(bundle.to_json()))
+        # Written last and create-only: this is the moment the bundle becomes visible. The guard
+        # refuses it if a garbage collection took any of its data meanwhile (FORMAT.md, "Garbage collection").
+        with gc_guard.commit_guard(self.meta, self.blobs, repo, bundle.id, manifest_id, generation):
+            self.meta.put_if_absent(bundle_key(repo, bundle.id), dumps(bundle.to_json()))
         moved = self.set_label(repo, label, bundle.id, retries=label_retries) if label else None
         return UploadResult(bundle, uploader.stats, moved, time.perf_counter() - started)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datarun.model import Bundle, Label
+from datarun.summary import TransferSummary
 from datarun.transfer import UploadStats
 
 
@@ -47,3 +48,17 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+def upload_summary(stats: UploadStats, files: int, seconds: float) -> TransferSummary:
+    """What an upload moved, as the bundle's provenance and the JSON log lines report it."""
+    return TransferSummary(
+        "upload",
+        stats.bytes_total,
+        stats.bytes_new,
+        stats.bytes_stored,
+        stats.chunks_new,
+        stats.chunks_deduplicated,
+        files,
+        seconds,
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 import blake3
 
 from datarun.cas.packs import decode_segment
-from datarun.errors import IntegrityError
+from datarun.errors import IntegrityError, ObjectNotFound
 from datarun.layout import INDEX_PREFIX, segment_key, segment_name
 from datarun.model import ChunkRef
 from datarun.store import ObjectStore
@@ -57,15 +57,19 @@ class ChunkIndex:
         gone = known - listed
         missing = sorted(listed - known)
 
-        def fetch(name: str) -> tuple[str, list[ChunkRef] | None]:
-            data, _ = self.store.read(segment_key(name))
+        def fetch(name: str) -> tuple[str, list[ChunkRef] | None, bool]:
             try:
-                return name, decode_segment(name, data)
+                data, _ = self.store.read(segment_key(name))
+            except ObjectNotFound:
+                # A gc swept it between the listing and this read: as if it had not been listed.
+                return name, None, False
+            try:
+                return name, decode_segment(name, data), True
             except IntegrityError:
                 # A corrupt segment only costs dedup; its pack is then simply not reused.
-                return name, None
+                return name, None, True
 
-        fetched: list[tuple[str, list[ChunkRef] | None]] = []
+        fetched: list[tuple[str, list[ChunkRef] | None, bool]] = []
         if missing:
             with ThreadPoolExecutor(max_workers=min(workers, len(missing))) as pool:
                 fetched = list(pool.map(fetch, missing))
@@ -75,10 +79,11 @@ class ChunkIndex:
                 for name in gone:
                     self._db.execute("DELETE FROM chunks WHERE pack = ?", (name,))
                     self._db.execute("DELETE FROM segments WHERE name = ?", (name,))
-                for name, refs in fetched:
+                for name, refs, present in fetched:
                     if refs is not None:
                         self._insert(refs)
-                    self._db.execute("INSERT OR IGNORE INTO segments VALUES (?)", (name,))
+                    if present:
+                        self._db.execute("INSERT OR IGNORE INTO segments VALUES (?)", (name,))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,7 @@ from datarun.cli.common import info, json_option, print_json, progress_bar, stat
 from datarun.cli.lineage_cmd import allow_invalid_option, invalid_reasons, neighbours, refuse_invalid
 from datarun.cli.mount_cmd import mount
 from datarun.errors import IntegrityError, UsageError
+from datarun.gc.lifecycle import lineage_status as lifecycle_status
 from datarun.model import FILE, BundleRef, FileEntry
 
 if TYPE_CHECKING:
@@ -85,6 +87,13 @@ def upload(
             repo, path, message, label=label, inputs=refs, progress=bar, use_hash_cache=not no_hash_cache
         )
     s = result.stats
+    logging.getLogger("datarun.transfer").info(
+        "upload finished",
+        extra={
+            "event": "transfer",
+            "fields": {"repo": repo, "bundle": result.bundle.id, **result.bundle.provenance.transfer},
+        },
+    )
     info(
         f"uploaded {s.files} files ({_human(s.bytes_total)}) in {result.seconds:.2f}s: "
         f"{s.chunks_new} new chunks, {_human(s.bytes_stored)} written in {s.packs} packs"
@@ -274,7 +283,8 @@ def get(repo: str, bundle_id: str | None, label: str | None, as_json: bool) -> N
     click.echo(f"files: {found.file_count}\nsize: {found.total_size}\nauthor: {p.author_name} <{p.author_email}>")
     click.echo(f"host: {p.host}")
     for ref in p.inputs:
-        click.echo(f"input: {ref.repo}:{ref.bundle}")
+        status = lifecycle_status(state().client(), ref.repo, ref.bundle)
+        click.echo(f"input: {ref.repo}:{ref.bundle}" + ("" if status == "ok" else f" ({status})"))
     for side in ("parents", "children"):
         for n in links[side]:
             name = f"{n['repo']}@{n['id']}" if n["type"] == "bundle" else f"{n['type']}:{n['id']}"

@@ -18,9 +18,11 @@ import click
 
 from datarun import __version__
 from datarun.cli.bundle_cmd import bundle
+from datarun.cli.check_cmd import check
 from datarun.cli.common import CliState, store_option
 from datarun.cli.config_cmd import config
 from datarun.cli.datamover_cmd import datamover
+from datarun.cli.gc_cmd import bundle_delete, gc, repo_delete, repo_rename
 from datarun.cli.label_cmd import label
 from datarun.cli.lineage_cmd import action, invalidate_cmd, lineage, record, revalidate_cmd
 from datarun.cli.quickstart_cmd import quickstart
@@ -38,9 +40,17 @@ from datarun.errors import DatarunError, ExitCode
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summaries on stderr.")
 @click.option("--debug", is_flag=True, envvar="DATARUN_DEBUG", help="Show tracebacks for unexpected errors.")
 @click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Parallel transfers.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    envvar="DATARUN_LOG_FORMAT",
+    show_default=True,
+    help="json: log lines (and transfer, gc and check summaries) as one JSON object per line on stderr.",
+)
 @click.version_option(__version__, prog_name="datarun")
 @click.pass_context
-def cli(ctx: click.Context, blob_store: str | None, quiet: bool, debug: bool, workers: int) -> None:
+def cli(ctx: click.Context, blob_store: str | None, quiet: bool, debug: bool, workers: int, log_format: str) -> None:
     """Versioned, deduplicated bundles of data: upload, label, download, diff, verify.
 
     Exit codes: 0 ok, 1 internal error, 2 usage, 3 not found, 4 conflict, 5 integrity,
@@ -52,7 +62,14 @@ def cli(ctx: click.Context, blob_store: str | None, quiet: bool, debug: bool, wo
     state.debug = debug
     state.workers = workers
     ctx.call_on_close(state.close)
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s")
+    if log_format == "json":
+        from datarun.summary import JsonFormatter
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True)
+    else:
+        logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s")
 
 
 cli.add_command(config)
@@ -69,6 +86,11 @@ for _command in (lineage, record, action, invalidate_cmd, revalidate_cmd):
 for _command in RUN_EXEC_COMMANDS:
     run_group.add_command(_command)
 cli.add_command(web)
+cli.add_command(gc)
+cli.add_command(check)
+bundle.add_command(bundle_delete)
+repo.add_command(repo_delete)
+repo.add_command(repo_rename)
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:

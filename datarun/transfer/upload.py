@@ -51,6 +51,7 @@ class UploadStats:
     bytes_total: int = 0  # plaintext bytes in the bundle
     bytes_read: int = 0  # bytes read from disk (zero for hash-cache hits)
     chunks_new: int = 0
+    chunks_deduplicated: int = 0  # chunks the store or this upload already had
     bytes_new: int = 0  # plaintext bytes of chunks the store did not have
     bytes_stored: int = 0  # bytes written to packs (after compression)
     packs: int = 0
@@ -130,6 +131,7 @@ class Uploader:
             chunk_digest = digest(chunk)
         known = self._known(chunk_digest)
         if known is not None:
+            self.stats.chunks_deduplicated += 1
             return known
         pending = self._packer.add(chunk_digest, chunk, encoded.result() if encoded is not None else None)
         self.stats.chunks_new += 1
@@ -184,6 +186,7 @@ class Uploader:
             if cached is not None:
                 refs = [self._known(d) for d, _ in cached]
                 if all(r is not None for r in refs):
+                    self.stats.chunks_deduplicated += len(refs)
                     return refs  # type: ignore[return-value]
         placed: list[ChunkPlacement] = []
         pairs: list[tuple[bytes, int]] = []

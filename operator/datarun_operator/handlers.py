@@ -33,7 +33,7 @@ from datarun.cache import CacheKey, key_from_parts
 from datarun.errors import ConflictError, DatarunError, NotFoundError, UsageError
 from datarun.repo import Client, connect
 from datarun.runs import SUCCEEDED, Run
-from datarun_operator import reconcile, runrecord, webhook
+from datarun_operator import metrics, reconcile, runrecord, webhook
 from datarun_operator.builder import LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY, get_pod, pod_name
 from datarun_operator.kube import Kube, load_config
 from datarun_operator.models import GROUP, PLURAL, VERSION, CachePolicy, DataRun, Phase, SpecError, parse_status
@@ -88,6 +88,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
             pkeyfile=SETTINGS.webhook.key_file,
         )
         settings.admission.managed = None  # the chart owns the webhook configurations
+    metrics.serve()
     kube()
 
 
@@ -120,7 +121,8 @@ def start(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         return
     try:
         run = DataRun.from_body(body)
-        pinned = _pin(run)
+        with metrics.timed(metrics.PIN_SECONDS):
+            pinned = _pin(run)
         pod = get_pod(run, pinned, SETTINGS)
     except SpecError as err:
         _apply(namespace, name, body, reconcile.failed_status(status, "InvalidSpec", err, when))
@@ -144,7 +146,9 @@ def start(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         _post(body, (reconcile.Event("Warning", "StoreUnavailable", f"cannot write the run record: {err}"),))
         raise kopf.TemporaryError(str(err), delay=30) from None
     _apply(namespace, name, body, reconcile.started_status(status, run, pinned, when, record, key.key if key else None))
-    if kube().create_pod(pod):
+    with metrics.timed(metrics.POD_CREATE_SECONDS):
+        created = kube().create_pod(pod)
+    if created:
         _post(body, (reconcile.Event("Normal", "PodCreated", f"created pod `{pod_name(name)}`"),))
         return
     existing = kube().get_pod(namespace, pod_name(name))
@@ -351,7 +355,8 @@ def validate(body: kopf.Body, **kwargs: Any) -> None:
         url = str((spec.get("store") or {}).get("url") or SETTINGS.store.url)
         checker = (lambda repo: _repo_exists(repo, url)) if url else None
     try:
-        reconcile.admission_check(kwargs.get("operation"), body, kwargs.get("old"), checker)
+        with metrics.timed(metrics.WEBHOOK_SECONDS, "validate"):
+            reconcile.admission_check(kwargs.get("operation"), body, kwargs.get("old"), checker)
     except SpecError as err:
         raise kopf.AdmissionError(str(err), code=422) from None
 
@@ -364,11 +369,17 @@ def inject(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
     """The mutating webhook for pods: the pure module decides, kopf diffs the changed body into the
     JSONPatch it answers with. kopf passes ``operation`` among the kwargs."""
     try:
-        ops = webhook.injection_patch(body, SETTINGS, _configmap, kwargs.get("operation"))
+        with metrics.timed(metrics.WEBHOOK_SECONDS, "inject"):
+            ops = webhook.injection_patch(body, SETTINGS, _configmap, kwargs.get("operation"))
     except webhook.InjectionError as err:
         raise kopf.AdmissionError(str(err), code=422) from None
     if ops:
         patch.fns.append(lambda raw: webhook.apply_patch(cast(dict[str, Any], raw), ops))
+
+
+def observe(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    """Every DataRun event feeds ``datarun_dataruns{phase}`` (the initial listing included)."""
+    metrics.observe_body(body, deleted=event.get("type") == "DELETED")
 
 
 # -- registration -------------------------------------------------------------------------------
@@ -376,11 +387,16 @@ def inject(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
 # call them with just the arguments they use).
 
 kopf.on.startup()(configure)
-kopf.on.create(GROUP, VERSION, PLURAL, id="start")(start)
-kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_RUN: kopf.PRESENT})(follow_pod)
-kopf.timer(GROUP, VERSION, PLURAL, id="resync", interval=SETTINGS.resync_seconds, idle=10, when=_unfinished)(resync)
-kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="spec-change")(spec_change)
-kopf.on.delete(GROUP, VERSION, PLURAL, id="stop")(stop)
+kopf.on.create(GROUP, VERSION, PLURAL, id="start")(metrics.counted("start", start))
+kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_RUN: kopf.PRESENT})(
+    metrics.counted("follow_pod", follow_pod)
+)
+kopf.on.event(GROUP, VERSION, PLURAL, id="metrics")(observe)
+kopf.timer(GROUP, VERSION, PLURAL, id="resync", interval=SETTINGS.resync_seconds, idle=10, when=_unfinished)(
+    metrics.counted("resync", resync)
+)
+kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="spec-change")(metrics.counted("spec_change", spec_change))
+kopf.on.delete(GROUP, VERSION, PLURAL, id="stop")(metrics.counted("stop", stop))
 
 
 if SETTINGS.webhook.enabled:

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from datarun import summary
 from datarun.errors import DatarunError
-from datarun.model import RunRecord
+from datarun.model import Bundle, RunRecord
 from datarun.repo import Client, UploadResult, connect
 from datarun.runs import BundleLink
 from datarun_sidecar.runrecord import record_run
@@ -213,6 +214,18 @@ class Coordination:
             time.sleep(poll)
 
 
+def transfer_fields(sidecar: str, output: str, bundle: Bundle) -> dict[str, Any]:
+    """The fields of a sidecar's ``transfer`` JSON log line: the bundle record's transfer summary
+    (also kept in its provenance) with what names the output."""
+    return {
+        "sidecar": sidecar,
+        "output": output,
+        "repo": bundle.repo,
+        "bundle": bundle.id,
+        **bundle.provenance.transfer,
+    }
+
+
 # -- the run's provenance ---------------------------------------------------------------------
 
 
@@ -313,8 +326,10 @@ def upload_outputs(
             out.skipped_reason = item.skipped_reason
             continue
         try:
-            out.bundle = item.upload(client, run).bundle.id
+            done = item.upload(client, run)
+            out.bundle = done.bundle.id
             out.uploaded = True
+            summary.emit("transfer", transfer_fields(kind, out.name, done.bundle))
         except (DatarunError, SidecarError) as err:
             out.error = str(err)
     return result

@@ -273,7 +273,7 @@ def test_the_mutating_webhook_selects_labelled_pods_and_reinvokes(helm: str) -> 
 
 
 def test_webhook_modes(helm: str) -> None:
-    off = by_kind(render(helm, "--set", "webhook.enabled=false"))
+    off = by_kind(render(helm, "--set", "webhook.enabled=false", "--set", "metrics.enabled=false"))
     assert "ValidatingWebhookConfiguration" not in off and "Service" not in off
     assert "MutatingWebhookConfiguration" not in off
     assert [r for r in off["ClusterRole"]["rules"] if r["resources"] == ["configmaps"]] == []
@@ -314,3 +314,27 @@ def test_the_chart_ships_the_generated_crd(helm: str) -> None:
     docs = render(helm, "--include-crds")
     (crd_doc,) = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
     assert crd_doc == crd.build_crd()
+
+
+def test_metrics_are_served_and_the_service_monitor_is_behind_a_flag(helm: str) -> None:
+    docs = render(helm)
+    (service,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-metrics")]
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8000, "targetPort": "metrics"}]
+    container = by_kind(docs)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["DATARUN_OPERATOR_METRICS_PORT"] == "8000"
+    assert {"name": "metrics", "containerPort": 8000} in container["ports"]
+    assert "ServiceMonitor" not in {d["kind"] for d in docs}
+    on = render(
+        helm, "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.labels.release=kps"
+    )
+    (monitor,) = [d for d in on if d["kind"] == "ServiceMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    (svc,) = [d for d in on if d["kind"] == "Service" and d["metadata"]["name"].endswith("-metrics")]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    off = render(helm, "--set", "metrics.enabled=false")
+    assert not [d for d in off if d["kind"] == "Service" and d["metadata"]["name"].endswith("-metrics")]
+    deployment = by_kind(off)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e.get("value") for e in deployment["env"]}["DATARUN_OPERATOR_METRICS_PORT"] == "0"

@@ -118,6 +118,13 @@ def test_happy_path_inputs_readable_outputs_labelled_with_provenance(pod: Pod) -
     dest = pod.tmp / "check"
     client.download(bundle, dest)
     assert (dest / "sum.txt").read_text() == "6\n"
+    # The transfer summary: a JSON log line on stderr, and the same numbers in the bundle's provenance.
+    assert sidecar.stderr is not None
+    lines = [json.loads(x) for x in sidecar.stderr.read().decode().splitlines() if x.startswith("{")]
+    (transfer,) = [x for x in lines if x.get("event") == "transfer"]
+    assert transfer["sidecar"] == "fuse" and transfer["bundle"] == bundle.id and transfer["bytes"] == 2
+    assert transfer["chunks_new"] + transfer["chunks_deduplicated"] == 1 and transfer["seconds"] > 0
+    assert bundle.provenance.transfer["bytes"] == 2 and bundle.provenance.transfer["files"] == 1
     assert json.loads((pod.tmp / "termination-log").read_text())["status"] == "ok"
     assert (pod.coord / "mountdone").exists(), "datamon's marker name is kept"
     assert not os.path.ismount(pod.tmp / "mnt")

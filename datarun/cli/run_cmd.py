@@ -22,7 +22,7 @@ from datarun.model import RunRecord, validate_label_name, validate_relpath, vali
 from datarun.runs import SOURCE_IMPORT, SUCCEEDED, BundleLink, Run, Source, stable_run_id
 from datarun.runs.exekias import NAME_HINT, PARAMS_FILE, parse_folder_name, parse_params, parse_start, scan
 from datarun.runs.model import parse_time, validate_annotation_key, validate_tag
-from datarun.store import LocalStore, ObjectStore, open_store
+from datarun.store import ObjectStore, open_store
 
 if TYPE_CHECKING:
     from datarun.repo import Client
@@ -132,8 +132,9 @@ def import_(url_prefix: str, skip_bad: bool, as_json: bool) -> None:
     Every folder holding params.json becomes a run whose source is that folder. Re-importing is
     safe: a folder already imported keeps its run, and changed params become a new version."""
     source = _open_source(url_prefix)
-    if isinstance(source, LocalStore) and not source.root.is_dir():
-        raise LocalIOError(f"`{source.root}` is not a folder; pass the folder that holds the run folders")
+    root = source.local_path()
+    if root is not None and not root.is_dir():
+        raise LocalIOError(f"`{root}` is not a folder; pass the folder that holds the run folders")
     try:
         found, refused = scan(source)
         if refused and not skip_bad:

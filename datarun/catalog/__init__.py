@@ -10,7 +10,8 @@ The index is a cache (rebuilt from ``runs/changes/`` whenever it is lost); the s
 
 from __future__ import annotations
 
-from datarun.catalog.index import ENV_INDEX, Index, SyncStats, choose_index_url, open_index
+from datarun.catalog.backends import ENV_INDEX, choose_index_url, open_index
+from datarun.catalog.index import Index, SyncStats
 from datarun.catalog.language import QuerySyntaxError, parse, parse_value
 
 __all__ = [

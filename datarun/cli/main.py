@@ -23,8 +23,9 @@ from datarun.cli.common import CliState, store_option
 from datarun.cli.config_cmd import config
 from datarun.cli.datamover_cmd import datamover
 from datarun.cli.gc_cmd import bundle_delete, gc, repo_delete, repo_rename
+from datarun.cli.invalidate_cmd import action, invalidate_cmd, revalidate_cmd
 from datarun.cli.label_cmd import label
-from datarun.cli.lineage_cmd import action, invalidate_cmd, lineage, record, revalidate_cmd
+from datarun.cli.lineage_cmd import lineage, record
 from datarun.cli.quickstart_cmd import quickstart
 from datarun.cli.repo_cmd import repo
 from datarun.cli.run_cmd import run as run_group

@@ -12,8 +12,9 @@ The store holds the truth (FORMAT.md, "Lineage"); the tables are a cache that re
 
 from __future__ import annotations
 
-from datarun.lineage.graph import Edge, Graph, LineageSync, Node, Walk
+from datarun.lineage.graph import Graph
 from datarun.lineage.layout import NodeId, bundle_node, parse_node_key, parse_parent
+from datarun.lineage.rows import Edge, LineageSync, Node, Walk
 from datarun.lineage.writes import Cascade, add_record, invalidate, revalidate
 
 __all__ = [

@@ -14,14 +14,14 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from datarun.catalog import Index
 from datarun.errors import StoreError
-from datarun.lineage.layout import DONE, EVENTS, MARKS, RECORDS, NodeId, bundle_node, loads, parse_node_key
+from datarun.lineage.layout import DONE, EVENTS, MARKS, RECORDS, NodeId, loads, parse_node_key
+from datarun.lineage.rows import Edge, LineageSync, Node, Walk, bundle_rows, record_rows, run_rows
 from datarun.store.base import ObjectStore
 
 _BUNDLE_RE = re.compile(r"^repos/([^/]+)/bundles/([0-9A-Za-z]{27})\.json$")
@@ -41,76 +41,6 @@ _TABLES = ("lineage_nodes", "lineage_edges", "lineage_seen", "lineage_events", "
 
 class _Budget(Exception):
     """The recursive query ran past its time budget."""
-
-
-@dataclass(frozen=True, slots=True)
-class Node:
-    node: str  # the key: bundle/<repo>/<id>, run/<id>, record/<id>
-    type: str
-    repo: str
-    id: str
-    kind: str  # a record's kind; a run's phase; "" for bundles
-    title: str  # a bundle's message, a run's title, a record's URI
-    depth: int
-    invalid: tuple[str, ...] = ()  # reasons of the active invalidations that reached it
-    labels: tuple[str, ...] = ()
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "type": self.type,
-            "repo": self.repo,
-            "id": self.id,
-            "kind": self.kind,
-            "title": self.title,
-            "depth": self.depth,
-            "invalid": bool(self.invalid),
-            "invalid_reasons": list(self.invalid),
-            "labels": list(self.labels),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Edge:
-    src: str
-    dst: str
-    rel: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"src": self.src, "dst": self.dst, "rel": self.rel}
-
-
-@dataclass(frozen=True, slots=True)
-class Walk:
-    """The answer to a lineage query; ``cut`` says it is partial and why (``depth`` or ``time``)."""
-
-    start: str
-    direction: str  # ancestors | descendants
-    nodes: tuple[Node, ...]
-    edges: tuple[Edge, ...]
-    cut: str | None
-    depth: int  # the depth actually walked (smaller than asked when the time budget cut it)
-    seconds: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "start": self.start,
-            "direction": self.direction,
-            "cut": self.cut is not None,
-            "cut_reason": self.cut,
-            "depth": self.depth,
-            "seconds": round(self.seconds, 4),
-            "nodes": [n.to_json() for n in self.nodes],
-            "edges": [e.to_json() for e in self.edges],
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class LineageSync:
-    listed: int
-    fetched: int
-    seconds: float
 
 
 class Graph:
@@ -202,7 +132,7 @@ class Graph:
         for key, raw in bodies:
             doc = loads(key, raw)
             if key.startswith(RECORDS):
-                _record_rows(doc, nodes, edges, self._upsert_node)
+                record_rows(doc, nodes, edges, self._upsert_node)
             elif key.startswith(MARKS):
                 marks += [(str(doc["event"]), str(n)) for n in doc.get("nodes", [])]
             elif key.startswith(EVENTS):
@@ -217,10 +147,10 @@ class Graph:
                     )
                 )
             else:
-                _bundle_rows(doc, nodes, edges, self._upsert_node)
+                bundle_rows(doc, nodes, edges, self._upsert_node)
         runs = [] if invalidations_only else self._runs_todo(seen)
         for doc in runs:
-            _run_rows(doc, nodes, edges, self._upsert_node)
+            run_rows(doc, nodes, edges, self._upsert_node)
         with index._write() as wcur:
             ph = self._marks
             if self.dialect.name == "sqlite":
@@ -508,57 +438,3 @@ class Graph:
         cur = self.index._cursor()
         cur.execute("SELECT doc FROM lineage_events WHERE done = 0 AND op = 'invalidate' ORDER BY id")
         return [orjson.loads(r[0]) for r in cur.fetchall()]
-
-
-# -- turning store records into rows --------------------------------------------------------
-
-
-def _bundle_rows(doc: dict[str, Any], nodes: list[Any], edges: list[Any], upsert: Any) -> None:
-    me = bundle_node(str(doc["repo"]), str(doc["id"]))
-    upsert(nodes, me, title=str(doc.get("message", "")), doc={"created": doc.get("created", "")})
-    prov = doc.get("provenance") or {}
-    run = (prov.get("run") or {}).get("run_id") or ""
-    for parent in prov.get("inputs") or []:
-        src = bundle_node(str(parent["repo"]), str(parent["bundle"]))
-        upsert(nodes, src)
-        if run:
-            edges.append((src.key, f"run/{run}", "read"))
-        else:
-            edges.append((src.key, me.key, "derived-from"))
-    if run:
-        upsert(nodes, NodeId("run", str(run)))
-        edges.append((f"run/{run}", me.key, "wrote"))
-
-
-def _run_rows(doc: dict[str, Any], nodes: list[Any], edges: list[Any], upsert: Any) -> None:
-    me = NodeId("run", str(doc["id"]))
-    upsert(
-        nodes,
-        me,
-        kind=str(doc.get("phase", "")),
-        title=str(doc.get("title", "")),
-        doc={"params": doc.get("params", {}), "start": doc.get("start", "")},
-    )
-    for link in doc.get("inputs") or []:
-        src = bundle_node(str(link["repo"]), str(link["bundle"]))
-        upsert(nodes, src)
-        edges.append((src.key, me.key, "read"))
-    for link in doc.get("outputs") or []:
-        dst = bundle_node(str(link["repo"]), str(link["bundle"]))
-        upsert(nodes, dst)
-        edges.append((me.key, dst.key, "wrote"))
-
-
-def _record_rows(doc: dict[str, Any], nodes: list[Any], edges: list[Any], upsert: Any) -> None:
-    me = NodeId("record", str(doc["id"]))
-    upsert(
-        nodes,
-        me,
-        kind=str(doc.get("kind", "")),
-        title=str(doc.get("uri", "")),
-        doc={"tags": doc.get("tags", []), "meta": doc.get("meta", {})},
-    )
-    for parent in doc.get("derived_from") or []:
-        src = parse_node_key(str(parent))
-        upsert(nodes, src)
-        edges.append((src.key, me.key, "derived-from"))

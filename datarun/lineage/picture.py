@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from datarun.errors import UsageError
-from datarun.lineage.graph import Node, Walk
+from datarun.lineage.rows import Node, Walk
 
 FORMATS = ("dot", "svg", "png", "json", "mermaid")
 _KEY_PARAMS = 4  # params shown in a run's box; the rest are in --json

@@ -21,8 +21,9 @@ from typing import Any
 from datarun.errors import NotFoundError, PreconditionFailed, UsageError
 from datarun.ids import new_ksuid
 from datarun.lineage.actions import Outcome, run_actions
-from datarun.lineage.graph import Graph, Walk
+from datarun.lineage.graph import Graph
 from datarun.lineage.layout import DONE, EVENTS, FORMAT, MARKS, RECORDS, NodeId, dumps, loads, now
+from datarun.lineage.rows import Walk
 from datarun.repo import Client
 from datarun.store.base import ObjectStore
 

@@ -44,7 +44,7 @@ from datarun.lineage import Graph, NodeId, invalidate  # noqa: E402
 from datarun.lineage.layout import FORMAT, RECORDS, dumps, loads  # noqa: E402
 from datarun.store import LocalStore  # noqa: E402
 from datarun.store.base import ObjectStore  # noqa: E402
-from tests.catalog.counting import CountingStore  # noqa: E402
+from tests.store.counting import CountingStore  # noqa: E402
 from tests.store.emulators import azurite_missing, start_azurite  # noqa: E402
 
 

@@ -11,8 +11,8 @@ import pytest
 from datarun.catalog import Index, open_index
 from datarun.errors import IntegrityError, UsageError
 from datarun.store import LocalStore
-from tests.catalog.counting import CountingStore
 from tests.catalog.writer import corpus, run_doc, write_change, write_version
+from tests.store.counting import CountingStore
 from tests.store.emulators import Azurite
 
 

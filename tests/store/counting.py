@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 from datarun.store import ObjectInfo, ObjectStore, Payload
 
@@ -18,6 +19,7 @@ class CountingStore(ObjectStore):
         self.inner = inner
         self.url = inner.url
         self.calls: Counter[str] = Counter()
+        self.prefixes: list[str] = []  # what each list asked for (the catalog's sync lists one slice)
 
     def put(self, key: str, payload: Payload) -> ObjectInfo:
         self.calls["put"] += 1
@@ -45,11 +47,15 @@ class CountingStore(ObjectStore):
 
     def list(self, prefix: str, start_after: str | None = None) -> Iterator[ObjectInfo]:
         self.calls["list"] += 1
+        self.prefixes.append(prefix)
         return self.inner.list(prefix, start_after)
 
     def delete(self, key: str) -> None:
         self.calls["delete"] += 1
         self.inner.delete(key)
+
+    def staging_dir(self) -> Path | None:
+        return self.inner.staging_dir()
 
     def close(self) -> None:
         self.inner.close()

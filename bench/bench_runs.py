@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 from datarun.catalog import Index, open_index  # noqa: E402
 from datarun.ids import new_ksuid  # noqa: E402
 from datarun.store import LocalStore  # noqa: E402
-from tests.store.counting import CountingStore  # noqa: E402
 from tests.catalog.writer import run_doc  # noqa: E402
+from tests.store.counting import CountingStore  # noqa: E402
 from tests.store.emulators import azurite_missing, start_azurite  # noqa: E402
 
 MLFLOW_VENV = ROOT / ".cache" / "bench" / "mlflow-venv"

@@ -14,9 +14,6 @@ import click
 
 from datarun.cli.common import info, json_option, print_json, state, with_store
 from datarun.errors import ConflictError, UsageError
-from datarun.gc import lifecycle
-from datarun.gc.collect import GcOptions, break_lock, collect
-from datarun.gc.repack import repack_packs
 
 log = logging.getLogger("datarun.gc")
 
@@ -65,6 +62,10 @@ def gc(dry_run: bool, grace: str, max_unused: float, commit_timeout: str, break_
     Safe while uploads run, from any host: an object goes only once it has been unreferenced
     for the grace period, and an upload whose data a sweep took is refused, never committed.
     """
+    # Imported here: the collector is heavy and only `gc` needs it (see cli/main.py, _LAZY).
+    from datarun.gc.collect import GcOptions, break_lock, collect
+    from datarun.gc.repack import repack_packs
+
     client = state().client()
     if break_:
         break_lock(client.meta)
@@ -101,6 +102,8 @@ def gc(dry_run: bool, grace: str, max_unused: float, commit_timeout: str, break_
 @json_option
 def bundle_delete(repo: str, bundle_id: str, force: bool, yes: bool, as_json: bool) -> None:
     """Delete a bundle. Its data goes at the next gc after the grace period."""
+    from datarun.gc import lifecycle
+
     client = state().client()
     plan = lifecycle.plan_bundle_delete(client, repo, bundle_id)
     b = plan.bundle
@@ -128,6 +131,8 @@ def bundle_delete(repo: str, bundle_id: str, force: bool, yes: bool, as_json: bo
 @json_option
 def repo_delete(repo: str, yes: bool, as_json: bool) -> None:
     """Delete a repo with all its bundles and labels. Data goes at the next gc."""
+    from datarun.gc import lifecycle
+
     client = state().client()
     plan = lifecycle.plan_repo_delete(client, repo)
     stones = sum(1 for b in plan.bundles if b.tombstone)
@@ -149,6 +154,8 @@ def repo_delete(repo: str, yes: bool, as_json: bool) -> None:
 @with_store
 def repo_rename(repo: str, new: str, yes: bool) -> None:
     """Rename a repo, keeping its bundles, labels and their history. Stop writers of it first."""
+    from datarun.gc import lifecycle
+
     client = state().client()
     found = client.get_repo(repo)
     bundles = len(client.list_bundles(found.name))

@@ -7,6 +7,7 @@ traceback only with ``--debug`` or ``DATARUN_DEBUG=1``.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -18,24 +19,55 @@ import click
 
 from datarun import __version__
 from datarun.cli.bundle_cmd import bundle
-from datarun.cli.check_cmd import check
 from datarun.cli.common import CliState, store_option
 from datarun.cli.config_cmd import config
 from datarun.cli.datamover_cmd import datamover
-from datarun.cli.gc_cmd import bundle_delete, gc, repo_delete, repo_rename
-from datarun.cli.invalidate_cmd import action, invalidate_cmd, revalidate_cmd
+from datarun.cli.gc_cmd import bundle_delete, repo_delete, repo_rename
 from datarun.cli.label_cmd import label
-from datarun.cli.lineage_cmd import lineage, record
 from datarun.cli.quickstart_cmd import quickstart
 from datarun.cli.repo_cmd import repo
-from datarun.cli.run_cmd import run as run_group
-from datarun.cli.run_exec_cmd import COMMANDS as RUN_EXEC_COMMANDS
-from datarun.cli.run_query_cmd import list_runs, query
-from datarun.cli.web_cmd import web
 from datarun.errors import DatarunError, ExitCode
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _run_group() -> click.Command:
+    from datarun.cli.run_cmd import run
+    from datarun.cli.run_exec_cmd import COMMANDS
+    from datarun.cli.run_query_cmd import list_runs, query
+
+    for command in (query, list_runs, *COMMANDS):
+        run.add_command(command)
+    return run
+
+
+# Command groups that `bundle upload` and the other data-moving commands never need are imported
+# only when their name is asked for: each costs imports (the run index, lineage, the web view, gc)
+# that would otherwise be paid by every CLI start, and a no-change re-upload is mostly CLI start.
+_LAZY: dict[str, tuple[str, str]] = {
+    "run": ("", ""),
+    "lineage": ("datarun.cli.lineage_cmd", "lineage"),
+    "record": ("datarun.cli.lineage_cmd", "record"),
+    "action": ("datarun.cli.invalidate_cmd", "action"),
+    "invalidate": ("datarun.cli.invalidate_cmd", "invalidate_cmd"),
+    "revalidate": ("datarun.cli.invalidate_cmd", "revalidate_cmd"),
+    "web": ("datarun.cli.web_cmd", "web"),
+    "gc": ("datarun.cli.gc_cmd", "gc"),
+    "check": ("datarun.cli.check_cmd", "check"),
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _LAZY and cmd_name not in self.commands:
+            module, attr = _LAZY[cmd_name]
+            command = _run_group() if cmd_name == "run" else getattr(importlib.import_module(module), attr)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @store_option
 @click.option("--blob-store", metavar="URL", help="Separate store for chunk data (datamon's blob/metadata split).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summaries on stderr.")
@@ -79,16 +111,6 @@ cli.add_command(bundle)
 cli.add_command(label)
 cli.add_command(quickstart)
 cli.add_command(datamover)
-run_group.add_command(query)
-run_group.add_command(list_runs)
-cli.add_command(run_group)
-for _command in (lineage, record, action, invalidate_cmd, revalidate_cmd):
-    cli.add_command(_command)
-for _command in RUN_EXEC_COMMANDS:
-    run_group.add_command(_command)
-cli.add_command(web)
-cli.add_command(gc)
-cli.add_command(check)
 bundle.add_command(bundle_delete)
 repo.add_command(repo_delete)
 repo.add_command(repo_rename)

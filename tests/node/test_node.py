@@ -183,17 +183,10 @@ def _sleeper(name: str, seconds: int) -> dict[str, Any]:
     return manifest
 
 
-# Seen on this node: the fuse sidecar ends on SIGTERM without unmounting, its `datarun bundle mount` child dies with
-# the container, and the kubelet then retries for ever to tear down the data volume ("UnmountVolume.TearDown
-# failed for volume "datarun-data" ... openfdat .../in/greetings: transport endpoint is not connected"): the pod
-# stays Terminating and the dead FUSE mount stays on the node. The fix belongs in sidecar/datarun_sidecar/fuse.py
-# (unmount, lazily, on SIGTERM); strict, so that this test fails the day it passes and the marker goes.
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="fuse sidecar leaves its mount on SIGTERM; kubelet: UnmountVolume.TearDown failed ... transport endpoint "
-    "is not connected (pod stuck Terminating)",
-)
+# First seen on this node with the old sidecars: the fuse sidecar ended on SIGTERM without unmounting, and the
+# kubelet then retried for ever to tear down the data volume ("UnmountVolume.TearDown failed ... transport endpoint
+# is not connected"), the pod stuck Terminating. With the one sidecar lifecycle (protocol.run_lifecycle), SIGTERM
+# unwinds through its `finally`, which unmounts: this test guards that.
 def test_deleting_a_running_datarun_stops_its_pod_and_leaves_no_mount(
     node: NodeCluster, store: NodeStore, release: str, tmp_path: Path
 ) -> None:

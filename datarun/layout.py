@@ -27,13 +27,28 @@ LINEAGE_MARKS_PREFIX = "lineage/marks/"  # <event-id>/<seq>.json: nodes an inval
 LINEAGE_DONE_PREFIX = "lineage/done/"  # <event-id>.json: that cascade wrote every mark
 LINEAGE_ACTIONS_PREFIX = "lineage/actions/"  # invalidation actions
 LINEAGE_EXECUTIONS_PREFIX = "lineage/executions/"  # <event-id>/<action-id>.json: one run of an action
+RUNS_PREFIX = "runs/"
+# Garbage collection (FORMAT.md, "Garbage collection"): all in the metadata store, next to the
+# records whose reachability they describe.
+GC_PREFIX = "gc/"
+GC_LOCK_KEY = "gc/lock.json"
+GC_GENERATION_KEY = "gc/generation.json"
+GC_MARKS_PREFIX = "gc/marks/"
+GC_PLANS_PREFIX = "gc/plans/"
+GC_COMMITS_PREFIX = "gc/commits/"
+TOMBSTONES_PREFIX = "tombstones/"  # of renamed and deleted repos: outside repos/, which lose theirs
 
 
 # -- metadata store ----------------------------------------------------------------------
 
 
+def repo_prefix(repo: str) -> str:
+    """Every record of one repo: what a repo delete or rename walks."""
+    return f"{REPOS_PREFIX}{repo}/"
+
+
 def repo_key(repo: str) -> str:
-    return f"{REPOS_PREFIX}{repo}/repo.json"
+    return f"{repo_prefix(repo)}repo.json"
 
 
 def bundles_prefix(repo: str) -> str:
@@ -68,6 +83,35 @@ def manifest_key(manifest_id: str) -> str:
 def is_repo_key(key: str) -> bool:
     """True for ``repos/<repo>/repo.json`` itself, not for a file of that name deeper down."""
     return key.startswith(REPOS_PREFIX) and key.endswith("/repo.json") and key.count("/") == 2
+
+
+def tombstone_key(repo: str, bundle_id: str) -> str:
+    return f"{REPOS_PREFIX}{repo}/tombstones/{bundle_id}.json"
+
+
+def repo_tombstone_key(repo: str) -> str:
+    return f"{TOMBSTONES_PREFIX}repos/{repo}.json"
+
+
+def archived_history_prefix(repo: str, label: str, stamp: str) -> str:
+    return f"{REPOS_PREFIX}{repo}/label-history-removed/{label}/{stamp}/"
+
+
+def gc_mark_key(mark_id: str) -> str:
+    return f"{GC_MARKS_PREFIX}{mark_id}.json"
+
+
+def gc_plan_key(plan_id: str) -> str:
+    return f"{GC_PLANS_PREFIX}{plan_id}.json"
+
+
+def gc_commit_key(bundle_id: str) -> str:
+    return f"{GC_COMMITS_PREFIX}{bundle_id}.json"
+
+
+def object_name(key: str) -> str:
+    """The id at the end of a content-addressed key (``packs/ab/<id>`` -> ``<id>``)."""
+    return key.rsplit("/", 1)[-1]
 
 
 # -- blob store --------------------------------------------------------------------------
@@ -118,7 +162,7 @@ def cache_entry_key(task: str, key: str, run_id: str) -> str:
 # -- the list of kinds -------------------------------------------------------------------
 
 Role = Literal["meta", "blob"]
-Writing = Literal["create-only", "cas", "content"]
+Writing = Literal["create-only", "cas", "content", "overwrite"]  # overwrite: a plain `put` of a newer copy
 
 
 @dataclass(frozen=True)
@@ -162,6 +206,20 @@ KINDS: tuple[KeyKind, ...] = (
         "create-only",
     ),
     KeyKind("cache-entry", "meta", CACHE_PREFIX, cache_entry_key("<task>", "<key>", "<run-id>"), "create-only"),
+    KeyKind("gc-lock", "meta", GC_LOCK_KEY, GC_LOCK_KEY, "create-only"),
+    KeyKind("gc-generation", "meta", GC_GENERATION_KEY, GC_GENERATION_KEY, "cas"),
+    KeyKind("gc-mark", "meta", GC_MARKS_PREFIX, gc_mark_key("<mark-id>"), "create-only"),
+    KeyKind("gc-plan", "meta", GC_PLANS_PREFIX, gc_plan_key("<plan-id>"), "create-only"),
+    KeyKind("gc-commit", "meta", GC_COMMITS_PREFIX, gc_commit_key("<bundle-id>"), "create-only"),
+    KeyKind("bundle-tombstone", "meta", REPOS_PREFIX, tombstone_key("<repo>", "<bundle-id>"), "create-only"),
+    KeyKind(
+        "removed-label-history",
+        "meta",
+        REPOS_PREFIX,
+        f"{archived_history_prefix('<repo>', '<label>', '<stamp>')}<seq>.json",
+        "overwrite",
+    ),
+    KeyKind("repo-tombstone", "meta", TOMBSTONES_PREFIX, repo_tombstone_key("<repo>"), "overwrite"),
 )
 
 
@@ -179,6 +237,10 @@ def kind_of(key: str) -> KeyKind | None:
             return by_name["bundle" if parts[2] == "bundles" else "label"]
         if len(parts) == 5 and parts[2] == "label-history" and parts[4].endswith(".json"):
             return by_name["label-history"]
+        if len(parts) == 4 and parts[2] == "tombstones" and parts[3].endswith(".json"):
+            return by_name["bundle-tombstone"]
+        if len(parts) == 6 and parts[2] == "label-history-removed" and all(parts) and parts[5].endswith(".json"):
+            return by_name["removed-label-history"]
         return None
     if head in (MANIFEST_PREFIX, PACK_PREFIX) and len(parts) == 3 and parts[2][:2] == parts[1] != "":
         return by_name["manifest" if head == MANIFEST_PREFIX else "pack"]
@@ -201,6 +263,15 @@ def kind_of(key: str) -> KeyKind | None:
         if len(parts) == 4 and parts[1] in nested:
             return by_name[nested[parts[1]]]
         return None
+    if head == GC_PREFIX:
+        if key in (GC_LOCK_KEY, GC_GENERATION_KEY):
+            return by_name["gc-lock" if key == GC_LOCK_KEY else "gc-generation"]
+        nested = {"marks": "gc-mark", "plans": "gc-plan", "commits": "gc-commit"}
+        if len(parts) == 3 and parts[1] in nested and parts[2].endswith(".json") and parts[2] != ".json":
+            return by_name[nested[parts[1]]]
+        return None
+    if head == TOMBSTONES_PREFIX and len(parts) == 3 and parts[1] == "repos" and parts[2].endswith(".json"):
+        return by_name["repo-tombstone"]
     if head == CACHE_PREFIX and len(parts) == 4 and parts[1] and parts[2] and parts[3].endswith(".json"):
         return by_name["cache-entry"]
     return None

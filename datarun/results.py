@@ -21,6 +21,12 @@ class UploadResult:
     label: Label | None = None
     seconds: float = 0.0
 
+    @property
+    def summary(self) -> TransferSummary:
+        """The transfer summary the bundle's provenance recorded: the run record keeps the same
+        numbers, not a second measurement of its own."""
+        return TransferSummary.from_json(self.bundle.provenance.transfer)
+
 
 @dataclass(frozen=True)
 class DownloadResult:

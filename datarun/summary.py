@@ -34,8 +34,9 @@ class TransferSummary:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out["seconds"] = round(self.seconds, 6)
-        out["throughput"] = round(self.throughput, 1)
+        # Throughput from the seconds as written, so a summary read back writes the same JSON.
+        seconds = out["seconds"] = round(self.seconds, 6)
+        out["throughput"] = round(self.bytes / seconds, 1) if seconds > 0 else 0.0
         return out
 
     @staticmethod

@@ -23,6 +23,7 @@ from datarun.runs import SOURCE_IMPORT, SUCCEEDED, BundleLink, Run, Source, stab
 from datarun.runs.exekias import NAME_HINT, PARAMS_FILE, parse_folder_name, parse_params, parse_start, scan
 from datarun.runs.model import parse_time, validate_annotation_key, validate_tag
 from datarun.store import ObjectStore, open_store
+from datarun.summary import TransferSummary
 
 if TYPE_CHECKING:
     from datarun.repo import Client
@@ -102,6 +103,7 @@ def upload(path: str, repo: str, title: str | None, start: str | None, label: st
             params=params,
             outputs=(BundleLink(OUTPUT_NAME, repo, result.bundle.id),),
             source=Source("bundle", folder.absolute().as_uri()),
+            transfers={OUTPUT_NAME: result.summary},
         )
     )
     info(f"run `{run_title}`: {result.stats.files} files in bundle {result.bundle.id} of repo `{repo}`")
@@ -224,7 +226,17 @@ def _show_lines(r: Run) -> list[tuple[str, str]]:
         ("annotations", ", ".join(f"{k}={v}" for k, v in sorted(r.annotations.items())) or "-"),
         ("hidden", "yes" if r.hidden else "no"),
         ("source", f"{r.source.kind} {r.source.uri}" if r.source else "-"),
+        *((f"transfer {name}", _transfer_line(t)) for name, t in sorted(r.transfers.items())),
     ]
+
+
+def _transfer_line(t: TransferSummary) -> str:
+    mib = 1 << 20
+    return (
+        f"{t.direction} {t.bytes / mib:.1f} MiB in {t.files} files ({t.bytes_new / mib:.1f} MiB new), "
+        f"chunks {t.chunks_new} new / {t.chunks_deduplicated} deduplicated, "
+        f"{t.seconds:.2f} s, {t.throughput / mib:.1f} MiB/s"
+    )
 
 
 def _print_run(r: Run, as_json: bool) -> None:

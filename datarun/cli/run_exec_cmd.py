@@ -286,6 +286,7 @@ def _execute(
             f"{', '.join(f'`{o.path}`' for o in out_args if o.name in missing)}; nothing was uploaded"
         )
     links = []
+    transfers = {}
     refs = tuple(BundleRef(link.repo, link.bundle) for _, link, _ in pinned.values())
     record = RunRecord(run_id=run.id, command=base.command, exit_code=0, params=params)
     try:
@@ -294,10 +295,11 @@ def _execute(
                 out.repo, root / out.path, f"run {run.id}: {out.name}", label=out.label, inputs=refs, run=record
             )
             links.append(BundleLink(out.name, out.repo, result.bundle.id))
+            transfers[out.name] = result.summary
     except BaseException:
-        runs.finish(run.id, FAILED, code, tuple(links))
+        runs.finish(run.id, FAILED, code, tuple(links), transfers=transfers)
         raise
-    done = runs.finish(run.id, SUCCEEDED, 0, tuple(links))
+    done = runs.finish(run.id, SUCCEEDED, 0, tuple(links), transfers=transfers)
     if policy != OFF:
         reason = client.cache.record(done, key)
         info(f"cache: run {done.id} recorded" if not reason else f"cache: run {done.id} not recorded: {reason}")

@@ -25,9 +25,8 @@ import orjson
 
 from datarun.cas.packs import PendingChunk, decode_chunk, decode_segment, encode_segment, pack_id_of
 from datarun.errors import DatarunError, IntegrityError, ObjectNotFound
-from datarun.gc.keys import INDEX_PREFIX, MANIFESTS_PREFIX, PACKS_PREFIX, REPOS_PREFIX, object_name
 from datarun.ids import is_ksuid
-from datarun.layout import pack_key
+from datarun.layout import INDEX_PREFIX, PACK_PREFIX, REPOS_PREFIX, manifest_key, object_name, pack_key
 from datarun.manifest import read_manifest_records
 from datarun.model import ChunkRef
 from datarun.store import ObjectStore
@@ -165,7 +164,7 @@ def check_store(
     users: dict[str, str] = {}  # pack -> one bundle key that uses it, for messages
     for manifest_id, bundles in sorted(manifests_of.items()):
         report.manifests += 1
-        key = f"{MANIFESTS_PREFIX}{manifest_id[:2]}/{manifest_id}"
+        key = manifest_key(manifest_id)
         try:
             for entry in read_manifest_records(meta, manifest_id):
                 for ref_raw in entry.get("c", ()):
@@ -178,7 +177,7 @@ def check_store(
             add(Problem("manifest", key, f"manifest `{key}` of {bundles[0]}: {err}"))
 
     # 3. Packs and segments.
-    packs = {object_name(i.key): i.size for i in blobs.list(PACKS_PREFIX)}
+    packs = {object_name(i.key): i.size for i in blobs.list(PACK_PREFIX)}
     segment_names = [object_name(i.key) for i in blobs.list(INDEX_PREFIX)]
     report.packs = len(packs)
     indexed: dict[str, dict[int, ChunkRef]] = {}

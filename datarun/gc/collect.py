@@ -21,20 +21,22 @@ import orjson
 
 from datarun.errors import ConflictError, DatarunError, IntegrityError, ObjectNotFound, PreconditionFailed
 from datarun.gc import guard
-from datarun.gc.keys import (
-    INDEX_PREFIX,
-    LOCK_KEY,
-    MANIFESTS_PREFIX,
-    MARKS_PREFIX,
-    PACKS_PREFIX,
-    PLANS_PREFIX,
-    REPOS_PREFIX,
-    mark_key,
-    object_name,
-    plan_key,
-)
 from datarun.ids import new_ksuid
-from datarun.layout import manifest_key, pack_key, segment_key
+from datarun.layout import (
+    GC_LOCK_KEY,
+    GC_MARKS_PREFIX,
+    GC_PLANS_PREFIX,
+    INDEX_PREFIX,
+    MANIFEST_PREFIX,
+    PACK_PREFIX,
+    REPOS_PREFIX,
+    gc_mark_key,
+    gc_plan_key,
+    manifest_key,
+    object_name,
+    pack_key,
+    segment_key,
+)
 from datarun.manifest import read_manifest_records
 from datarun.store import ObjectStore
 
@@ -153,7 +155,7 @@ class _Mark:
 
 def _read_marks(meta: ObjectStore) -> list[_Mark]:
     out = []
-    for info in meta.list(MARKS_PREFIX):
+    for info in meta.list(GC_MARKS_PREFIX):
         try:
             raw, _ = meta.read(info.key)
             data = orjson.loads(raw)
@@ -169,21 +171,21 @@ def _read_marks(meta: ObjectStore) -> list[_Mark]:
 
 def _acquire(meta: ObjectStore, who: str) -> None:
     try:
-        meta.put_if_absent(LOCK_KEY, orjson.dumps({"format": 1, "by": who, "time": time.time()}))
+        meta.put_if_absent(GC_LOCK_KEY, orjson.dumps({"format": 1, "by": who, "time": time.time()}))
     except PreconditionFailed:
         try:
-            raw, _ = meta.read(LOCK_KEY)
+            raw, _ = meta.read(GC_LOCK_KEY)
             holder = orjson.loads(raw)
         except (ObjectNotFound, orjson.JSONDecodeError):
             holder = {}
         raise ConflictError(
-            f"another gc holds `{LOCK_KEY}` in `{meta.url}` (by {holder.get('by', '?')}); wait for it, or if it "
+            f"another gc holds `{GC_LOCK_KEY}` in `{meta.url}` (by {holder.get('by', '?')}); wait for it, or if it "
             "died, run `datarun gc --break-lock` (a dead gc leaves only garbage; the next one finishes its work)"
         ) from None
 
 
 def break_lock(meta: ObjectStore) -> None:
-    meta.delete(LOCK_KEY)
+    meta.delete(GC_LOCK_KEY)
 
 
 def _await_commits(meta: ObjectStore, timeout: float, log: Log) -> int:
@@ -209,7 +211,7 @@ def _drop_dead_plans(meta: ObjectStore, who: str, log: Log) -> None:
     """Plans left by a collector that died (we hold the lock, so no live one owns them). Their
     sweep may be half done; advancing the generation makes every writer that began before this
     check the packs it reuses still exist, so dropping the plan cannot let a commit through."""
-    dead = [info.key for info in meta.list(PLANS_PREFIX)]
+    dead = [info.key for info in meta.list(GC_PLANS_PREFIX)]
     if not dead:
         return
     for key in dead:
@@ -240,7 +242,7 @@ def collect(
     finally:
         if not options.dry_run:
             with contextlib.suppress(DatarunError):
-                meta.delete(LOCK_KEY)
+                meta.delete(GC_LOCK_KEY)
 
 
 def _collect(
@@ -260,8 +262,8 @@ def _collect(
     # candidate in this run at all, whatever the roots say. Segments before packs: a writer puts
     # a segment only after its pack, so every listed segment's pack is in the pack listing.
     segments = _listing(blobs, INDEX_PREFIX)
-    packs = _listing(blobs, PACKS_PREFIX)
-    manifests = _listing(meta, MANIFESTS_PREFIX)
+    packs = _listing(blobs, PACK_PREFIX)
+    manifests = _listing(meta, MANIFEST_PREFIX)
     _mark(meta, _bundle_keys(meta), live, options.workers)
     unref_packs = {p for p in packs if p not in live.frames}
     unref_segments = {s for s in segments if s not in live.frames or s not in packs}
@@ -316,7 +318,7 @@ def _collect(
         "segments": sorted(unref_segments),
         "manifests": sorted(unref_manifests),
     }
-    meta.put_if_absent(mark_key(new_ksuid()), orjson.dumps(mark))
+    meta.put_if_absent(gc_mark_key(new_ksuid()), orjson.dumps(mark))
     for m in marks:
         if m.time < chosen_time:
             meta.delete(m.key)
@@ -336,7 +338,7 @@ def _collect(
             "segments": sorted(doomed_segments),
             "manifests": sorted(doomed_manifests),
         }
-        meta.put_if_absent(plan_key(plan_id), orjson.dumps(plan))
+        meta.put_if_absent(gc_plan_key(plan_id), orjson.dumps(plan))
         guard.bump_generation(meta, who)
         try:
             waited = _await_commits(meta, options.commit_timeout, log)
@@ -356,7 +358,7 @@ def _collect(
             _delete_all(blobs, [pack_key(p) for p in deleted_packs], options.workers)
             _delete_all(meta, [manifest_key(m) for m in deleted_manifests], options.workers)
         finally:
-            meta.delete(plan_key(plan_id))
+            meta.delete(gc_plan_key(plan_id))
             guard.bump_generation(meta, who)
     repacked = repack_freed = 0
     if repack is not None:

@@ -27,26 +27,23 @@ from contextlib import contextmanager
 import orjson
 
 from datarun.errors import ConflictError, IntegrityError, ObjectNotFound, PreconditionFailed
-from datarun.gc.keys import COMMITS_PREFIX, PLANS_PREFIX, commit_key
-from datarun.layout import manifest_key, pack_key
+from datarun.layout import GC_COMMITS_PREFIX, GC_GENERATION_KEY, GC_PLANS_PREFIX, gc_commit_key, manifest_key, pack_key
 from datarun.manifest import read_manifest_records
 from datarun.store import ObjectStore
-
-GENERATION_KEY = "gc/generation.json"
 
 
 def read_generation(meta: ObjectStore) -> int:
     """The number of sweeps begun or ended so far (0 on a store that was never collected)."""
     try:
-        raw, _ = meta.read(GENERATION_KEY)
+        raw, _ = meta.read(GC_GENERATION_KEY)
     except ObjectNotFound:
         return 0
     try:
         value = orjson.loads(raw)["generation"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
-        raise IntegrityError(f"`{GENERATION_KEY}` in `{meta.url}` is corrupt; run `datarun check`") from None
+        raise IntegrityError(f"`{GC_GENERATION_KEY}` in `{meta.url}` is corrupt; run `datarun check`") from None
     if not isinstance(value, int):
-        raise IntegrityError(f"`{GENERATION_KEY}` in `{meta.url}` is corrupt; run `datarun check`")
+        raise IntegrityError(f"`{GC_GENERATION_KEY}` in `{meta.url}` is corrupt; run `datarun check`")
     return value
 
 
@@ -55,21 +52,21 @@ def bump_generation(meta: ObjectStore, who: str) -> int:
     but a CAS costs nothing and keeps a stray second collector from going unnoticed)."""
     for attempt in range(20):
         try:
-            raw, info = meta.read(GENERATION_KEY)
+            raw, info = meta.read(GC_GENERATION_KEY)
             current, etag = int(orjson.loads(raw)["generation"]), info.etag
         except ObjectNotFound:
             current, etag = 0, None
         body = orjson.dumps({"format": 1, "generation": current + 1, "by": who, "time": time.time()})
         try:
             if etag is None:
-                meta.put_if_absent(GENERATION_KEY, body)
+                meta.put_if_absent(GC_GENERATION_KEY, body)
             else:
-                meta.put_if_match(GENERATION_KEY, body, etag)
+                meta.put_if_match(GC_GENERATION_KEY, body, etag)
         except (PreconditionFailed, ObjectNotFound):
             time.sleep(0.01 * (attempt + 1))
             continue
         return current + 1
-    raise ConflictError(f"`{GENERATION_KEY}` in `{meta.url}` keeps changing; is another gc running?")
+    raise ConflictError(f"`{GC_GENERATION_KEY}` in `{meta.url}` keeps changing; is another gc running?")
 
 
 def referenced_objects(meta: ObjectStore, manifest_id: str, repo: str = "") -> set[str]:
@@ -90,7 +87,7 @@ def referenced_objects(meta: ObjectStore, manifest_id: str, repo: str = "") -> s
 
 def read_plans(meta: ObjectStore) -> list[dict[str, object]]:
     plans = []
-    for info in meta.list(PLANS_PREFIX):
+    for info in meta.list(GC_PLANS_PREFIX):
         with contextlib.suppress(ObjectNotFound):  # a finished sweep removed it meanwhile
             raw, _ = meta.read(info.key)
             plans.append(orjson.loads(raw))
@@ -102,7 +99,7 @@ def commit_guard(
     meta: ObjectStore, blobs: ObjectStore, repo: str, bundle_id: str, manifest_id: str, generation: int
 ) -> Iterator[None]:
     """Run the body (the create of the bundle record) only if no collector can take its data."""
-    key = commit_key(bundle_id)
+    key = gc_commit_key(bundle_id)
     announce = {"format": 1, "repo": repo, "bundle": bundle_id, "manifest": manifest_id, "host": socket.gethostname()}
     meta.put_if_absent(key, orjson.dumps(announce))
     try:
@@ -146,4 +143,4 @@ def commit_guard(
 
 def list_commits(meta: ObjectStore) -> dict[str, str]:
     """Announced commits: key -> etag (a collector watches that the same object stays)."""
-    return {info.key: info.etag for info in meta.list(COMMITS_PREFIX)}
+    return {info.key: info.etag for info in meta.list(GC_COMMITS_PREFIX)}

@@ -18,7 +18,19 @@ import blake3
 import orjson
 
 from datarun.errors import ConflictError, DatarunError, NotFoundError, ObjectNotFound, PreconditionFailed
-from datarun.gc.keys import REPOS_PREFIX, RUNS_PREFIX, archived_history_prefix, repo_tombstone_key, tombstone_key
+from datarun.layout import (
+    REPOS_PREFIX,
+    RUNS_PREFIX,
+    archived_history_prefix,
+    bundle_key,
+    history_prefix,
+    kind_of,
+    label_key,
+    repo_key,
+    repo_prefix,
+    repo_tombstone_key,
+    tombstone_key,
+)
 from datarun.model import Bundle, Label, validate_repo_name
 
 if TYPE_CHECKING:
@@ -143,15 +155,14 @@ def remove_label(client: Client, label: Label) -> None:
     meta = client.meta
     stamp = f"{label.seq:012d}-{blake3.blake3(_dumps(label.to_json())).hexdigest()[:12]}"
     archive = archived_history_prefix(label.repo, label.name, stamp)
-    history_prefix = f"repos/{label.repo}/label-history/{label.name}/"
-    entries = list(meta.list(history_prefix))
+    entries = list(meta.list(history_prefix(label.repo, label.name)))
     for info in entries:
         raw, _ = meta.read(info.key)
         meta.put(archive + info.key.rsplit("/", 1)[1], raw)
     meta.put(archive + f"{label.seq:012d}.json", _dumps(label.to_json()))  # history may lag by one (§7.2)
     for info in entries:
         meta.delete(info.key)
-    meta.delete(f"repos/{label.repo}/labels/{label.name}.json")
+    meta.delete(label_key(label.repo, label.name))
 
 
 def _tombstone(client: Client, plan: BundleDeletion) -> None:
@@ -169,7 +180,7 @@ def delete_bundle(client: Client, plan: BundleDeletion, *, force: bool = False) 
         remove_label(client, label)
     if plan.tombstone:
         _tombstone(client, plan)
-    client.meta.delete(f"repos/{plan.bundle.repo}/bundles/{plan.bundle.id}.json")
+    client.meta.delete(bundle_key(plan.bundle.repo, plan.bundle.id))
 
 
 def plan_repo_delete(client: Client, repo: str) -> RepoDeletion:
@@ -191,9 +202,11 @@ def delete_repo(client: Client, plan: RepoDeletion) -> None:
         remove_label(client, label)
     for b in plan.bundles:
         delete_bundle(client, b)
-    client.meta.delete(f"repos/{plan.repo}/repo.json")
-    for info in list(client.meta.list(f"repos/{plan.repo}/")):
-        if "/tombstones/" not in info.key and "/label-history-removed/" not in info.key:
+    client.meta.delete(repo_key(plan.repo))
+    kept = ("bundle-tombstone", "removed-label-history")  # lineage and label history outlive the repo
+    for info in list(client.meta.list(repo_prefix(plan.repo))):
+        kind = kind_of(info.key)
+        if kind is None or kind.name not in kept:
             client.meta.delete(info.key)
 
 
@@ -218,30 +231,30 @@ def rename_repo(client: Client, old: str, new: str) -> int:
     try:
         client.get_repo(old)
     except NotFoundError:
-        if meta.exists(f"repos/{new}/repo.json") and meta.exists(repo_tombstone_key(old)):
+        if meta.exists(repo_key(new)) and meta.exists(repo_tombstone_key(old)):
             pass  # an interrupted rename: finish removing the old records below
         else:
             raise
     else:
-        if meta.exists(f"repos/{new}/repo.json"):
+        if meta.exists(repo_key(new)):
             raise ConflictError(f"repo `{new}` already exists in `{meta.url}`; choose another name or delete it first")
     moved = 0
-    keys = [info.key for info in meta.list(f"repos/{old}/")]
+    keys = [info.key for info in meta.list(repo_prefix(old))]
     for key in keys:
-        if key == f"repos/{old}/repo.json":
+        if key == repo_key(old):
             continue
         with contextlib.suppress(ObjectNotFound):
             raw, _ = meta.read(key)
-            meta.put(f"repos/{new}/" + key[len(f"repos/{old}/") :], _renamed(raw, new, key))
+            meta.put(repo_prefix(new) + key[len(repo_prefix(old)) :], _renamed(raw, new, key))
             moved += 1
     with contextlib.suppress(ObjectNotFound):
-        raw, _ = meta.read(f"repos/{old}/repo.json")
+        raw, _ = meta.read(repo_key(old))
         with contextlib.suppress(PreconditionFailed):
-            meta.put_if_absent(f"repos/{new}/repo.json", _renamed(raw, new, "repos/x/repo.json"))
+            meta.put_if_absent(repo_key(new), _renamed(raw, new, repo_key(old)))
         moved += 1
     stone = {"format": 1, "kind": "renamed", "repo": old, "renamed_to": new, "time": _now(), "by": client.author[0]}
     meta.put(repo_tombstone_key(old), _dumps(stone))
-    meta.delete(f"repos/{old}/repo.json")
+    meta.delete(repo_key(old))
     for key in keys:
         meta.delete(key)
     return moved
@@ -250,7 +263,7 @@ def rename_repo(client: Client, old: str, new: str) -> int:
 def lineage_status(client: Client, repo: str, bundle_id: str) -> str:
     """How an input reads today: "ok", "deleted <when> by <who>", "renamed to <repo>" or "missing"."""
     meta = client.meta
-    if meta.exists(f"repos/{repo}/bundles/{bundle_id}.json"):
+    if meta.exists(bundle_key(repo, bundle_id)):
         return "ok"
     try:
         raw, _ = meta.read(tombstone_key(repo, bundle_id))

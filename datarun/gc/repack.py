@@ -23,8 +23,7 @@ import orjson
 from datarun.cas.packs import PACK_TARGET_SIZE, PendingChunk, encode_segment, pack_id_of
 from datarun.errors import ObjectNotFound, PreconditionFailed
 from datarun.gc.collect import GcOptions
-from datarun.gc.keys import REPOS_PREFIX
-from datarun.layout import manifest_key, pack_key, segment_key
+from datarun.layout import REPOS_PREFIX, manifest_key, pack_key, segment_key
 from datarun.manifest import ManifestWriter, read_manifest
 from datarun.model import ChunkRef, FileEntry
 from datarun.store import ObjectStore

@@ -17,6 +17,7 @@ from typing import Any
 from datarun.errors import IntegrityError, UsageError
 from datarun.ids import is_ksuid
 from datarun.model import validate_repo_name
+from datarun.summary import TransferSummary
 
 RUN_FORMAT = 1
 
@@ -188,6 +189,9 @@ class Run:
     hidden: bool = False
     source: Source | None = None
     cache: CacheStamp | None = None
+    # What uploading each output moved, by output name (the names of ``outputs``): kept in the run
+    # so `run show` and the catalog answer "what did this run cost" without reading bundle records.
+    transfers: dict[str, TransferSummary] = field(default_factory=dict)
 
     def check(self) -> Run:
         """Raise UsageError naming the field if this run cannot be stored; return it otherwise."""
@@ -217,6 +221,10 @@ class Run:
                 raise UsageError(f"annotation `{key}` must be a string")
         if self.source is not None and self.source.kind not in SOURCE_KINDS:
             raise UsageError(f"run `{self.id}`: source kind `{self.source.kind}` is not one of {SOURCE_KINDS}")
+        names = {link.name for link in self.outputs}
+        for name in self.transfers:
+            if name not in names:
+                raise UsageError(f"run `{self.id}`: transfer summary for `{name}`, which is not one of its outputs")
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -243,6 +251,7 @@ class Run:
             "hidden": self.hidden,
             "source": self.source.to_json() if self.source is not None else None,
             "cache": self.cache.to_json() if self.cache is not None else None,
+            "transfers": {name: t.to_json() for name, t in sorted(self.transfers.items())},
         }
 
     @staticmethod
@@ -265,6 +274,8 @@ class Run:
             annotations = raw.get("annotations") or {}
             if not isinstance(annotations, dict):
                 raise ValueError("annotations is not an object")
+            # Absent in records written before transfers were kept: those runs simply have none.
+            transfers = _obj(raw.get("transfers") or {}, "transfers")
             run = Run(
                 id=_str(raw, "id"),
                 version=_int(raw, "version"),
@@ -287,6 +298,7 @@ class Run:
                 hidden=bool(raw.get("hidden", False)),
                 source=Source(_str(source, "kind"), _str(source, "uri")) if source is not None else None,
                 cache=CacheStamp.from_json(raw["cache"]) if raw.get("cache") is not None else None,
+                transfers={str(k): _transfer(v, k) for k, v in transfers.items()},
             )
             return run.check()
         except (KeyError, TypeError, ValueError, UsageError) as err:
@@ -305,16 +317,31 @@ class Run:
     def with_annotations(self, values: dict[str, str]) -> Run:
         return replace(self, annotations={**self.annotations, **values})
 
-    def with_outputs(self, outputs: tuple[BundleLink, ...]) -> Run:
-        """Outputs add to those already recorded (each sidecar of a pod adds its own)."""
+    def with_outputs(self, outputs: tuple[BundleLink, ...], transfers: dict[str, TransferSummary] | None = None) -> Run:
+        """Outputs (and their transfer summaries) add to those already recorded (each sidecar of a
+        pod adds its own)."""
         merged = (*self.outputs, *(o for o in outputs if o not in self.outputs))
-        return replace(self, outputs=merged)
+        return replace(self, outputs=merged, transfers={**self.transfers, **(transfers or {})})
 
     def finished(
-        self, phase: str, exit_code: int | None, outputs: tuple[BundleLink, ...] = (), end: str | None = None
+        self,
+        phase: str,
+        exit_code: int | None,
+        outputs: tuple[BundleLink, ...] = (),
+        end: str | None = None,
+        transfers: dict[str, TransferSummary] | None = None,
     ) -> Run:
         """The run at its end, with ``outputs`` added to the recorded ones."""
-        return replace(self.with_outputs(outputs), phase=phase, exit_code=exit_code, end=end or now_iso())
+        return replace(self.with_outputs(outputs, transfers), phase=phase, exit_code=exit_code, end=end or now_iso())
+
+
+def _transfer(raw: Any, name: str) -> TransferSummary:
+    if not isinstance(raw, dict):
+        raise ValueError(f"transfers.{name} is not an object")
+    summary = TransferSummary.from_json(raw)
+    if min(summary.bytes, summary.files, summary.chunks_new, summary.chunks_deduplicated) < 0 or summary.seconds < 0:
+        raise ValueError(f"transfers.{name} has a negative count")
+    return summary
 
 
 def _str(raw: Any, key: str) -> str:

@@ -31,6 +31,7 @@ from datarun.layout import run_record_key as record_key
 from datarun.layout import run_record_prefix as record_prefix
 from datarun.runs.model import BundleLink, Run, now_iso
 from datarun.store.base import ObjectStore
+from datarun.summary import TransferSummary
 
 DEFAULT_RETRIES = 20
 
@@ -205,8 +206,16 @@ class RunStore:
         return self.update(run_id, lambda r: replace(r, hidden=hidden))
 
     def finish(
-        self, run_id: str, phase: str, exit_code: int | None, outputs: tuple[BundleLink, ...] = (), *, end: str = ""
+        self,
+        run_id: str,
+        phase: str,
+        exit_code: int | None,
+        outputs: tuple[BundleLink, ...] = (),
+        *,
+        end: str = "",
+        transfers: dict[str, TransferSummary] | None = None,
     ) -> Run:
-        """Phase, exit code and end time; ``outputs`` add to the recorded ones. Idempotent: a
-        retried finish with the same values writes no new version."""
-        return self.update(run_id, lambda r: r.finished(phase, exit_code, outputs, end or r.end))
+        """Phase, exit code and end time; ``outputs`` (with their transfer summaries, by output
+        name) add to the recorded ones. Idempotent: a retried finish with the same values writes
+        no new version."""
+        return self.update(run_id, lambda r: r.finished(phase, exit_code, outputs, end or r.end, transfers))

@@ -64,6 +64,9 @@ class SidecarResult:
     """The run record (datarun.runs) that names these uploads, once written."""
     run_error: str = ""
     """Why the run record could not be written (the uploads stand; see sidecar/runrecord.py)."""
+    transfers: dict[str, summary.TransferSummary] = field(default_factory=dict)
+    """Each uploaded output's transfer summary, by output name, for the run record (not in
+    ``to_json``: the termination message has room for bundle ids, not for statistics)."""
 
     @property
     def ok(self) -> bool:
@@ -329,6 +332,7 @@ def upload_outputs(
             done = item.upload(client, run)
             out.bundle = done.bundle.id
             out.uploaded = True
+            result.transfers[item.name] = done.summary
             summary.emit("transfer", transfer_fields(kind, out.name, done.bundle))
         except (DatarunError, SidecarError) as err:
             out.error = str(err)

@@ -48,6 +48,7 @@ def record_run(
     if not any(o.repo for o in result.outputs):
         return ""  # nothing was meant to be uploaded (a database without an output repo)
     outputs = _outputs(result)
+    transfers = {o.name: result.transfers[o.name] for o in outputs if o.name in result.transfers}
     ok = result.ok and result.app_exit_code == 0
     own = Run(
         id="",
@@ -60,6 +61,7 @@ def record_run(
         image=env.get("DATARUN_IMAGE", ""),
         inputs=tuple(inputs),
         outputs=outputs,
+        transfers=transfers,
         annotations={"datarun.io/sidecar": result.kind},
     )
     try:
@@ -69,14 +71,14 @@ def record_run(
             run = runs.create(replace(own, id=runs.new_id()))
         else:
             try:
-                run = runs.update(existing, lambda r: r.with_outputs(outputs))
+                run = runs.update(existing, lambda r: r.with_outputs(outputs, transfers))
             except NotFoundError:
                 # No operator wrote it (a DataRun pod run without one, e.g. by podman): the record
                 # is made here under the id the pod was given, and the other sidecar's outputs join it.
                 try:
                     run = runs.create(replace(own, id=existing))
                 except ConflictError:  # the other sidecar made it first
-                    run = runs.update(existing, lambda r: r.with_outputs(outputs))
+                    run = runs.update(existing, lambda r: r.with_outputs(outputs, transfers))
     except DatarunError as err:
         print(f"datarun-sidecar: the run record was not written: {err}", file=sys.stderr)
         result.run_error = str(err)

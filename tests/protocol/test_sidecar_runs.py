@@ -35,6 +35,13 @@ def test_an_upload_outside_a_datarun_creates_a_run_with_inputs_outputs_and_the_c
     assert "awk" in " ".join(run.command)
     assert run.end is not None and run.start <= run.end
     assert run.annotations == {"datarun.io/sidecar": "fuse"}
+    [out] = run.outputs
+    bundle = _client(pod, "c3").get_bundle("out", out.bundle)
+    assert run.transfers[out.name].to_json() == bundle.provenance.transfer, "the bundle's summary, in the run"
+    assert (
+        run.transfers[out.name].files == 1
+        and run.transfers[out.name].bytes == (pod.tmp / "outdir" / "sum.txt").stat().st_size
+    )
 
 
 def test_a_failed_app_is_recorded_as_a_failed_run_without_outputs(pod: Pod) -> None:
@@ -60,6 +67,7 @@ def test_in_a_datarun_pod_the_sidecar_adds_its_outputs_to_the_operators_run(pod:
     run = client.runs.get(created.id)
     assert run.version == 2 and run.phase == "Running", "the operator, not the sidecar, ends the run"
     assert [(o.repo, o.bundle) for o in run.outputs] == [("out", outputs[0]["bundle"])]
+    assert list(run.transfers) == [run.outputs[0].name] and run.transfers[run.outputs[0].name].files == 1
 
 
 def test_a_postgres_dump_upload_records_its_source_and_its_dump(open_tmp: Path) -> None:
@@ -76,6 +84,7 @@ def test_a_postgres_dump_upload_records_its_source_and_its_dump(open_tmp: Path) 
     one, two = runs.get(str(first["run"])), runs.get(str(second["run"]))
     assert (one.phase, one.exit_code, one.inputs) == ("Succeeded", 0, ())
     assert [(o.name, o.repo, o.bundle) for o in one.outputs] == [("main", "db", dumps[0])]
+    assert one.transfers["main"].bytes > 0 and one.transfers["main"].files >= 1, "the dump's transfer"
     assert [(i.name, i.repo, i.bundle) for i in two.inputs] == [("main", "db", dumps[0])], "the restored dump"
     assert [(o.name, o.repo, o.bundle) for o in two.outputs] == [("main", "db", dumps[1])]
     assert two.annotations == {"datarun.io/sidecar": "postgres"}

@@ -14,7 +14,7 @@ from datarun.runs.exekias import parse_folder_name, parse_params, parse_start
 CONTRACT_KEYS = {
     "format", "id", "version", "updated", "start", "end", "title", "phase", "exit_code", "params", "command",
     "image", "image_digest", "author", "host", "inputs", "outputs", "tags", "annotations", "hidden", "source",
-    "cache",
+    "cache", "transfers",
 }  # fmt: skip
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from datarun import layout
 from datarun.cache import KeySpec, OutputSpec, compute_key
 from datarun.catalog import open_index
+from datarun.gc.collect import GcOptions, collect
+from datarun.gc.lifecycle import delete_bundle, plan_bundle_delete, remove_label, rename_repo
 from datarun.lineage import Graph, add_record, bundle_node, invalidate
 from datarun.lineage.actions import add_action
 from datarun.repo import Client
@@ -54,6 +56,14 @@ def test_every_kind_is_found_under_its_prefix() -> None:
         "lineage-action": "lineage/actions/2Ae.json",
         "lineage-execution": "lineage/executions/2Ad/2Ae.json",
         "cache-entry": layout.cache_entry_key("ab" * 32, "cd" * 32, "2Aa" * 9),
+        "gc-lock": layout.GC_LOCK_KEY,
+        "gc-generation": layout.GC_GENERATION_KEY,
+        "gc-mark": layout.gc_mark_key("2Af" * 9),
+        "gc-plan": layout.gc_plan_key("2Ag" * 9),
+        "gc-commit": layout.gc_commit_key("2Aa" * 9),
+        "bundle-tombstone": layout.tombstone_key("images", "2Aa" * 9),
+        "removed-label-history": layout.archived_history_prefix("images", "Latest", "000000000003-ab12") + "x.json",
+        "repo-tombstone": layout.repo_tombstone_key("images"),
     }
     assert sorted(examples) == sorted(kind.name for kind in layout.KINDS)
     for kind in layout.KINDS:
@@ -78,6 +88,13 @@ def test_keys_datarun_never_writes_have_no_kind() -> None:
         "runs/changes/a/b.json",
         "cache/task/key.json",
         "cache/task/key/run/extra.json",
+        "gc/other.json",
+        "gc/marks/.json",
+        "gc/marks/a/b.json",
+        "tombstones/repos/a/b.json",
+        "tombstones/bundles/x.json",
+        "repos/r/tombstones/x/y.json",
+        "repos/r/label-history-removed/l/s.json",
     ):
         assert layout.kind_of(key) is None, key
 
@@ -107,11 +124,21 @@ def test_every_key_an_upload_and_a_run_write_has_a_kind(tmp_path: Path) -> None:
             graph = Graph(index)
             graph.sync(client.meta)
             invalidate(client.meta, graph, bundle_node("r", first.bundle.id), reason="bad", who="t", client=client)
+        # garbage collection: a removed label, a deleted bundle a run names, a collection, a rename
+        remove_label(client, client.get_label("r", "pinned"))
+        delete_bundle(client, plan_bundle_delete(client, "r", first.bundle.id))
+        collect(client.meta, client.blobs, GcOptions(grace=0))
+        client.create_repo("s")
+        client.upload("s", src, "three")
+        rename_repo(client, "s", "t")
+    # Deleted by design once their step is done, so a finished store has none of them.
+    transient = {"gc-lock", "gc-plan", "gc-commit"}
     keys = [info.key for kind in {k.prefix for k in layout.KINDS} for info in store.list(kind)]
     kinds = set()
     for key in keys:
         kind = layout.kind_of(key)
         kinds.add(kind.name if kind is not None else f"unknown {key}")
-    assert kinds == {kind.name for kind in layout.KINDS}
-    assert layout.label_key("r", "pinned") in keys
+    assert kinds == {kind.name for kind in layout.KINDS} - transient
+    assert not {layout.GC_LOCK_KEY, layout.gc_commit_key(first.bundle.id)} & set(keys)
+    assert layout.label_key("r", "latest") in keys
     assert layout.history_key("r", "latest", 2) in keys

@@ -1,9 +1,9 @@
 """The read-only web view: a Starlette app assembled from page modules.
 
 Each module in ``PAGES`` exposes ``routes(ctx) -> list[Route]`` and may name a top-level
-link as ``NAV = ("Runs", "/runs")``; a new page (runs over ``datarun.catalog``, lineage) is
-one more module in that tuple, with its templates beside the others. Only GET and HEAD are routed,
-so nothing here can change a store; Starlette answers anything else with 405.
+link as ``NAV = ("Runs", "/runs")``; a new page is one more module in that tuple, with its
+templates beside the others. Only GET and HEAD are routed, so nothing here can change a store;
+Starlette answers anything else with 405.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from starlette.routing import BaseRoute
 
 from datarun.repo import Client
 from datarun.web.context import WebContext
-from datarun.web.pages import bundles, diff, repos
+from datarun.web.pages import bundles, diff, lineage, repos, runs
 
-PAGES: tuple[ModuleType, ...] = (repos, bundles, diff)
+PAGES: tuple[ModuleType, ...] = (repos, bundles, diff, runs, lineage)
 
 
 def create_app(client: Client, *, page_size: int = 200, pages: tuple[ModuleType, ...] = PAGES) -> Starlette:

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,26 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextmanager
+def serve(client: Client, *, page_size: int = 200) -> Iterator[str]:
+    """The web view of ``client`` served by uvicorn on a free loopback port; yields its base URL."""
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(client, page_size=page_size), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "the web server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("web")
@@ -53,17 +74,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     (src / "images" / "link").unlink()
     (src / "added.txt").write_text("new\n")
     second = client.upload("cams", src, "day two", label="latest").bundle.id
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(client, page_size=3), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "the web server did not start"
-        time.sleep(0.05)
-    yield Site(f"http://127.0.0.1:{port}", client, src, first, second, hashlib.sha256(big).hexdigest())
-    server.should_exit = True
-    thread.join(10)
+    with serve(client, page_size=3) as base:
+        yield Site(base, client, src, first, second, hashlib.sha256(big).hexdigest())
     client.close()

@@ -13,6 +13,7 @@ from datarun.errors import NotFoundError, UnsafePathError, UsageError
 from datarun.fs.reader import BundleReader
 from datarun.model import FILE, validate_relpath
 from datarun.web.context import WebContext, page
+from datarun.web.graphs import invalid_reasons
 from datarun.web.listing import tree_page
 
 _PIECE = 1 << 20
@@ -44,12 +45,21 @@ def bundle(ctx: WebContext, request: Request) -> Response:
     if not listing.found:
         raise NotFoundError(f"folder `{folder}` not found in bundle `{found.id}` of repo `{repo}`")
     labels = [label.name for label in ctx.client.list_labels(repo) if label.bundle == found.id]
+    reasons = invalid_reasons(ctx.client, f"bundle/{repo}/{found.id}")
     crumbs = []
     if folder:
         parts = folder.split("/")
         crumbs = [("/".join(parts[: i + 1]), part) for i, part in enumerate(parts)]
     return ctx.render(
-        "bundle.html", repo=repo, ref=ref, bundle=found, folder=folder, page=listing, labels=labels, crumbs=crumbs
+        "bundle.html",
+        repo=repo,
+        ref=ref,
+        bundle=found,
+        folder=folder,
+        page=listing,
+        labels=labels,
+        crumbs=crumbs,
+        reasons=reasons,
     )
 
 

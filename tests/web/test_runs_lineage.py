@@ -105,7 +105,7 @@ def test_the_query_box_filters_runs_and_shows_params_as_columns(browser: webdriv
     _click_and_wait(browser, browser.find_element(By.ID, "run-query"))
     _wait(browser, By.ID, "runs")
     assert sorted(_titles(browser)) == ["train lr=0.001", "train lr=0.01"]
-    assert browser.find_element(By.ID, "query").get_attribute("value").startswith("run.params.lr < 0.05")
+    assert str(browser.find_element(By.ID, "query").get_attribute("value")).startswith("run.params.lr < 0.05")
     cells = {r.find_elements(By.TAG_NAME, "td")[1].text: r.find_elements(By.CSS_SELECTOR, "td.param")[0].text
              for r in browser.find_elements(By.CSS_SELECTOR, "tr.run")}  # fmt: skip
     assert cells == {"train lr=0.001": "0.001", "train lr=0.01": "0.01"}
@@ -118,7 +118,7 @@ def test_the_query_box_filters_runs_and_shows_params_as_columns(browser: webdriv
     assert hint == "ARRAY_CONTAINS(run.tags, 'first')" and _titles(browser) == ["train lr=0.1"]
     browser.get(f"{lab.base}/runs?q=run.params.lr%20%3C")
     error = _wait(browser, By.ID, "query-error").text
-    assert "run.params.lr <" in browser.find_element(By.ID, "query").get_attribute("value")
+    assert "run.params.lr <" in str(browser.find_element(By.ID, "query").get_attribute("value"))
     assert error.startswith("query syntax error at position 16") and "ends too early" in error, error
 
 
@@ -154,7 +154,7 @@ def test_an_invalidated_bundle_is_marked_on_its_page_and_in_the_picture(browser:
     run = f"run/{lab.runs[0.1]}"
     assert marked == {f"bundle/data/{lab.raw}", run, f"bundle/models/{lab.model}"}
     # In the SVG itself: the invalid nodes' text says so, in red; the picture reaches the model.
-    source = svg.get_attribute("outerHTML")
+    source = str(svg.get_attribute("outerHTML"))
     assert source.count("INVALID") == 3 and "#c62828" in source
     assert lab.model[:10] in source and lab.raw[:10] in source
     _shot(browser, "web-lineage.png")

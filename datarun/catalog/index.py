@@ -28,8 +28,9 @@ from datarun.errors import IntegrityError, UsageError
 from datarun.ids import new_ksuid
 from datarun.store.base import ObjectStore
 
-SCHEMA = 1
-"""The index's own schema; an index written by a newer one is refused, an older one rebuilt."""
+SCHEMA = 2
+"""The index's own schema; an index written by a newer one is refused, an older one rebuilt.
+2: the (pid, type, num, text, rid) index that ``--order-by`` walks replaces (pid, type, num, rid)."""
 
 RUN_FORMAT = 1
 """The newest run record format this reader knows (FORMAT.md, "Runs")."""
@@ -259,13 +260,20 @@ class Index:
         order = language.parse_value(order_by) if order_by else None
         if top is not None and top < 0:
             raise UsageError(f"--top {top}: give a number of runs, 0 or more")
-        sql = translate.select_sql(
+        parts = translate.select_sql(
             tree, dialect=self.dialect, order_by=order, descending=descending, top=top, include_hidden=include_hidden
         )
         cur = self._cursor()
-        cur.execute(sql.text, sql.params)
-        found = [row[0] for row in cur.fetchall()]
-        if not sql.rids:
+        found: list[Any] = []
+        for sql in parts:
+            params = sql.params
+            if sql.limit is not None and top is not None:
+                if len(found) >= top:
+                    break
+                params = {**params, sql.limit: top - len(found)}
+            cur.execute(sql.text, params)
+            found.extend(row[0] for row in cur.fetchall())
+        if not parts[0].rids:
             return [self._load(raw) for raw in found]
         docs: dict[int, Any] = {}
         mark = "?" if self.dialect.name == "sqlite" else "%s"

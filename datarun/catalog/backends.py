@@ -29,7 +29,7 @@ CREATE INDEX IF NOT EXISTS runs_start ON runs (start, id);
 CREATE TABLE IF NOT EXISTS run_paths (pid INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS run_params (rid INTEGER NOT NULL, pid INTEGER NOT NULL, type INTEGER NOT NULL,
     text TEXT, num REAL);
-CREATE INDEX IF NOT EXISTS run_params_num ON run_params (pid, type, num, rid);
+CREATE INDEX IF NOT EXISTS run_params_ord ON run_params (pid, type, num, text, rid);
 CREATE INDEX IF NOT EXISTS run_params_text ON run_params (pid, type, text, rid);
 CREATE INDEX IF NOT EXISTS run_params_run ON run_params (rid, pid);
 CREATE TABLE IF NOT EXISTS index_seen (key TEXT PRIMARY KEY);
@@ -136,7 +136,7 @@ CREATE INDEX IF NOT EXISTS runs_doc ON runs USING GIN (doc jsonb_path_ops);
 CREATE TABLE IF NOT EXISTS run_paths (pid BIGSERIAL PRIMARY KEY, path TEXT COLLATE "C" NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS run_params (rid BIGINT NOT NULL, pid BIGINT NOT NULL, type SMALLINT NOT NULL,
     text TEXT COLLATE "C", num DOUBLE PRECISION);
-CREATE INDEX IF NOT EXISTS run_params_num ON run_params (pid, type, num, rid);
+CREATE INDEX IF NOT EXISTS run_params_ord ON run_params (pid, type, num, text, rid);
 CREATE INDEX IF NOT EXISTS run_params_text ON run_params (pid, type, text, rid);
 CREATE INDEX IF NOT EXISTS run_params_run ON run_params (rid, pid);
 CREATE TABLE IF NOT EXISTS index_seen (key TEXT COLLATE "C" PRIMARY KEY);

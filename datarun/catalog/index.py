@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,8 +28,9 @@ from datarun.errors import IntegrityError, UsageError
 from datarun.ids import new_ksuid
 from datarun.store.base import ObjectStore
 
-SCHEMA = 1
-"""The index's own schema; an index written by a newer one is refused, an older one rebuilt."""
+SCHEMA = 2
+"""The index's own schema; an index written by a newer one is refused, an older one rebuilt.
+2: the (pid, type, num, text, rid) index that ``--order-by`` walks replaces (pid, type, num, rid)."""
 
 RUN_FORMAT = 1
 """The newest run record format this reader knows (FORMAT.md, "Runs")."""
@@ -38,6 +39,34 @@ CHANGES = "runs/changes/"
 DEFAULT_SKEW = 600.0  # seconds a writer's clock may be behind the newest change already seen
 _AHEAD = 86_400.0  # seconds a writer's clock may be ahead of this host's; beyond, its changes wait
 _CHANGE_RE = re.compile(r"^runs/changes/([0-9A-Za-z]{27})\.json$")
+_FLAG_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+# A flag shares the document's namespace (``run.<name>``): it must not shadow a record field.
+_RECORD_FIELDS = frozenset(
+    [
+        "format",
+        "id",
+        "version",
+        "start",
+        "end",
+        "updated",
+        "title",
+        "phase",
+        "exit_code",
+        "params",
+        "command",
+        "image",
+        "image_digest",
+        "author",
+        "host",
+        "inputs",
+        "outputs",
+        "tags",
+        "annotations",
+        "hidden",
+        "source",
+        "cache",
+    ]
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +272,52 @@ class Index:
             cur.execute(self.dialect.render("SELECT key FROM index_seen WHERE key > :p0"), {"p0": start_after})
         return {str(r[0]) for r in cur.fetchall()}
 
+    def set_flags(self, name: str, true_for: Iterable[str], *, full: bool = False) -> int:
+        """Keep the boolean ``run.<name>`` queryable on every indexed run: true for the run ids
+        in ``true_for``, false for the others. For what other parts of datarun know about a run
+        but its record does not say (lineage's ``run.invalid``); returns the runs changed.
+
+        A newer version of a run rewrites its rows and drops the flag, so after a sync that
+        applied versions pass ``full`` to find the runs without it; otherwise only the runs
+        whose flag changes are touched, and an unchanged set costs two small queries."""
+        if not _FLAG_RE.match(name) or name in _RECORD_FIELDS:
+            raise UsageError(f"`{name}` cannot be a run flag: use a lower-case name that no run record field has")
+        from datarun.catalog.oracle import BOOL
+
+        render = self.dialect.render
+        mark = "?" if self.dialect.name == "sqlite" else "%s"
+        ids = sorted(set(true_for))
+        with self._write() as cur:
+            pid = self._pid(cur, name)
+            wanted: set[int] = set()
+            for at in range(0, len(ids), 500):
+                chunk = ids[at : at + 500]
+                cur.execute(f"SELECT rid FROM runs WHERE id IN ({', '.join([mark] * len(chunk))})", chunk)  # noqa: S608
+                wanted.update(int(r[0]) for r in cur.fetchall())
+            cur.execute(render("SELECT rid FROM run_params WHERE pid = :p0 AND text = 'true'"), {"p0": pid})
+            flagged = {int(r[0]) for r in cur.fetchall()}
+            missing: set[int] = set()
+            if full:
+                cur.execute(
+                    render(
+                        "SELECT rid FROM runs r WHERE NOT EXISTS"
+                        " (SELECT 1 FROM run_params p WHERE p.rid = r.rid AND p.pid = :p0)"
+                    ),
+                    {"p0": pid},
+                )
+                missing = {int(r[0]) for r in cur.fetchall()}
+            change = sorted((wanted ^ flagged) | missing)
+            if change:
+                cur.executemany(
+                    f"DELETE FROM run_params WHERE rid = {mark} AND pid = {mark}",  # noqa: S608
+                    [(rid, pid) for rid in change],
+                )
+                cur.executemany(
+                    f"INSERT INTO run_params (rid, pid, type, text, num) VALUES ({', '.join([mark] * 5)})",  # noqa: S608
+                    [(rid, pid, BOOL, "true" if rid in wanted else "false", None) for rid in change],
+                )
+        return len(change)
+
     # -- reading ----------------------------------------------------------------------------
 
     def query(
@@ -259,13 +334,20 @@ class Index:
         order = language.parse_value(order_by) if order_by else None
         if top is not None and top < 0:
             raise UsageError(f"--top {top}: give a number of runs, 0 or more")
-        sql = translate.select_sql(
+        parts = translate.select_sql(
             tree, dialect=self.dialect, order_by=order, descending=descending, top=top, include_hidden=include_hidden
         )
         cur = self._cursor()
-        cur.execute(sql.text, sql.params)
-        found = [row[0] for row in cur.fetchall()]
-        if not sql.rids:
+        found: list[Any] = []
+        for sql in parts:
+            params = sql.params
+            if sql.limit is not None and top is not None:
+                if len(found) >= top:
+                    break
+                params = {**params, sql.limit: top - len(found)}
+            cur.execute(sql.text, params)
+            found.extend(row[0] for row in cur.fetchall())
+        if not parts[0].rids:
             return [self._load(raw) for raw in found]
         docs: dict[int, Any] = {}
         mark = "?" if self.dialect.name == "sqlite" else "%s"

@@ -190,43 +190,15 @@ class Graph:
         return LineageSync(listed, len(bodies) + len(runs), time.monotonic() - began)
 
     def flag_runs(self, *, full: bool) -> int:
-        """Keep ``run.invalid`` (true/false) queryable in the catalog's rows of every run.
-
-        The catalog rewrites a run's rows when a newer version arrives, dropping this one: ``full``
-        (after a sync that applied versions) finds the runs without it. Otherwise only runs whose
-        state changed are touched, so an up-to-date index costs two small queries."""
-        from datarun.catalog.oracle import BOOL
-
-        active = (
-            "SELECT r.rid FROM runs r JOIN lineage_marks m ON m.node = 'run/' || r.id JOIN lineage_events e"
-            " ON e.id = m.event WHERE NOT EXISTS (SELECT 1 FROM lineage_events v WHERE v.op = 'revalidate'"
-            " AND v.target = m.event)"
+        """Keep ``run.invalid`` (true/false) queryable: the catalog holds the flag
+        (``Index.set_flags``); lineage says which runs an unrevoked invalidation marks."""
+        cur = self.index._cursor()
+        cur.execute(
+            "SELECT m.node FROM lineage_marks m JOIN lineage_events e ON e.id = m.event WHERE m.node LIKE 'run/%'"
+            " AND NOT EXISTS (SELECT 1 FROM lineage_events v WHERE v.op = 'revalidate' AND v.target = m.event)"
         )
-        with self.index._write() as cur:
-            pid = self.index._pid(cur, "invalid")
-            cur.execute(active)
-            invalid = {int(r[0]) for r in cur.fetchall()}
-            cur.execute(self._r("SELECT rid FROM run_params WHERE pid = :p0 AND text = 'true'"), {"p0": pid})
-            flagged = {int(r[0]) for r in cur.fetchall()}
-            missing: set[int] = set()
-            if full:
-                cur.execute(
-                    self._r(
-                        "SELECT rid FROM runs r WHERE NOT EXISTS (SELECT 1 FROM run_params p WHERE p.rid = r.rid"
-                        " AND p.pid = :p0)"
-                    ),
-                    {"p0": pid},
-                )
-                missing = {int(r[0]) for r in cur.fetchall()}
-            change = (invalid ^ flagged) | missing
-            ph = self._marks
-            self._many(cur, f"DELETE FROM run_params WHERE rid = {ph(1)} AND pid = {ph(1)}", [(r, pid) for r in change])
-            self._many(
-                cur,
-                f"INSERT INTO run_params (rid, pid, type, text, num) VALUES ({ph(5)})",
-                [(r, pid, BOOL, "true" if r in invalid else "false", None) for r in change],
-            )
-        return len(change)
+        invalid = {str(r[0])[len("run/") :] for r in cur.fetchall()}
+        return self.index.set_flags("invalid", invalid, full=full)
 
     def _meta(self, key: str) -> str | None:
         cur = self.index._cursor()

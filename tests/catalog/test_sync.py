@@ -115,7 +115,7 @@ def test_an_index_written_by_a_newer_schema_is_refused(index_url: str, tmp_path:
         index.add([run_doc("r1")])
         with index._write() as cur:
             cur.execute("UPDATE index_meta SET value = '99' WHERE key = 'schema'")
-    with pytest.raises(UsageError, match=r"newer datarun \(index schema 99; this one knows 1\): upgrade datarun"):
+    with pytest.raises(UsageError, match=r"newer datarun \(index schema 99; this one knows 2\): upgrade datarun"):
         open_index(index_url, tmp_path)
 
 

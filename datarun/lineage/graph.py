@@ -475,6 +475,24 @@ class Graph:
         )
         return [orjson.loads(r[0]) for r in cur.fetchall()]
 
+    def watermark(self) -> str:
+        """The newest invalidation or revalidation event known ("" if none): event ids are KSUIDs,
+        which sort by time, so a poller that sees the same watermark knows nothing changed."""
+        cur = self.index._cursor()
+        cur.execute("SELECT MAX(id) FROM lineage_events")
+        row = cur.fetchone()
+        return "" if row is None or row[0] is None else str(row[0])
+
+    def refresh(self, store: ObjectStore) -> str:
+        """Sync what invalidity needs and return the watermark. Cheap when nothing was ever
+        invalidated (two list requests); otherwise the graph is synced too, so nodes made after a
+        cascade inherit it (``_inherit``)."""
+        self.sync(store, invalidations_only=True)
+        mark = self.watermark()
+        if mark:
+            self.sync(store)
+        return mark
+
     def unfinished(self) -> list[dict[str, Any]]:
         cur = self.index._cursor()
         cur.execute("SELECT doc FROM lineage_events WHERE done = 0 AND op = 'invalidate' ORDER BY id")

@@ -21,7 +21,7 @@ from datarun_operator.feed import LineageFeed
 from datarun_operator.reconcile import ANNOTATION_RERUN_OF, LABEL_RERUN_OF
 from tests.lineage.test_openlineage import Receiver, receiver
 from tests.operator.builders import UID, body, fuse_result, spec, terminated, with_status
-from tests.operator.test_handlers import FakeKube, Store, create, current, deliver, events, kube, store
+from tests.operator.test_handlers import FakeKube, Store, create, current, deliver, events, kbody, kube, store
 
 __all__ = ["events", "kube", "receiver", "store"]  # fixtures, registered by import
 
@@ -83,7 +83,7 @@ def _finish(kube: FakeKube, name: str = "job") -> None:
 
 
 def _check(kube: FakeKube, memo: kopf.Memo, name: str = "job") -> None:
-    handlers.check_invalidated(body=kopf.Body(current(kube, name)), namespace="team", name=name, memo=memo)
+    handlers.check_invalidated(body=kbody(current(kube, name)), namespace="team", name=name, memo=memo)
 
 
 def test_an_invalid_input_fails_the_run_at_pin_time(
@@ -156,7 +156,7 @@ def test_rerun_creates_one_new_datarun_that_repins(
     assert new["metadata"]["name"].startswith("job-rerun-") and "status" not in new
     assert new["spec"] == raw["spec"]
     name = new["metadata"]["name"]
-    handlers.start(body=kopf.Body(copy.deepcopy(new)), namespace="team", name=name)
+    handlers.start(body=kbody(copy.deepcopy(new)), namespace="team", name=name)
     assert current(rkube, name)["status"]["pinnedInputs"] == {"numbers": good}
 
 

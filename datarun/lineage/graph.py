@@ -35,8 +35,10 @@ CREATE TABLE IF NOT EXISTS lineage_seen (key TEXT PRIMARY KEY, version INTEGER N
 CREATE TABLE IF NOT EXISTS lineage_events (id TEXT PRIMARY KEY, op TEXT NOT NULL, node TEXT NOT NULL,
     target TEXT NOT NULL, done INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS lineage_marks (event TEXT NOT NULL, node TEXT NOT NULL, PRIMARY KEY (node, event));
+CREATE INDEX IF NOT EXISTS lineage_marks_event ON lineage_marks (event);
+CREATE TABLE IF NOT EXISTS lineage_seed (event TEXT NOT NULL, node TEXT NOT NULL);
 """
-_TABLES = ("lineage_nodes", "lineage_edges", "lineage_seen", "lineage_events", "lineage_marks")
+_TABLES = ("lineage_nodes", "lineage_edges", "lineage_seen", "lineage_events", "lineage_marks", "lineage_seed")
 
 
 class _Budget(Exception):
@@ -173,6 +175,7 @@ class Graph:
             self._many(wcur, f"INSERT INTO lineage_marks VALUES ({ph(2)}) ON CONFLICT DO NOTHING", marks)
             # Marks are re-listed until the cascade's done marker is seen; after that, never again.
             self._many(wcur, f"UPDATE lineage_events SET done = 1 WHERE id = {ph(1)}", [(e,) for e in done_now])
+            self._inherit(wcur, edges, sorted(done_now))
             seen_rows = [(k, 0) for k in todo]
             seen_rows += [(f"runs/{d['id']}", int(d["version"])) for d in runs]
             self._many(
@@ -188,6 +191,44 @@ class Graph:
                     {"p0": store.url},
                 )
         return LineageSync(listed, len(bodies) + len(runs), time.monotonic() - began)
+
+    def _inherit(self, cur: Any, edges: Sequence[tuple[str, str, str]], finished: Sequence[str]) -> None:
+        """Extend finished invalidations to the nodes made after them.
+
+        A cascade marks the descendants it found; a run that reads an invalid bundle later (with
+        --allow-invalid), and what it writes, are descendants too, but no mark in the store names
+        them. The rule "a descendant of an invalidated node is invalid" is kept in the index by
+        propagating marks (index rows only, rebuilt the same way from the store) from (a) the new
+        edges whose parent is marked and (b) the marks of cascades whose done marker just arrived,
+        which covers a node made while the cascade ran. An unfinished cascade is left to its
+        resume, so a half cascade still shows exactly what it reached."""
+        ph = self._marks
+        seeds: list[tuple[str, str]] = []
+        by_src: dict[str, list[str]] = {}
+        for src, dst, _rel in edges:
+            by_src.setdefault(src, []).append(dst)
+        if by_src:
+            sql = "SELECT node, event FROM lineage_marks WHERE node IN ({})"
+            for node, event in self._chunks_on(cur, sorted(by_src), sql):
+                seeds += [(str(event), dst) for dst in by_src[str(node)]]
+        if finished:
+            sql = "SELECT event, node FROM lineage_marks WHERE event IN ({})"
+            seeds += [(str(e), str(n)) for e, n in self._chunks_on(cur, list(finished), sql)]
+        if not seeds:
+            return
+        self._many(cur, f"INSERT INTO lineage_seed VALUES ({ph(2)})", sorted(set(seeds)))
+        cur.execute(
+            "WITH RECURSIVE reach(event, node) AS (SELECT event, node FROM lineage_seed"
+            " UNION SELECT r.event, x.dst FROM reach r JOIN lineage_edges x ON x.src = r.node)"
+            " INSERT INTO lineage_marks SELECT event, node FROM reach WHERE true ON CONFLICT DO NOTHING"
+        )
+        cur.execute("DELETE FROM lineage_seed")
+
+    def _chunks_on(self, cur: Any, keys: Sequence[str], sql: str) -> Iterator[Any]:
+        for at in range(0, len(keys), 500):
+            chunk = list(keys[at : at + 500])
+            cur.execute(sql.format(self._marks(len(chunk))), chunk)
+            yield from cur.fetchall()
 
     def flag_runs(self, *, full: bool) -> int:
         """Keep ``run.invalid`` (true/false) queryable: the catalog holds the flag
@@ -405,6 +446,24 @@ class Graph:
             {"p0": node.key},
         )
         return [orjson.loads(r[0]) for r in cur.fetchall()]
+
+    def watermark(self) -> str:
+        """The newest invalidation or revalidation event known ("" if none): event ids are KSUIDs,
+        which sort by time, so a poller that sees the same watermark knows nothing changed."""
+        cur = self.index._cursor()
+        cur.execute("SELECT MAX(id) FROM lineage_events")
+        row = cur.fetchone()
+        return "" if row is None or row[0] is None else str(row[0])
+
+    def refresh(self, store: ObjectStore) -> str:
+        """Sync what invalidity needs and return the watermark. Cheap when nothing was ever
+        invalidated (two list requests); otherwise the graph is synced too, so nodes made after a
+        cascade inherit it (``_inherit``)."""
+        self.sync(store, invalidations_only=True)
+        mark = self.watermark()
+        if mark:
+            self.sync(store)
+        return mark
 
     def unfinished(self) -> list[dict[str, Any]]:
         cur = self.index._cursor()

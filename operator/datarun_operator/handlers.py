@@ -35,8 +35,19 @@ from datarun.repo import Client, connect
 from datarun.runs import SUCCEEDED, Run
 from datarun_operator import metrics, reconcile, runrecord, webhook
 from datarun_operator.builder import LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY, get_pod, pod_name
+from datarun_operator.feed import LineageFeed
 from datarun_operator.kube import Kube, load_config
-from datarun_operator.models import GROUP, PLURAL, VERSION, CachePolicy, DataRun, Phase, SpecError, parse_status
+from datarun_operator.models import (
+    GROUP,
+    MAX_RUN_NAME,
+    PLURAL,
+    VERSION,
+    CachePolicy,
+    DataRun,
+    Phase,
+    SpecError,
+    parse_status,
+)
 from datarun_operator.result import app_image_id
 from datarun_operator.settings import Settings
 from datarun_operator.wire import store_of
@@ -46,6 +57,7 @@ FINALIZER = "datarun.io/finalizer"
 logger = logging.getLogger("datarun_operator")
 
 _kube: Kube | None = None
+FEED = LineageFeed(SETTINGS.lineage_seconds)
 
 
 def kube() -> Kube:
@@ -113,6 +125,22 @@ def _pin(run: DataRun) -> dict[str, str]:
         client.close()
 
 
+def _invalid_input(run: DataRun, pinned: Mapping[str, str]) -> SpecError | None:
+    """Refuse an invalidated input at pin time; the feed is re-polled, never trusted stale here."""
+    keys = reconcile.input_keys(run.spec, pinned)
+    if not keys:
+        return None
+    url = store_of(run.spec, SETTINGS)[0]
+    try:
+        FEED.watermark(url, fresh=True)
+        reasons = FEED.reasons(url, list(keys))
+    except DatarunError as err:
+        raise reconcile.PinError(
+            "spec.inputs", f"cannot read the lineage of the store: {err}", permanent=False
+        ) from None
+    return reconcile.invalid_input(run.spec, pinned, reasons)
+
+
 def start(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
     namespace = str(namespace)
     when = reconcile.now()
@@ -123,6 +151,10 @@ def start(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         run = DataRun.from_body(body)
         with metrics.timed(metrics.PIN_SECONDS):
             pinned = _pin(run)
+        invalid = _invalid_input(run, pinned)
+        if invalid is not None:
+            _apply(namespace, name, body, reconcile.failed_status(status, reconcile.INPUT_INVALID, invalid, when))
+            raise kopf.PermanentError(str(invalid))
         pod = get_pod(run, pinned, SETTINGS)
     except SpecError as err:
         _apply(namespace, name, body, reconcile.failed_status(status, "InvalidSpec", err, when))
@@ -272,7 +304,26 @@ def _finish_record(
         return False
     finally:
         client.close()
+    _post_openlineage(raw, done.to_json(), client.meta.url)
     return True
+
+
+def _post_openlineage(raw: Mapping[str, Any], doc: Mapping[str, Any], store_url: str) -> None:
+    """The run's OpenLineage events, posted as it ends; a consumer that is down costs a Warning,
+    never the run (the events can be exported again with `datarun lineage export`)."""
+    if not SETTINGS.openlineage_url:
+        return
+    import orjson
+
+    from datarun.lineage.actions import post_json
+    from datarun.lineage.openlineage import events
+
+    for event in events(doc, store_url):
+        ok, detail, _ = post_json(SETTINGS.openlineage_url, orjson.dumps(event), retries=2)
+        if not ok:
+            message = f"OpenLineage {event['eventType']} event not posted to {SETTINGS.openlineage_url}: {detail}"
+            _post(raw, (reconcile.Event("Warning", "OpenLineageFailed", message),))
+            return
 
 
 # -- following the pod --------------------------------------------------------------------------
@@ -313,6 +364,44 @@ def _unfinished(status: Mapping[str, Any], **_: Any) -> bool:
 
 def resync(namespace: str | None, name: str, status: Mapping[str, Any], **_: Any) -> None:
     sync_run(str(namespace), name, kube().get_pod(str(namespace), str(status.get("podName"))))
+
+
+# -- lineage: invalidated finished runs, and reruns ----------------------------------------------
+
+
+def _finished(status: Mapping[str, Any], **_: Any) -> bool:
+    return status.get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value)
+
+
+def check_invalidated(body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """The ``Invalidated`` condition and Event of a finished run, and ``onInputInvalidated: rerun``.
+    Cheap when nothing changed: the feed's watermark is shared, and equal to the one this run saw."""
+    try:
+        run = DataRun.from_body(body)
+        url = store_of(run.spec, SETTINGS)[0]
+    except SpecError:
+        return
+    mark = FEED.watermark(url)
+    if memo.get("watermark") == mark:
+        return
+    keys = reconcile.run_keys(run)
+    reasons = FEED.reasons(url, list(keys))
+    _apply(str(namespace), name, body, reconcile.invalidated_status(run.status, keys, reasons, reconcile.now()))
+    if reconcile.wants_rerun(run, reasons):
+        _rerun(body, run)
+    memo["watermark"] = mark  # only once everything above went through: a failure retries
+
+
+def _rerun(body: kopf.Body, run: DataRun) -> None:
+    # The label query makes this idempotent: a restarted operator finds the rerun it made.
+    selector = f"{reconcile.LABEL_RERUN_OF}={run.uid}"
+    existing = kube().list_dataruns(run.namespace, selector)
+    if existing:
+        return
+    created = kube().create_datarun(reconcile.rerun_body(body, MAX_RUN_NAME))
+    new_name = str((created.get("metadata") or {}).get("name", ""))
+    message = f"an input was invalidated; created DataRun `{new_name}` to run again with fresh pins"
+    _post(body, (reconcile.Event("Normal", "Rerun", message),))
 
 
 # -- update, delete -----------------------------------------------------------------------------
@@ -395,6 +484,10 @@ kopf.on.event(GROUP, VERSION, PLURAL, id="metrics")(observe)
 kopf.timer(GROUP, VERSION, PLURAL, id="resync", interval=SETTINGS.resync_seconds, idle=10, when=_unfinished)(
     metrics.counted("resync", resync)
 )
+if SETTINGS.lineage_seconds > 0:
+    kopf.timer(GROUP, VERSION, PLURAL, id="lineage", interval=SETTINGS.lineage_seconds, idle=5, when=_finished)(
+        metrics.counted("lineage", check_invalidated)
+    )
 kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="spec-change")(metrics.counted("spec_change", spec_change))
 kopf.on.delete(GROUP, VERSION, PLURAL, id="stop")(metrics.counted("stop", stop))
 

@@ -96,3 +96,16 @@ class Kube:
                 return False
             raise
         return True
+
+    def list_dataruns(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        raw = cast(
+            dict[str, Any],
+            self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, label_selector=label_selector),
+        )
+        return cast(list[dict[str, Any]], raw.get("items") or [])
+
+    def create_datarun(self, body: dict[str, Any]) -> dict[str, Any]:
+        namespace = body["metadata"]["namespace"]
+        return cast(
+            dict[str, Any], self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        )

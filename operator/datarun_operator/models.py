@@ -84,6 +84,15 @@ class InputMode(StrEnum):
     DOWNLOAD = "download"
 
 
+class OnInputInvalidated(StrEnum):
+    """What a finished run does when one of its inputs is invalidated later (issue 13):
+    `ignore` only marks it (condition Invalidated), `rerun` also creates a new DataRun that
+    re-pins the labels."""
+
+    IGNORE = "ignore"
+    RERUN = "rerun"
+
+
 class CacheMedium(StrEnum):
     DISK = "Disk"
     MEMORY = "Memory"
@@ -172,6 +181,13 @@ class Input:
         InputMode,
         FieldSchema("`mount` streams files on demand (FUSE); `download` copies the bundle before the app starts."),
     ] = InputMode.MOUNT
+    allow_invalid: Annotated[
+        bool,
+        FieldSchema(
+            "Start even if the pinned bundle was invalidated (`datarun invalidate`), like --allow-invalid; "
+            "by default such a run fails with reason InputInvalid."
+        ),
+    ] = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -306,6 +322,13 @@ class DataRunSpec:
     ] = ()
     store: Annotated[StoreOverride | None, FieldSchema("Use another store than the operator's default.")] = None
     cache: Annotated[Cache | None, FieldSchema("The sidecars' chunk cache, and the run cache's policy.")] = None
+    on_input_invalidated: Annotated[
+        OnInputInvalidated,
+        FieldSchema(
+            "When an input of the finished run is invalidated later: `ignore` (the default) sets the condition "
+            "Invalidated; `rerun` also creates a new DataRun (label datarun.io/rerun-of) that re-pins the labels."
+        ),
+    ] = OnInputInvalidated.IGNORE
 
     def check(self, where: str = "spec") -> None:
         """The rules the schema cannot state (or states only with CEL); raises SpecError."""

@@ -108,6 +108,10 @@ class Settings:
     """How often an unfinished DataRun re-reads its pod, in case a pod event was missed."""
     workers: int = 16
     """Threads for the (blocking) Kubernetes and store calls of the handlers."""
+    lineage_seconds: float = 60.0
+    """How often a finished DataRun checks whether its inputs or outputs were invalidated (0: never)."""
+    openlineage_url: str = ""
+    """POST the OpenLineage RunEvents (START, COMPLETE or FAIL) of each run there as it ends (e.g. Marquez)."""
 
     @staticmethod
     def from_env(env: Mapping[str, str]) -> Settings:
@@ -196,4 +200,6 @@ class Settings:
             ),
             resync_seconds=number("RESYNC_SECONDS", 60.0),
             workers=int(number("WORKERS", 16)),
+            lineage_seconds=number("LINEAGE_SECONDS", 60.0),
+            openlineage_url=get("OPENLINEAGE_URL", ""),
         )

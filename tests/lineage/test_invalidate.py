@@ -130,3 +130,67 @@ def test_index_is_not_needed_for_truth(index: Index, graph: Graph, world: World,
     with open_index(f"sqlite://{tmp_path / 'fresh.sqlite'}", tmp_path) as fresh:
         g = Graph(fresh)
         assert _invalid(g, world) == {world.f.key, world.m.key, world.x.key}
+
+
+def test_nodes_made_after_a_cascade_inherit_it(index_url: str, graph: Graph, world: World, tmp_path: Path) -> None:
+    # A run that reads an invalid bundle anyway (--allow-invalid), what it writes, and a record
+    # derived from that: no mark in the store names them, yet each descends from the invalid node.
+    from datarun.ids import new_ksuid
+    from datarun.lineage import NodeId, add_record, bundle_node
+    from datarun.model import BundleRef, RunRecord
+    from tests.catalog.writer import run_doc, write_version
+
+    invalidate(world.client.meta, graph, world.f, reason="bad features", who="t")
+    client = world.client
+    folder = tmp_path / "late"
+    folder.mkdir()
+    (folder / "x.txt").write_text("late")
+    run_id = new_ksuid()
+    late = client.upload(
+        "models", folder, "trained anyway", inputs=(BundleRef("feat", world.f.id),), run=RunRecord(run_id=run_id)
+    ).bundle
+    write_version(
+        client.meta,
+        run_doc(
+            run_id,
+            inputs=[{"name": "in", "repo": "feat", "bundle": world.f.id}],
+            outputs=[{"name": "out", "repo": "models", "bundle": late.id}],
+        ),
+    )
+    graph.sync(client.meta)
+    record = add_record(client.meta, kind="model", uri="fpga://late", derived_from=[bundle_node("models", late.id)])
+    graph.sync(client.meta)
+    made = [NodeId("run", run_id).key, bundle_node("models", late.id).key, f"record/{record['id']}"]
+    reasons = graph.invalid_reasons([*made, world.lone.key, world.a.key])
+    assert set(reasons) == set(made), "what descends from an invalid node is invalid; nothing else"
+    assert all("bad features" in r[0] and world.f.key in r[0] for r in reasons.values())
+    # The same answer from a fresh index, built from the store alone.
+    with open_index(f"sqlite://{tmp_path / 'fresh.sqlite'}", tmp_path) as fresh:
+        g = Graph(fresh)
+        g.sync(client.meta)
+        assert set(g.invalid_reasons([*made, world.lone.key])) == set(made)
+    # Revalidating the origin clears the inherited marks with the rest.
+    revalidate(client.meta, graph, world.f, reason="fine after all", who="t")
+    assert graph.invalid_reasons(made) == {}
+
+
+def test_a_node_made_during_a_cascade_is_invalid_once_it_is_done(graph: Graph, world: World, tmp_path: Path) -> None:
+    # The index saw the new child before the cascade's marks and done marker: the done marker
+    # brings the marks, and they reach the child through the edge the index already had.
+    from datarun.model import BundleRef
+
+    store = world.client.meta
+    folder = tmp_path / "mid"
+    folder.mkdir()
+    (folder / "y.txt").write_text("mid")
+    child = world.client.upload("models", folder, "made mid-cascade", inputs=(BundleRef("models", world.m.id),)).bundle
+    graph.sync(store)
+    event = {"format": 1, "id": "3MxsAKEXsfyWG3xgP3yRyjBmvjd", "op": "invalidate", "node": world.m.key}
+    event |= {"reason": "racing", "who": "t", "when": "2026-12-03T00:00:00Z"}
+    store.put_if_absent(f"{EVENTS}{event['id']}.json", dumps(event))
+    marks = {"format": 1, "event": event["id"], "origin": world.m.key, "reason": "racing", "nodes": [world.m.key]}
+    store.put_if_absent(f"{MARKS}{event['id']}/000001.json", dumps(marks))
+    store.put_if_absent(f"{DONE}{event['id']}.json", dumps({"format": 1, "event": event["id"], "when": "x"}))
+    graph.sync(store)
+    key = f"bundle/models/{child.id}"
+    assert set(graph.invalid_reasons([key, world.x.key, world.f.key])) == {key, world.x.key}

@@ -163,7 +163,7 @@ def test_rbac_is_least_privilege(helm: str) -> None:
     role = by_kind(render(helm))["ClusterRole"]
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
     assert rules == {
-        (("datarun.io",), ("dataruns",)): {"get", "list", "watch", "patch"},
+        (("datarun.io",), ("dataruns",)): {"get", "list", "watch", "patch", "create"},  # create: reruns
         (("datarun.io",), ("dataruns/status",)): {"get", "patch"},
         (("datarun.io",), ("dataruns/finalizers",)): {"update"},
         (("",), ("pods",)): {"create", "get", "list", "watch", "delete"},
@@ -193,6 +193,10 @@ def test_the_deployment_configures_the_operator_settings(helm: str) -> None:
         "sidecarImage.tag=9.9.9",
         "--set-json",
         'runPods.labels={"azure.workload.identity/use":"true"}',
+        "--set",
+        "openlineage.url=http://marquez:5000/api/v1/lineage",
+        "--set",
+        "operator.lineageSeconds=15",
     )
     deploy = by_kind(docs)["Deployment"]
     assert deploy["spec"]["replicas"] == 1 and deploy["spec"]["strategy"] == {"type": "Recreate"}
@@ -207,6 +211,16 @@ def test_the_deployment_configures_the_operator_settings(helm: str) -> None:
     assert settings.pod.service_account == "runner"
     assert settings.pod.labels == {"azure.workload.identity/use": "true"}
     assert settings.webhook.enabled
+    assert settings.openlineage_url == "http://marquez:5000/api/v1/lineage" and settings.lineage_seconds == 15
+    assert (
+        Settings.from_env(
+            {
+                e["name"]: e["value"]
+                for e in by_kind(render(helm))["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
+            }
+        ).openlineage_url
+        == ""
+    ), "no URL by default: nothing is posted"
     assert container["envFrom"] == [{"secretRef": {"name": "gcs"}}]
     assert env["GOOGLE_APPLICATION_CREDENTIALS"] == "/var/run/secrets/datarun/credential"
     assert container["command"][:3] == ["python", "-m", "datarun_operator"]
@@ -302,6 +316,7 @@ def test_the_values_schema_refuses_bad_values(helm: str) -> None:
         "sidecarImage.tag=latest",
         "store.url=s3://bucket",
         "webhook.inject.failurePolicy=Sometimes",
+        "openlineage.url=marquez:5000",
     ):
         proc = subprocess.run(
             [helm, "template", "rel", str(CHART), "--set", bad], capture_output=True, text=True, check=False

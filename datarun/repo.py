@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 from datarun import config as cfg
 from datarun import labels
-from datarun.cache import RunCache
 from datarun.cas.index import ChunkIndex
 from datarun.errors import (
     ConflictError,
@@ -60,7 +59,6 @@ from datarun.progress import Callback
 from datarun.ranged import RangedReader
 from datarun.records import Records, dumps, now
 from datarun.results import DownloadResult, MountResult, UploadResult, VerifyReport, upload_summary
-from datarun.runs import RunStore
 from datarun.store import ObjectStore, open_store
 from datarun.transfer import (
     DEFAULT_WORKERS,
@@ -71,7 +69,9 @@ from datarun.transfer import (
 )
 
 if TYPE_CHECKING:
+    from datarun.cache import RunCache
     from datarun.mount.runner import MountOptions
+    from datarun.runs import RunStore
 
 # The result types are part of this API: `from datarun.repo import UploadResult` keeps working.
 __all__ = [
@@ -124,6 +124,10 @@ class Client:
     @property
     def runs(self) -> RunStore:
         """The run records of this store (datarun.runs): create, update with CAS, get, history."""
+        # Imported here: the run records and the cache cost start-up time that `bundle mount`,
+        # `download` and `upload` never need.
+        from datarun.runs import RunStore
+
         self.records.check_read_format()
         return RunStore(
             self.meta,
@@ -135,6 +139,8 @@ class Client:
     @property
     def cache(self) -> RunCache:
         """The run cache of this store (datarun.cache): entries, lookups, explanations."""
+        from datarun.cache import RunCache
+
         return RunCache(self.meta, self.runs)
 
     # -- repos ---------------------------------------------------------------------------

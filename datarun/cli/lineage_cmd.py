@@ -15,6 +15,8 @@ import click
 
 from datarun.cli.common import info, json_option, print_json, state, with_store
 from datarun.errors import UsageError
+from datarun.layout import LINEAGE_EVENTS_PREFIX
+from datarun.store import ObjectStore
 
 F = Callable[..., Any]
 
@@ -293,12 +295,21 @@ def export(fmt: str, output: str | None, url: str | None, top: int | None, index
 # -- invalidation ---------------------------------------------------------------------------
 
 
+def _no_events(meta: ObjectStore) -> bool:
+    """True when this store never recorded an invalidation (nor a revalidation): events are
+    append-only, so then no bundle can be invalid. One list request, and the mount, download and
+    `bundle get` paths skip importing and syncing the lineage index (tens of ms of start-up)."""
+    return next(iter(meta.list(LINEAGE_EVENTS_PREFIX)), None) is None
+
+
 def invalid_reasons(keys: list[str], *, whole_graph: bool = False) -> dict[str, tuple[str, ...]]:
     """Active invalidations reaching each node key (``bundle/<repo>/<id>``), from the synced index."""
+    client = state().client()
+    if not whole_graph and _no_events(client.meta):
+        return {}
     from datarun.catalog import open_index
     from datarun.lineage import Graph
 
-    client = state().client()
     with open_index(None, client.cache_dir) as index:
         graph = Graph(index)
         graph.sync(client.meta, invalidations_only=not whole_graph)

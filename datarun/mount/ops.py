@@ -170,7 +170,7 @@ class BundleOperations(pyfuse3.Operations):
             inode = node.parent
         return "/".join(reversed(parts))
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         handle = self._handles.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -200,7 +200,10 @@ class BundleOperations(pyfuse3.Operations):
         try:
             for index in range(first, last + 1):
                 ref = handle.refs[index]
-                data: bytes | memoryview | None = self.source.view(ref)
+                data: bytes | memoryview | None = self.source.view_now(ref)
+                if data is None and not ref.compressed:
+                    # Not checked yet: page it in and hash it off the event loop.
+                    data = await trio.to_thread.run_sync(self.source.view, ref)
                 if data is None:
                     data = self.source.memory.get(ref.digest)
                 if data is None:
@@ -215,4 +218,6 @@ class BundleOperations(pyfuse3.Operations):
                 err,
             )
             raise pyfuse3.FUSEError(errno.EIO) from None
-        return pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
+        # pyfuse3 replies from any contiguous buffer, so one piece goes out as the view itself:
+        # straight from the mapped pack (or the cached chunk) to the kernel, with no copy.
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)

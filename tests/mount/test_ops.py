@@ -64,7 +64,7 @@ class OpsFixture:
         return trio.run(self.ops.open, self.inode_of(rel), flags, CTX).fh
 
     def read(self, fh: int, off: int, size: int) -> bytes:
-        return trio.run(self.ops.read, fh, off, size)
+        return bytes(trio.run(self.ops.read, fh, off, size))  # what the kernel is sent
 
 
 @pytest.fixture(scope="module", params=["local", "memory"])

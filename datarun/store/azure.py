@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Unpack
+from typing import Any, Unpack, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -217,8 +217,8 @@ class _BlockSink(ObjectSink):
     def _stage(self) -> None:
         # Fixed-width ids: Azure wants every block id of a blob to be the same length.
         block_id = base64.b64encode(f"datarun-{len(self._ids):08d}".encode()).decode()
-        data = bytes(self._buffer)
-        self._buffer.clear()
+        # Hand the buffer itself to the block and start a new one: no second copy of the bytes.
+        data, self._buffer = self._buffer, bytearray()
         self._ids.append(block_id)
         self._size += len(data)
         pending = [f for f in self._staging if not f.done()]
@@ -408,9 +408,11 @@ class AzureStore(CloudStore):
                 self._blocks = ThreadPoolExecutor(SINK_BLOCKS_IN_FLIGHT, thread_name_prefix="datarun-block")
             return self._blocks
 
-    def stage_block(self, key: str, block_id: str, data: bytes) -> None:
-        # Staging a block again under the same id replaces it: safe to retry.
-        self._call(key, "write", lambda _: self._blob(key).stage_block(block_id, data, length=len(data)))
+    def stage_block(self, key: str, block_id: str, data: bytes | bytearray) -> None:
+        # Staging a block again under the same id replaces it: safe to retry. The SDK sends any
+        # bytes-like body (it is typed for bytes only), so the writer's buffer goes as it is.
+        body = cast(bytes, data)
+        self._call(key, "write", lambda _: self._blob(key).stage_block(block_id, body, length=len(body)))
 
     def commit_blocks(self, key: str, block_ids: list[str], size: int) -> ObjectInfo:
         def attempt(_: int) -> ObjectInfo:

@@ -126,7 +126,7 @@ def dvc_remote_setup(server: Emulator, bucket: str, dvc: str, project: Path, env
 
 
 def bench_backend(
-    server: Emulator, work: Path, data: Path, bigs: list[Path], datarun: str, dvc: str, reps: int
+    server: Emulator, work: Path, data: Path, bigs: list[Path], datarun: str, dvc: str, reps: int, big_only: bool
 ) -> list[Row]:
     kind = "azure" if isinstance(server, Azurite) else "gcs"
     bucket = server.new_bucket()
@@ -141,6 +141,10 @@ def bench_backend(
     dr = [datarun, "-q", "--store", f"{scheme}://{bucket}/dr"]
     sh([*dr, "repo", "create", "--repo", "bench"], env=env)
     rows: list[Row] = []
+    if big_only:
+        rows += bench_bigs(server, kind, bucket, scheme, work, bigs, datarun, env, reps)
+        server.drop_bucket(bucket)
+        return rows
 
     # -- first upload: datarun vs dvc push ------------------------------------------------------
     dr_up, out = timed([*dr, "bundle", "upload", "--path", str(data), "--message", "m", "--repo", "bench"], env=env)
@@ -171,7 +175,50 @@ def bench_backend(
         )
     )
 
-    # -- the big files: datarun vs the raw SDK --------------------------------------------------
+    rows += bench_bigs(server, kind, bucket, scheme, work, bigs, datarun, env, reps)
+
+    # -- download: datarun vs dvc pull ------------------------------------------------------------
+    dest = work / f"dr-download-{kind}"
+    dr_down, _ = timed(
+        [*dr, "bundle", "download", "--repo", "bench", "--bundle", bundle, "--destination", str(dest)], env=env
+    )
+    same = subprocess.run(["diff", "-r", "-q", str(dest), str(data)], capture_output=True).returncode == 0
+    moved = work / f"data-kept-{kind}"
+    shutil.move(data, moved)
+    shutil.rmtree(project / ".dvc" / "cache", ignore_errors=True)
+    dvc_pull, _ = timed([dvc, "pull", "-q"], project, dvc_env)
+    shutil.rmtree(data)
+    shutil.move(moved, data)
+    rows.append(
+        Row(
+            kind,
+            "download, empty target (s)" + ("" if same else " MISMATCH"),
+            dr_down,
+            "dvc pull, empty cache",
+            dvc_pull,
+            dvc_pull / dr_down,
+            ">= 3x faster",
+            dvc_pull / dr_down >= 3 and same,
+        )
+    )
+    shutil.rmtree(dest)
+    server.drop_bucket(bucket)
+    return rows
+
+
+def bench_bigs(
+    server: Emulator,
+    kind: str,
+    bucket: str,
+    scheme: str,
+    work: Path,
+    bigs: list[Path],
+    datarun: str,
+    env: dict[str, str],
+    reps: int,
+) -> list[Row]:
+    """The big files alone: datarun against the raw SDK, each repetition a run of its own."""
+    rows: list[Row] = []
     big_dir = work / "bigs"
     if not big_dir.exists():
         big_dir.mkdir()
@@ -224,17 +271,20 @@ def bench_backend(
         ),
         (f"2 x {big_mib} MiB upload, both in-process (MiB/s)", dr_ins, "Client.upload", raw_ins, raw_name),
     ):
-        share = min(peer) / min(ours)  # best against best, as throughput
+        # Each repetition pairs one datarun upload with the raw SDK's right after it; a bar met
+        # in some repetitions only is a bar missed, so the worst pair is the one that counts.
+        shares = [p / o for o, p in zip(ours, peer, strict=True)]
+        spread = ", ".join(f"{x * 100:.0f}%" for x in shares)
         rows.append(
             Row(
                 kind,
-                f"{scenario}; {ours_name} {mibs(ours)}",
+                f"{scenario}; {ours_name} {mibs(ours)}; share per repetition {spread}",
                 big_bytes / min(ours) / 2**20,
                 f"{peer_name} ({mibs(peer)})",
                 big_bytes / min(peer) / 2**20,
-                share,
-                ">= 80% of raw SDK",
-                share >= 0.8,
+                min(shares),
+                ">= 95% of raw SDK, every repetition",
+                min(shares) >= 0.95,
             )
         )
 
@@ -251,32 +301,6 @@ def bench_backend(
         )
     )
 
-    # -- download: datarun vs dvc pull ------------------------------------------------------------
-    dest = work / f"dr-download-{kind}"
-    dr_down, _ = timed(
-        [*dr, "bundle", "download", "--repo", "bench", "--bundle", bundle, "--destination", str(dest)], env=env
-    )
-    same = subprocess.run(["diff", "-r", "-q", str(dest), str(data)], capture_output=True).returncode == 0
-    moved = work / f"data-kept-{kind}"
-    shutil.move(data, moved)
-    shutil.rmtree(project / ".dvc" / "cache", ignore_errors=True)
-    dvc_pull, _ = timed([dvc, "pull", "-q"], project, dvc_env)
-    shutil.rmtree(data)
-    shutil.move(moved, data)
-    rows.append(
-        Row(
-            kind,
-            "download, empty target (s)" + ("" if same else " MISMATCH"),
-            dr_down,
-            "dvc pull, empty cache",
-            dvc_pull,
-            dvc_pull / dr_down,
-            ">= 3x faster",
-            dvc_pull / dr_down >= 3 and same,
-        )
-    )
-    shutil.rmtree(dest)
-    server.drop_bucket(bucket)
     return rows
 
 
@@ -284,9 +308,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="500 files + 2 x 16 MiB, for a smoke run")
     parser.add_argument("--only", choices=["azure", "gcs"], default=None)
-    parser.add_argument("--reps", type=int, default=2, help="repetitions of the big-file comparison (best kept)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of the big files (the worst pair counts)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--datarun", default=str(ROOT / ".venv" / "bin" / "datarun"))
+    parser.add_argument(
+        "--big-only", action="store_true", help="only the big files against the raw SDK (no DVC, no small files)"
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 if a bar is missed")
     args = parser.parse_args()
     for missing in (azurite_missing(), gcs_missing()):
@@ -318,7 +345,7 @@ def main() -> int:
         server.start()
         try:
             print(f"# {server.name}: {server.base_url}", file=sys.stderr)
-            rows += bench_backend(server, work, data, bigs, args.datarun, dvc, args.reps)
+            rows += bench_backend(server, work, data, bigs, args.datarun, dvc, args.reps, args.big_only)
         finally:
             server.stop()
 

@@ -1,8 +1,10 @@
 """Packs: ~32 MiB objects holding many chunk frames, and the index segments that map them.
 
-A pack is immutable and content-named: its id is the BLAKE3 of its chunk table (each frame's
-digest, offset, stored size, size and flags), which pins every byte through the chunk hashes
-without a second full pass over the data. Small files therefore cost one
+A pack is immutable. A spooled pack (format 1) is content-named: its id is the BLAKE3 of its
+chunk table (each frame's digest, offset, stored size, size and flags), which pins every byte
+through the chunk hashes without a second full pass over the data. A streamed pack (format 2)
+goes to a cloud store block by block while it fills, so its key is needed before its table is
+known: its id is random, and its segment carries the table hash instead. Small files therefore cost one
 request per pack rather than one per file. Right after a pack is durable its index segment is
 written, so an upload killed half-way leaves packs that the next upload can dedup against.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -23,12 +25,15 @@ from datarun.cas import compress
 from datarun.cas.chunker import digest
 from datarun.errors import IntegrityError, StoreError
 from datarun.model import ChunkRef
+from datarun.store.base import ObjectSink
 
 PACK_TARGET_SIZE = 32 << 20
 
 _SEGMENT_MAGIC = b"DRIX"
 _SEGMENT_VERSION = 1
+_STREAMED_VERSION = 2
 _HEADER = struct.Struct(">4sB32sI")  # magic, version, pack id, record count
+_HEADER_V2 = struct.Struct(">4sB32s32sI")  # magic, version, pack id, table hash, record count
 _RECORD = struct.Struct(">32sQIIB")  # digest, offset, stored size, size, flags
 
 
@@ -45,24 +50,57 @@ class PendingChunk:
 
 @dataclass(slots=True)
 class SealedPack:
+    """A full pack: spooled to ``path`` (format 1), or staged in ``sink`` and not yet committed
+    (format 2, ``path`` is None)."""
+
     pack_id: str
-    path: Path
+    path: Path | None
     size: int
     chunks: list[PendingChunk]
+    sink: ObjectSink | None = None
+
+    @property
+    def version(self) -> int:
+        return _SEGMENT_VERSION if self.sink is None else _STREAMED_VERSION
+
+    def segment(self) -> bytes:
+        return encode_segment(self.pack_id, self.chunks, self.version)
+
+    def drop(self) -> None:
+        """Forget the pack's bytes: remove the spool file, or abandon the staged blocks."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+        if self.sink is not None:
+            self.sink.abort()
 
     def refs(self) -> list[ChunkRef]:
         return [ChunkRef(c.digest, self.pack_id, c.offset, c.stored_size, c.size, c.compressed) for c in self.chunks]
 
 
-class PackWriter:
-    """Spools frames to a file (never to memory), hashing as it goes."""
+SinkOpener = Callable[[str], ObjectSink | None]
+"""Opens a staged write of one pack, given its id (the layout turns it into a key); None where
+the store takes no staged writes, and the pack is spooled instead."""
 
-    def __init__(self, spool_dir: Path, target_size: int = PACK_TARGET_SIZE, store_url: str = "") -> None:
+
+class PackWriter:
+    """Spools frames to a file (never to memory), hashing as it goes; or, given ``open_sink``,
+    streams them into the store as the pack fills (format 2), with no file in between."""
+
+    def __init__(
+        self,
+        spool_dir: Path,
+        target_size: int = PACK_TARGET_SIZE,
+        store_url: str = "",
+        open_sink: SinkOpener | None = None,
+    ) -> None:
         self.spool_dir = spool_dir
         self.store_url = store_url
         self.target_size = target_size
+        self._open_sink = open_sink
         self._path: Path | None = None
         self._handle: BinaryIO | None = None
+        self._sink: ObjectSink | None = None
+        self._pack_id = ""
         self._size = 0
         self._chunks: list[PendingChunk] = []
 
@@ -84,17 +122,30 @@ class PackWriter:
         except OSError as err:
             raise self._spool_error(err) from None
 
+    def _start(self) -> None:
+        self._size = 0
+        self._chunks = []
+        if self._open_sink is not None:
+            # The key must exist before the first block is staged, long before the table is known.
+            self._pack_id = secrets.token_hex(32)
+            self._sink = self._open_sink(self._pack_id)
+            if self._sink is not None:
+                return
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._path = self.spool_dir / f"pack-{secrets.token_hex(8)}"
+        self._handle = self._path.open("wb")
+
     def _add(
         self, chunk_digest: bytes, chunk: memoryview, encoded: tuple[bytes | memoryview, bool] | None
     ) -> PendingChunk:
-        if self._handle is None:
-            self.spool_dir.mkdir(parents=True, exist_ok=True)
-            self._path = self.spool_dir / f"pack-{secrets.token_hex(8)}"
-            self._handle = self._path.open("wb")
-            self._size = 0
-            self._chunks = []
+        if self.empty:
+            self._start()
         frame, compressed = encoded if encoded is not None else compress.encode(chunk)
-        self._handle.write(frame)
+        if self._sink is not None:
+            self._sink.write(frame)
+        else:
+            assert self._handle is not None
+            self._handle.write(frame)
         pending = PendingChunk(chunk_digest, self._size, len(frame), len(chunk), compressed)
         self._size += len(frame)
         self._chunks.append(pending)
@@ -106,9 +157,14 @@ class PackWriter:
 
     @property
     def empty(self) -> bool:
-        return self._handle is None
+        return self._handle is None and self._sink is None
 
     def seal(self) -> SealedPack:
+        """Close the open pack. A streamed pack is not committed yet: ``SealedPack.sink`` is."""
+        if self._sink is not None:
+            sealed = SealedPack(self._pack_id, None, self._size, self._chunks, self._sink)
+            self._sink = None
+            return sealed
         assert self._handle is not None and self._path is not None
         try:
             self._handle.close()
@@ -122,6 +178,9 @@ class PackWriter:
         return sealed
 
     def discard(self) -> None:
+        if self._sink is not None:
+            self._sink.abort()
+            self._sink = None
         if self._handle is not None:
             with contextlib.suppress(OSError):  # already failing: keep the first error
                 self._handle.close()
@@ -132,18 +191,35 @@ class PackWriter:
 
 
 _PACK_ID_DOMAIN = b"datarun-pack-v1\0"
+_TABLE_DOMAIN = b"datarun-pack-v2\0"
+
+
+def _table(chunks: Iterable[PendingChunk]) -> bytes:
+    return b"".join(_RECORD.pack(c.digest, c.offset, c.stored_size, c.size, int(c.compressed)) for c in chunks)
 
 
 def pack_id_of(chunks: list[PendingChunk]) -> str:
-    table = b"".join(_RECORD.pack(c.digest, c.offset, c.stored_size, c.size, int(c.compressed)) for c in chunks)
-    return str(blake3.blake3(_PACK_ID_DOMAIN + table).hexdigest())
+    """The id of a format-1 pack: the hash of its chunk table."""
+    return str(blake3.blake3(_PACK_ID_DOMAIN + _table(chunks)).hexdigest())
 
 
-def encode_segment(pack_id: str, chunks: Iterable[PendingChunk]) -> bytes:
+def _table_hash(pack_raw: bytes, table: bytes) -> bytes:
+    # The pack id is hashed in too, so a segment names the one pack its table belongs to.
+    return bytes(blake3.blake3(_TABLE_DOMAIN + pack_raw + table).digest())
+
+
+def encode_segment(pack_id: str, chunks: Iterable[PendingChunk], version: int = _SEGMENT_VERSION) -> bytes:
+    """Format 1 for a content-named pack, format 2 (with the table hash) for a streamed one."""
     items = list(chunks)
-    body = bytearray(_HEADER.pack(_SEGMENT_MAGIC, _SEGMENT_VERSION, bytes.fromhex(pack_id), len(items)))
-    for c in items:
-        body += _RECORD.pack(c.digest, c.offset, c.stored_size, c.size, int(c.compressed))
+    table = _table(items)
+    raw = bytes.fromhex(pack_id)
+    if version == _SEGMENT_VERSION:
+        body = bytearray(_HEADER.pack(_SEGMENT_MAGIC, version, raw, len(items)))
+    elif version == _STREAMED_VERSION:
+        body = bytearray(_HEADER_V2.pack(_SEGMENT_MAGIC, version, raw, _table_hash(raw, table), len(items)))
+    else:
+        raise ValueError(f"unknown segment format {version}")
+    body += table
     body += blake3.blake3(body).digest()
     return bytes(body)
 
@@ -151,21 +227,34 @@ def encode_segment(pack_id: str, chunks: Iterable[PendingChunk]) -> bytes:
 def decode_segment(name: str, data: bytes) -> list[ChunkRef]:
     if len(data) < _HEADER.size + 32 or blake3.blake3(data[:-32]).digest() != data[-32:]:
         raise IntegrityError(f"index segment `{name}` is corrupt (checksum mismatch)")
-    magic, version, pack_raw, count = _HEADER.unpack_from(data)
-    if magic != _SEGMENT_MAGIC or version != _SEGMENT_VERSION:
+    magic, version = data[:4], data[4]
+    if magic != _SEGMENT_MAGIC or version not in (_SEGMENT_VERSION, _STREAMED_VERSION):
         raise IntegrityError(f"index segment `{name}` has unknown format {magic!r} v{version}")
-    pack_id = pack_raw.hex()
-    if len(data) != _HEADER.size + count * _RECORD.size + 32:
+    header = _HEADER if version == _SEGMENT_VERSION else _HEADER_V2
+    if len(data) < header.size + 32:
         raise IntegrityError(f"index segment `{name}` is truncated")
-    # A segment certifies itself: its records are the pack's chunk table, whose hash is the pack id,
-    # and it is stored under that id. A segment copied to another name would send dedup to the wrong pack.
+    if version == _SEGMENT_VERSION:
+        _, _, pack_raw, count = _HEADER.unpack_from(data)
+        stated = b""
+    else:
+        _, _, pack_raw, stated, count = _HEADER_V2.unpack_from(data)
+    pack_id = pack_raw.hex()
+    if len(data) != header.size + count * _RECORD.size + 32:
+        raise IntegrityError(f"index segment `{name}` is truncated")
+    # A segment certifies itself: its records are the pack's chunk table, whose hash is the pack id
+    # (format 1) or is stated in the header, bound to the pack id (format 2), and it is stored
+    # under that id. A segment copied to another name would send dedup to the wrong pack.
     if name != pack_id:
         raise IntegrityError(f"index segment `{name}` describes pack `{pack_id}`, not the one it is named after")
-    if blake3.blake3(_PACK_ID_DOMAIN + data[_HEADER.size : -32]).hexdigest() != pack_id:
-        raise IntegrityError(f"index segment `{name}` does not match its pack id (chunk table hash)")
+    table = data[header.size : -32]
+    if version == _SEGMENT_VERSION:
+        if blake3.blake3(_PACK_ID_DOMAIN + table).hexdigest() != pack_id:
+            raise IntegrityError(f"index segment `{name}` does not match its pack id (chunk table hash)")
+    elif _table_hash(pack_raw, table) != stated:
+        raise IntegrityError(f"index segment `{name}` does not match its table hash")
     refs = []
     for i in range(count):
-        dig, offset, stored, size, flags = _RECORD.unpack_from(data, _HEADER.size + i * _RECORD.size)
+        dig, offset, stored, size, flags = _RECORD.unpack_from(data, header.size + i * _RECORD.size)
         refs.append(ChunkRef(dig, pack_id, offset, stored, size, bool(flags)))
     return refs
 

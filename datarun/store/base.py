@@ -47,6 +47,23 @@ class ObjectInfo:
     etag: str  # opaque version token: an ETag on Azure, a generation on GCS
 
 
+class ObjectSink(ABC):
+    """One object written piece by piece, invisible to every reader (and every listing) until
+    ``commit``. A writer that dies or calls ``abort`` leaves nothing anyone can see."""
+
+    @abstractmethod
+    def write(self, data: bytes | memoryview) -> None:
+        """Append ``data``; may return before it has reached the store. ``data`` is copied."""
+
+    @abstractmethod
+    def commit(self) -> ObjectInfo:
+        """Wait for every piece, then make the object visible at once."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Give up: nothing becomes visible. Safe to call more than once, and after a failure."""
+
+
 class ObjectStore(ABC):
     """A flat key space of immutable-or-CAS objects. Keys use ``/`` as a separator."""
 
@@ -98,6 +115,11 @@ class ObjectStore(ABC):
     def staging_dir(self) -> Path | None:
         """A folder on the same filesystem as the store, if any, so a spooled pack can be
         renamed into place instead of copied. Remote stores return None."""
+        return None
+
+    def open_sink(self, key: str) -> ObjectSink | None:
+        """A staged write of ``key`` for stores that can take an object in pieces before it is
+        complete (Azure blocks); None where writers spool to a file and ``put`` it instead."""
         return None
 
     def close(self) -> None:  # noqa: B027 - optional hook; most backends hold nothing

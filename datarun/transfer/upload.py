@@ -22,7 +22,7 @@ from typing import TypeAlias
 from datarun.cas import compress
 from datarun.cas.chunker import digest
 from datarun.cas.index import ChunkIndex
-from datarun.cas.packs import PackWriter, PendingChunk, SealedPack, encode_segment
+from datarun.cas.packs import PackWriter, PendingChunk, SealedPack
 from datarun.errors import ConflictError, LocalIOError, UnsafePathError
 from datarun.hashcache import HashCache
 from datarun.layout import pack_key, segment_key
@@ -108,7 +108,9 @@ class Uploader:
         self.hashes = hashes
         self.progress = progress or NO_PROGRESS
         self.stats = UploadStats()
-        self._packer = PackWriter(spool_dir, store_url=blobs.url)
+        self._packer = PackWriter(
+            spool_dir, store_url=blobs.url, open_sink=lambda pack_id: blobs.open_sink(pack_key(pack_id))
+        )
         self._slot = PackSlot()
         self._open: dict[bytes, tuple[PendingChunk, PackSlot]] = {}  # chunks in the open pack
         self._sealed: dict[bytes, ChunkRef] = {}  # chunks in packs still uploading
@@ -161,11 +163,18 @@ class Uploader:
 
     def _store_pack(self, sealed: SealedPack) -> SealedPack:
         try:
-            self.blobs.put(pack_key(sealed.pack_id), sealed.path)
+            if sealed.sink is not None:
+                sealed.sink.commit()  # its blocks went up while it filled
+            else:
+                assert sealed.path is not None
+                self.blobs.put(pack_key(sealed.pack_id), sealed.path)
             # The segment is written only once the pack is durable: a segment must never
             # point at bytes that might not exist.
-            self.blobs.put(segment_key(sealed.pack_id), encode_segment(sealed.pack_id, sealed.chunks))
-        finally:
+            self.blobs.put(segment_key(sealed.pack_id), sealed.segment())
+        except BaseException:
+            sealed.drop()
+            raise
+        if sealed.path is not None:
             sealed.path.unlink(missing_ok=True)
         return sealed
 
@@ -333,10 +342,10 @@ class Uploader:
         self._packer.discard()
         unstored = self._storing.abandon()
         for sealed in unstored:
-            sealed.path.unlink(missing_ok=True)
+            sealed.drop()
         self._pool.shutdown(wait=True, cancel_futures=True)
         for sealed in unstored:  # and again once no store call runs any more
-            sealed.path.unlink(missing_ok=True)
+            sealed.drop()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

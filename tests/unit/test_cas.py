@@ -67,6 +67,7 @@ def test_pack_round_trip_and_corruption_detection(tmp_path: Path) -> None:
     for c in chunks:
         writer.add(blake3.blake3(c).digest(), memoryview(c))
     sealed = writer.seal()
+    assert sealed.path is not None  # no sink given: the pack is spooled (format 1)
     pack = sealed.path.read_bytes()
     assert sealed.pack_id == pack_id_of(sealed.chunks)
     other = PackWriter(tmp_path, target_size=1 << 20)

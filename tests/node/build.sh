@@ -6,8 +6,8 @@
 #
 #   tests/node/build.sh                  build what is missing or stale (all but Argo's); prints the bin folder
 #   tests/node/build.sh kubelet cni/bridge   build only these
-#   tests/node/build.sh workflow-controller argoexec   Argo's, only when named: argoexec does not build from
-#                                        the module as the proxy serves it (see tests/node/README.md)
+#   tests/node/build.sh workflow-controller argoexec   Argo's, only when named (about 8 min cold); argoexec
+#                                        builds from a copy of the module with signal_linux.go restored (below)
 #   tests/node/build.sh --regen          rewrite gomod/*/go.mod and go.sum from the versions (needs the module proxy)
 #
 # The same cache/stamp scheme as tests/cluster/build.sh: a binary is rebuilt only when its wrapper module's
@@ -110,6 +110,30 @@ regen() {
   fi
 }
 
+# Argo's repository has workflow/executor/os-specific/signal_linux.go as a symlink to signal_darwin.go; module zips
+# leave symlinks out, so the module as the proxy serves it does not build for linux (`undefined: Setpgid`). The
+# fix is what the symlink means: a copy of the module (same version, same go.sum) with signal_linux.go restored as
+# a copy of signal_darwin.go, used through a `replace` in a throwaway copy of the wrapper's go.mod (-modfile).
+# The copy also holds the CRDs and the executor's Role that the node tier applies.
+ARGO_SRC=$CACHE/src/argo-workflows-$ARGO_VERSION
+argo_modfile() {  # prints the -modfile to build Argo with
+  local dir os_specific tmp=$CACHE/src/argo-modfile
+  if [ ! -f "$ARGO_SRC/.restored" ]; then
+    dir=$(cd "$HERE/gomod/argo" && go list -m -f '{{.Dir}}' github.com/argoproj/argo-workflows/v3)
+    [ -d "$dir" ] || { echo "error: github.com/argoproj/argo-workflows/v3 is not in the module cache" >&2; exit 1; }
+    rm -rf "$ARGO_SRC"; mkdir -p "$(dirname "$ARGO_SRC")"
+    cp -r "$dir" "$ARGO_SRC"; chmod -R u+w "$ARGO_SRC"
+    os_specific=$ARGO_SRC/workflow/executor/os-specific
+    [ ! -e "$os_specific/signal_linux.go" ] || { echo "error: $os_specific/signal_linux.go exists now: drop argo_modfile" >&2; exit 1; }
+    cp "$os_specific/signal_darwin.go" "$os_specific/signal_linux.go"
+    touch "$ARGO_SRC/.restored"
+  fi
+  mkdir -p "$tmp"
+  cp "$HERE/gomod/argo/go.mod" "$tmp/go.mod"; cp "$HERE/gomod/argo/go.sum" "$tmp/go.sum"
+  printf '\nreplace github.com/argoproj/argo-workflows/v3 => %s\n' "$ARGO_SRC" >>"$tmp/go.mod"
+  echo "$tmp/go.mod"
+}
+
 stamp_of() {  # what a binary was built from: its module files (and sources, for pause), the versions and the Go toolchain
   local files=("$HERE/../cluster/versions.env" "$HERE/versions.env" "$HERE/gomod/$1/go.mod")
   [ ! -f "$HERE/gomod/$1/go.sum" ] || files+=("$HERE/gomod/$1/go.sum")
@@ -137,7 +161,9 @@ build() {
     fi
     log "building $name from $pkg (gomod/$dir)"
     local begin=$SECONDS
-    (cd "$HERE/gomod/$dir" && go build -trimpath -tags "$tags" -ldflags "$ldflags" -o "$BIN/$name.new" "$pkg")
+    local modfile=()
+    [ "$name" != argoexec ] || modfile=("-modfile=$(argo_modfile)")
+    (cd "$HERE/gomod/$dir" && go build "${modfile[@]}" -trimpath -tags "$tags" -ldflags "$ldflags" -o "$BIN/$name.new" "$pkg")
     mv -f "$BIN/$name.new" "$BIN/$name"
     printf '%s\n' "$stamp" >"$stampfile"
     log "$name built in $((SECONDS - begin)) s"

@@ -213,10 +213,9 @@ def descendants(**kw: Any) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="File to write (default: stdout).")
 def graph_cmd(direction: str, fmt: str, output: str | None, **kw: Any) -> None:
     """Draw the lineage around a node: repos as clusters, runs as boxes, bundles as ellipses, invalid in red."""
-    from dataclasses import replace
     from pathlib import Path
 
-    from datarun.lineage.picture import merge, render
+    from datarun.lineage.picture import bundle_repos, merge, render, with_labels
 
     node = selected_node(kw["repo"], kw["bundle_id"], kw["label"], kw["run_id"], kw["record_id"])
     sides = ["ancestors", "descendants"] if direction == "both" else [direction]
@@ -228,11 +227,7 @@ def graph_cmd(direction: str, fmt: str, output: str | None, **kw: Any) -> None:
         walks = [graph.walk(node, side, depth=kw["depth"], kinds=kw["kinds"], budget=kw["budget"]) for side in sides]
     walk = merge(walks)
     client = state().client()
-    labels: dict[str, list[str]] = {}
-    for repo in sorted({n.repo for n in walk.nodes if n.type == "bundle"}):
-        for lbl in client.list_labels(repo):
-            labels.setdefault(f"bundle/{repo}/{lbl.bundle}", []).append(lbl.name)
-    walk = replace(walk, nodes=tuple(replace(n, labels=tuple(sorted(labels.get(n.node, [])))) for n in walk.nodes))
+    walk = with_labels(walk, (label for repo in bundle_repos(walk) for label in client.list_labels(repo)))
     if fmt == "png" and output is None:
         raise UsageError("--format png writes binary: give -o FILE")
     data = render(walk, fmt)

@@ -9,13 +9,15 @@ says so in the picture's caption.
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from datarun.errors import UsageError
 from datarun.lineage.rows import Node, Walk
+from datarun.model import Label
 
 FORMATS = ("dot", "svg", "png", "json", "mermaid")
 _KEY_PARAMS = 4  # params shown in a run's box; the rest are in --json
@@ -155,6 +157,20 @@ def render(walk: Walk, fmt: str) -> bytes:
             "--format dot, json and mermaid work without it"
         ) from None
     return rendered
+
+
+def bundle_repos(walk: Walk) -> list[str]:
+    """The repos of the walk's bundles: whose labels :func:`with_labels` wants."""
+    return sorted({n.repo for n in walk.nodes if n.type == "bundle"})
+
+
+def with_labels(walk: Walk, labels: Iterable[Label]) -> Walk:
+    """The walk with each bundle's labels (from ``labels``, any repos) shown on its node."""
+    names: dict[str, list[str]] = {}
+    for label in labels:
+        names.setdefault(f"bundle/{label.repo}/{label.bundle}", []).append(label.name)
+    nodes = tuple(replace(n, labels=tuple(sorted(names.get(n.node, [])))) for n in walk.nodes)
+    return replace(walk, nodes=nodes)
 
 
 def merge(walks: Sequence[Walk]) -> Walk:

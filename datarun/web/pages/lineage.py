@@ -3,8 +3,6 @@ nodes red and listed with their reasons under it."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,8 +10,7 @@ from starlette.routing import Route
 
 from datarun.errors import NotFoundError, UsageError
 from datarun.lineage import NodeId, bundle_node
-from datarun.lineage.picture import caption, merge, render
-from datarun.lineage.rows import Walk
+from datarun.lineage.picture import bundle_repos, caption, merge, render, with_labels
 from datarun.web.context import WebContext, page
 from datarun.web.graphs import synced
 
@@ -34,15 +31,6 @@ def _start(ctx: WebContext, request: Request) -> NodeId | None:
     return bundle_node(repo, ctx.bundle(repo, ref).id)
 
 
-def _labelled(ctx: WebContext, walk: Walk) -> Walk:
-    labels: dict[str, list[str]] = {}
-    for repo in sorted({n.repo for n in walk.nodes if n.type == "bundle"}):
-        for label in ctx.client.list_labels(repo):
-            labels.setdefault(f"bundle/{repo}/{label.bundle}", []).append(label.name)
-    nodes = tuple(replace(n, labels=tuple(sorted(labels.get(n.node, [])))) for n in walk.nodes)
-    return replace(walk, nodes=nodes)
-
-
 def _inline(svg: bytes) -> Markup:
     """Graphviz's SVG without its XML prolog, to sit inside the page. Every text in it was
     escaped when the DOT source was written (lineage.picture), so it is markup, not input."""
@@ -58,7 +46,7 @@ def lineage(ctx: WebContext, request: Request) -> Response:
         if not graph.exists(start):
             raise NotFoundError(f"{start.key} is not in the lineage graph yet")
         walk = merge([graph.walk(start, side, depth=DEPTH) for side in ("ancestors", "descendants")])
-    walk = _labelled(ctx, walk)
+    walk = with_labels(walk, (label for repo in bundle_repos(walk) for label in ctx.client.list_labels(repo)))
     invalid = [n for n in walk.nodes if n.invalid]
     return ctx.render(
         "lineage.html", start=start, picture=_inline(render(walk, "svg")), invalid=invalid, caption=caption(walk)

@@ -4,6 +4,7 @@ Azurite, and MLflow's ``search_runs`` on the same runs, side by side in one run.
     .venv/bin/python bench/bench_runs.py                 # 100,000 runs local, 10,000 in Azurite
     .venv/bin/python bench/bench_runs.py --small         # 5,000 / 1,000: a smoke run
     .venv/bin/python bench/bench_runs.py --no-mlflow     # without the peer
+    .venv/bin/python bench/bench_runs.py --repeat 1      # one round (default 3: every bar as a range)
 
 What each row is:
 - *first sync, local store*: an empty SQLite index reads the whole change feed of a local store
@@ -69,6 +70,8 @@ class Row:
     peer: str
     bar: str
     passed: bool | None
+    value: float | None = None  # the measured seconds, for the range over --repeat rounds
+    peer_value: float | None = None
 
 
 def make_docs(n: int, seed: int = 1) -> list[dict[str, Any]]:
@@ -255,6 +258,91 @@ def azurite_sync(work: Path, n: int) -> tuple[float, Counter[str], int, float, C
         server.stop()
 
 
+def _round(
+    args: argparse.Namespace, work: Path, docs: list[dict[str, Any]], store_root: Path
+) -> tuple[list[Row], dict[str, Any] | None]:
+    """One round of every scenario, from an empty index (and a new Azurite)."""
+    rows: list[Row] = []
+    work.mkdir(parents=True)
+    index_url = f"sqlite://{work / 'index.sqlite'}"
+    with open_index(index_url, work) as index:
+        stats = index.sync(LocalStore(store_root))
+        size = (work / "index.sqlite").stat().st_size
+        rows.append(
+            Row(
+                f"first sync, local store, {args.runs:,} runs",
+                f"{stats.seconds:.1f} s ({size / 2**20:.0f} MiB)",
+                "",
+                "-",
+                None,
+                stats.seconds,
+            )
+        )
+        # The peer is slower by orders of magnitude; 5 repetitions give its median well enough.
+        mlflow = None if args.no_mlflow else run_mlflow(work, docs, min(args.reps, 5))
+        selective, found = p50(lambda: index.query(Q_SELECTIVE), args.reps)
+        rows.append(_row("selective query (p50)", selective, mlflow, "selective", found, 0.020, "< 20 ms"))
+        where, order = Q_ORDER
+        ordered, found = p50(lambda: index.query(where, order_by=order, descending=True, top=10), args.reps)
+        rows.append(_row("--order-by ... DESC --top 10 (p50)", ordered, mlflow, "order", found, 0.050, "< 50 ms"))
+        unfiltered, _ = p50(lambda: index.query(None, order_by=order, top=10), args.reps)
+        rows.append(Row("--order-by over all runs, no filter (p50)", ms(unfiltered), "", "-", None, unfiltered))
+        _check_same(index, docs)
+    env = {**os.environ, "DATARUN_CACHE_DIR": str(work / "cache"), "DATARUN_CONFIG": str(work / "none.yaml")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "operator"), str(ROOT / "sidecar")])
+    cold = cold_query(f"file://{store_root}", index_url, env)
+    rows.append(
+        Row("cold `datarun run query`, sync with nothing new (p50 of 5)", ms(cold), "", "< 1 s", cold < 1.0, cold)
+    )
+    cloud = azurite_sync(work, args.cloud_runs)
+    if cloud is not None:
+        seconds, calls, n, again, again_calls = cloud
+        rows.append(
+            Row(
+                f"first sync from Azurite, {n:,} runs",
+                f"{seconds:.1f} s; {calls['list']} list call, {calls['list_http']} list requests, "
+                f"{calls['read']} reads",
+                "",
+                "< 15 s",
+                seconds < 15,
+                seconds,
+            )
+        )
+        rows.append(
+            Row(
+                "  then a sync with nothing new",
+                f"{ms(again)}; {again_calls['list_http']} list requests, {again_calls['read']} reads",
+                "",
+                "-",
+                None,
+                again,
+            )
+        )
+    return rows, mlflow
+
+
+def _ranges(rounds: list[list[Row]]) -> list[Row]:
+    """One row per scenario: the range over the rounds (the last round's details alongside)."""
+    out = []
+    for same in zip(*rounds, strict=True):
+        last = same[-1]
+        values = [r.value for r in same if r.value is not None]
+        peers = [r.peer_value for r in same if r.peer_value is not None]
+        datarun, peer = last.datarun, last.peer
+        if len(values) == len(same) and len(same) > 1:
+            datarun = f"{_span(values)} over {len(same)} rounds (last: {last.datarun})"
+        if peers and len(same) > 1:
+            peer = f"{_span(peers)} over {len(peers)} rounds (last: {last.peer})"
+        passed = None if last.passed is None else all(bool(r.passed) for r in same)
+        out.append(Row(last.scenario, datarun, peer, last.bar, passed))
+    return out
+
+
+def _span(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo * 1000:.1f}-{hi * 1000:.1f} ms" if hi < 1 else f"{lo:.1f}-{hi:.1f} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=100_000)
@@ -263,66 +351,22 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="5,000 local and 1,000 Azurite runs")
     parser.add_argument("--no-mlflow", action="store_true")
     parser.add_argument("--json", type=Path, help="Also write the rows here.")
+    parser.add_argument("--repeat", type=int, default=3, help="Rounds; every bar is reported as a range over them.")
     args = parser.parse_args()
     if args.small:
         args.runs, args.cloud_runs = 5_000, 1_000
-    rows: list[Row] = []
+    rounds: list[list[Row]] = []
+    mlflow: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-runs-") as tmp:
         work = Path(tmp)
         docs = make_docs(args.runs)
         store_root = work / "store"
         write_local_feed(store_root, docs)
-        index_url = f"sqlite://{work / 'index.sqlite'}"
-        with open_index(index_url, work) as index:
-            stats = index.sync(LocalStore(store_root))
-            size = (work / "index.sqlite").stat().st_size
-            rows.append(
-                Row(
-                    f"first sync, local store, {args.runs:,} runs",
-                    f"{stats.seconds:.1f} s ({size / 2**20:.0f} MiB)",
-                    "",
-                    "-",
-                    None,
-                )
-            )
-            # The peer is slower by orders of magnitude; 5 repetitions give its median well enough.
-            mlflow = None if args.no_mlflow else run_mlflow(work, docs, min(args.reps, 5))
-            selective, found = p50(lambda: index.query(Q_SELECTIVE), args.reps)
-            rows.append(_row("selective query (p50)", selective, mlflow, "selective", found, 0.020, "< 20 ms"))
-            where, order = Q_ORDER
-            ordered, found = p50(lambda: index.query(where, order_by=order, descending=True, top=10), args.reps)
-            rows.append(_row("--order-by ... DESC --top 10 (p50)", ordered, mlflow, "order", found, 0.050, "< 50 ms"))
-            unfiltered, _ = p50(lambda: index.query(None, order_by=order, top=10), args.reps)
-            rows.append(Row("--order-by over all runs, no filter (p50)", ms(unfiltered), "", "-", None))
-            _check_same(index, docs)
-        env = {**os.environ, "DATARUN_CACHE_DIR": str(work / "cache"), "DATARUN_CONFIG": str(work / "none.yaml")}
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "operator"), str(ROOT / "sidecar")])
-        cold = cold_query(f"file://{store_root}", index_url, env)
-        rows.append(
-            Row("cold `datarun run query`, sync with nothing new (p50 of 5)", ms(cold), "", "< 1 s", cold < 1.0)
-        )
-        cloud = azurite_sync(work, args.cloud_runs)
-        if cloud is not None:
-            seconds, calls, n, again, again_calls = cloud
-            rows.append(
-                Row(
-                    f"first sync from Azurite, {n:,} runs",
-                    f"{seconds:.1f} s; {calls['list']} list call, {calls['list_http']} list requests, "
-                    f"{calls['read']} reads",
-                    "",
-                    "< 15 s",
-                    seconds < 15,
-                )
-            )
-            rows.append(
-                Row(
-                    "  then a sync with nothing new",
-                    f"{ms(again)}; {again_calls['list_http']} list requests, {again_calls['read']} reads",
-                    "",
-                    "-",
-                    None,
-                )
-            )
+        for n in range(args.repeat):
+            print(f"round {n + 1} of {args.repeat} ...", file=sys.stderr, flush=True)
+            rows, mlflow = _round(args, work / f"round{n}", docs, store_root)
+            rounds.append(rows)
+    rows = _ranges(rounds)
     _print(rows, mlflow)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
@@ -332,12 +376,13 @@ def _row(
     name: str, seconds: float, mlflow: dict[str, Any] | None, key: str, found: object, bar: float, bar_text: str
 ) -> Row:
     peer = ""
+    theirs: dict[str, Any] = {}
     if mlflow is not None:
         theirs = mlflow[key]
         ours = [d["id"] for d in found]  # type: ignore[attr-defined]
         same = "same runs" if ours == theirs["ids"] else f"DIFFERENT runs ({len(theirs['ids'])})"
         peer = f"{ms(theirs['p50'])} ({theirs['p50'] / seconds:.0f}x; {same})"
-    return Row(name, ms(seconds), peer, bar_text, seconds < bar)
+    return Row(name, ms(seconds), peer, bar_text, seconds < bar, seconds, None if mlflow is None else theirs["p50"])
 
 
 def _check_same(index: Index, docs: list[dict[str, Any]]) -> None:

@@ -276,9 +276,25 @@ def _create_record(run: DataRun, record: Run) -> str | None:
         client.runs.create(record)
     except ConflictError:
         pass
+    else:
+        _refresh_index(client, url)
     finally:
         client.close()
     return record.id
+
+
+def _refresh_index(client: Client, url: str) -> None:
+    """Bring the configured run index up to date with the default store, so a team's queries see
+    the run at once. Best effort: the store is the truth, and any reader's sync catches up."""
+    if not SETTINGS.index.url or url != SETTINGS.store.url:
+        return  # one index, one store: another store's runs would reset it
+    from datarun.catalog import open_index
+
+    try:
+        with open_index(SETTINGS.index.url, client.cache_dir) as index:
+            index.sync(client.meta)
+    except Exception as err:  # a broken index must not fail the run; its errors redact the URL
+        logger.warning("cannot update the run index: %s: %s", type(err).__name__, err)
 
 
 def _finish_record(
@@ -299,6 +315,7 @@ def _finish_record(
         done = client.runs.finish(status.run_record, finish.phase, finish.exit_code, finish.outputs, end=finish.end)
         if done.phase == SUCCEEDED:
             _record_cache_entry(client, run, done, pod)
+        _refresh_index(client, store_of(run.spec, SETTINGS)[0])
     except DatarunError as err:
         _post(raw, (reconcile.Event("Warning", "RunRecordFailed", f"cannot finish the run record: {err}"),))
         return False

@@ -41,6 +41,15 @@ class StoreSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class IndexSettings:
+    url: str = field(default="", repr=False)
+    """The run index (DATARUN_INDEX: sqlite:///path or postgresql://...) kept up to date after each
+    run record the operator writes to the default store. Empty: none. Out of ``repr`` (and so out
+    of any log of the settings): a PostgreSQL URL may carry a password (the chart reads it from a
+    Secret key)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class TimeoutSettings:
     ready_seconds: int = 600
     """How long the wrapper waits for the sidecars to be ready (``wrap_application.sh -r``)."""
@@ -98,6 +107,8 @@ class Settings:
     """Images of the sidecars and the wrapper."""
     store: StoreSettings = field(default_factory=StoreSettings)
     """The default store and its credentials."""
+    index: IndexSettings = field(default_factory=IndexSettings)
+    """The run index to keep up to date."""
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     """Timeouts of the coordination protocol (see sidecar/PROTOCOL.md)."""
     pod: PodSettings = field(default_factory=PodSettings)
@@ -176,6 +187,7 @@ class Settings:
                 credentials_secret=get("CREDENTIALS_SECRET", ""),
                 credentials_file_key=get("CREDENTIALS_FILE_KEY", ""),
             ),
+            index=IndexSettings(url=env.get("DATARUN_INDEX", "").strip()),
             timeouts=TimeoutSettings(
                 ready_seconds=int(number("READY_TIMEOUT", timeouts.ready_seconds)),
                 upload_seconds=int(number("UPLOAD_TIMEOUT", timeouts.upload_seconds)),

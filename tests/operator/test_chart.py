@@ -353,3 +353,43 @@ def test_metrics_are_served_and_the_service_monitor_is_behind_a_flag(helm: str) 
     assert not [d for d in off if d["kind"] == "Service" and d["metadata"]["name"].endswith("-metrics")]
     deployment = by_kind(off)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert {e["name"]: e.get("value") for e in deployment["env"]}["DATARUN_OPERATOR_METRICS_PORT"] == "0"
+
+
+def _index_env(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """DATARUN_INDEX entries of each Deployment's first container, by Deployment name."""
+    out = {}
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            env = doc["spec"]["template"]["spec"]["containers"][0]["env"]
+            out[doc["metadata"]["name"]] = [e for e in env if e["name"] == "DATARUN_INDEX"]
+    return out
+
+
+def test_the_index_url_reaches_the_operator_and_the_web_view(helm: str) -> None:
+    assert all(not found for found in _index_env(render(helm, "--set", "web.enabled=true")).values())
+    plain = _index_env(render(helm, "--set", "index.url=postgresql://team@db/runs", "--set", "web.enabled=true"))
+    assert len(plain) == 2
+    for found in plain.values():
+        assert found == [{"name": "DATARUN_INDEX", "value": "postgresql://team@db/runs"}]
+        assert Settings.from_env({"DATARUN_INDEX": found[0]["value"]}).index.url == "postgresql://team@db/runs"
+
+
+def test_an_index_dsn_with_a_password_comes_from_a_secret_key_only(helm: str) -> None:
+    args = ("--set", "index.urlSecret=runs-index", "--set", "index.urlSecretKey=dsn", "--set", "web.enabled=true")
+    docs = render(helm, *args)
+    for found in _index_env(docs).values():
+        assert found == [{"name": "DATARUN_INDEX", "valueFrom": {"secretKeyRef": {"name": "runs-index", "key": "dsn"}}}]
+    both = subprocess.run(
+        [helm, "template", "rel", str(CHART), "--set", "index.url=postgresql://a@b/c", "--set", "index.urlSecret=s"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert both.returncode != 0 and "set index.url or index.urlSecret, not both" in both.stderr
+    wrong = subprocess.run(
+        [helm, "template", "rel", str(CHART), "--set", "index.url=mysql://x"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert wrong.returncode != 0 and "index" in wrong.stderr

@@ -109,3 +109,42 @@ def test_a_store_failure_at_the_end_keeps_the_run_unfinished_for_the_resync(
     handlers.resync(namespace="team", name="job", status=current(kube)["status"])
     assert current(kube)["status"]["phase"] == "Succeeded"
     assert store.client.runs.get(run_id).phase == "Succeeded"
+
+
+def test_a_configured_index_sees_the_run_at_pin_time_and_at_the_end(
+    kube: FakeKube, store: Store, events: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from datarun.catalog import open_index
+    from datarun_operator.settings import IndexSettings
+
+    url = f"sqlite://{tmp_path / 'team-index.sqlite'}"
+    monkeypatch.setattr(handlers, "SETTINGS", replace(handlers.SETTINGS, index=IndexSettings(url=url)))
+    assert url not in repr(handlers.SETTINGS), "the index URL may carry a password: never in the settings' repr"
+    store.upload("1")
+    handlers.start(body=create(kube, _body()), namespace="team", name="job")
+    run_id = current(kube)["status"]["runRecord"]
+    with open_index(url, tmp_path) as index:  # no sync here: the operator's writes must be in it already
+        assert [(r["id"], r["phase"]) for r in index.query("run.params.model.depth = 3")] == [(run_id, "Running")]
+    pod = kube.pods[("team", "job-run")]
+    deliver("MODIFIED", with_status(pod, "Failed", {MAIN: terminated(3), FUSE: terminated(0, fuse_result([]))}))
+    with open_index(url, tmp_path) as index:
+        found = index.query("run.phase = 'Failed' AND run.version = 2")
+        assert [r["id"] for r in found] == [run_id]
+
+
+def test_a_broken_index_does_not_fail_the_run(
+    kube: FakeKube, store: Store, events: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from datarun_operator.settings import IndexSettings
+
+    bad = tmp_path / "not-a-db"
+    bad.write_text("this is not SQLite")
+    monkeypatch.setattr(handlers, "SETTINGS", replace(handlers.SETTINGS, index=IndexSettings(url=f"sqlite://{bad}")))
+    store.upload("1")
+    handlers.start(body=create(kube, _body()), namespace="team", name="job")
+    run_id = current(kube)["status"]["runRecord"]
+    assert store.client.runs.get(run_id).phase == "Running"

@@ -60,3 +60,23 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: datarun
 {{- end -}}
+
+{{/*
+DATARUN_INDEX for the operator and the web view: from a Secret key (a DSN with a password stays
+out of every manifest) or the plain index.url; nothing when neither is set.
+*/}}
+{{- define "datarun.indexEnv" -}}
+{{- if and .Values.index.url .Values.index.urlSecret }}
+{{- fail "index: set index.url or index.urlSecret, not both (a URL with a password belongs in the Secret)" }}
+{{- end }}
+{{- if .Values.index.urlSecret }}
+- name: DATARUN_INDEX
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.index.urlSecret }}
+      key: {{ .Values.index.urlSecretKey }}
+{{- else if .Values.index.url }}
+- name: DATARUN_INDEX
+  value: {{ .Values.index.url | quote }}
+{{- end }}
+{{- end }}

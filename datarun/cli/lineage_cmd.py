@@ -307,7 +307,12 @@ def invalid_reasons(keys: list[str], *, whole_graph: bool = False) -> dict[str, 
 
     with open_index(None, client.cache_dir) as index:
         graph = Graph(index)
-        graph.sync(client.meta, invalidations_only=not whole_graph)
+        if whole_graph:
+            graph.sync(client.meta)
+        else:
+            # Two list requests while nothing was ever invalidated; else the graph too, so a bundle
+            # made after a cascade from an invalid one (its run used --allow-invalid) is refused too.
+            graph.refresh(client.meta)
         reasons: dict[str, tuple[str, ...]] = graph.invalid_reasons(keys)
         return reasons
 

@@ -40,7 +40,16 @@ class LineageFeed:
             client = connect(store_url)
             try:
                 with open_index(None, client.cache_dir) as index:
-                    mark = Graph(index).refresh(client.meta)
+                    graph = Graph(index)
+                    if fresh:
+                        mark = graph.refresh(client.meta)  # pin time: the whole graph, never stale
+                    else:
+                        # A tick: the events only (two list requests); the graph is synced again only
+                        # when the watermark moved, or on the first tick after a start.
+                        graph.sync(client.meta, invalidations_only=True)
+                        mark = graph.watermark()
+                        if mark and (seen is None or seen.watermark != mark):
+                            graph.sync(client.meta)
             finally:
                 client.close()
             self._seen[store_url] = Seen(mark, time.monotonic())

@@ -523,11 +523,12 @@ def test_the_operator_runs_with_the_charts_least_privilege_rbac(
         ("watch", "dataruns.datarun.io"),
         ("patch", "dataruns.datarun.io/status"),
         ("create", "events"),
+        ("create", "dataruns.datarun.io"),  # the reruns of `onInputInvalidated: rerun`
     ]
     denied = [
         ("get", "secrets"),
         ("list", "secrets"),
-        ("create", "dataruns.datarun.io"),
+        ("delete", "dataruns.datarun.io"),
         ("update", "pods"),
         ("create", "deployments.apps"),
         ("patch", "customresourcedefinitions.apiextensions.k8s.io"),

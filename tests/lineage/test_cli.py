@@ -122,3 +122,18 @@ def test_run_query_sees_run_invalid(env: Env) -> None:
     assert [r["id"] for r in json.loads(env.ok("run", "query", "run.invalid", "--json").out)] == [reader["id"]]
     env.ok("revalidate", "--repo", "raw", "--bundle", raw, "--reason", "fine")
     assert json.loads(env.ok("run", "query", "run.invalid = true", "--json").out) == []
+
+
+def test_a_bundle_made_from_an_invalid_one_is_refused_too(env: Env, tmp_path: Path) -> None:
+    # Downloaded with --allow-invalid and uploaded again as an input: no mark names the new
+    # bundle, yet it descends from the invalid one, so download refuses it the same way.
+    raw, _model, _record = _setup(env)
+    env.ok("invalidate", "--repo", "raw", "--bundle", raw, "--reason", "bad sensor")
+    later = _bundle(env, "models", "retrained", f"raw:{raw}")
+    refused = env.run(
+        "bundle", "download", "--repo", "models", "--bundle", later, "--destination", str(tmp_path / "no")
+    )
+    assert refused.code == ExitCode.INVALID and "bad sensor" in refused.err
+    assert not (tmp_path / "no").exists()
+    clean = _bundle(env, "raw", "frames-2")
+    env.ok("bundle", "download", "--repo", "raw", "--bundle", clean, "--destination", str(tmp_path / "ok"))

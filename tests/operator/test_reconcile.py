@@ -300,3 +300,42 @@ def test_output_summary_lists_only_uploaded_outputs() -> None:
 
     outputs = (OutputStatus(name="a", repo="r", bundle=BUNDLE_A), OutputStatus(name="b", repo="r", error="x"))
     assert reconcile.output_summary(outputs) == f"a={BUNDLE_A}"
+
+
+# -- lineage ------------------------------------------------------------------------------------
+
+
+def test_invalid_input_names_the_field_and_respects_allow_invalid() -> None:
+    from datarun_operator.models import parse_spec
+
+    raw = spec(
+        inputs=[
+            {"name": "a", "repo": "in", "label": "v1", "path": "in/a", "allowInvalid": True},
+            {"name": "b", "repo": "in", "label": "v1", "path": "in/b"},
+        ]
+    )
+    parsed = parse_spec(raw)
+    pinned = {"a": "A" * 27, "b": "B" * 27}
+    assert reconcile.invalid_input(parsed, pinned, {}) is None
+    only_a = {f"bundle/in/{'A' * 27}": ("bad (origin x, qa, t)",)}
+    assert reconcile.invalid_input(parsed, pinned, only_a) is None, "a allows it"
+    err = reconcile.invalid_input(parsed, pinned, {f"bundle/in/{'B' * 27}": ("bad (origin x, qa, t)",)})
+    assert err is not None and err.field_path == "spec.inputs[1]" and "spec.inputs[1].allowInvalid" in str(err)
+
+
+def test_invalidated_status_says_output_when_only_an_output_was_hit() -> None:
+    keys = {"bundle/out/O": "output `result`", "bundle/in/I": "input `spec.inputs[0]`"}
+    update = reconcile.invalidated_status(DataRunStatus(), keys, {"bundle/out/O": ("broken",)}, "t")
+    (cond,) = update.patch["conditions"]
+    assert (cond["type"], cond["status"], cond["reason"]) == ("Invalidated", "True", "OutputInvalidated")
+    assert [e.reason for e in update.events] == ["Invalidated"]
+    assert reconcile.invalidated_status(DataRunStatus(), keys, {}, "t").patch == {}, "never invalid: nothing"
+
+
+def test_rerun_body_fits_the_name_limit_and_drops_an_older_rerun_label() -> None:
+    raw = body(name="x" * 63)
+    raw["metadata"]["labels"] = {"team": "a", reconcile.LABEL_RERUN_OF: "older"}
+    made = reconcile.rerun_body(raw, 63)
+    assert len(made["metadata"]["generateName"]) + 5 <= 63
+    assert made["metadata"]["labels"] == {"team": "a", reconcile.LABEL_RERUN_OF: raw["metadata"]["uid"]}
+    assert "status" not in made and made["spec"] == raw["spec"] and "name" not in made["metadata"]

@@ -49,7 +49,10 @@ def validate_relpath(path: str) -> str:
         raise UnsafePathError(f"unsafe path {path!r} in manifest: empty, NUL or backslash")
     if path[0] == "/":
         raise UnsafePathError(f"unsafe path {path!r} in manifest: absolute paths are refused")
-    if "//" in path or path[-1] == "/" or ("." in path and any(part in (".", "..") for part in path.split("/"))):
+    # A `.` or `..` component starts the path or follows a slash; testing for that first skips
+    # the split for the common `name.ext` paths.
+    dotted = path[0] == "." or "/." in path
+    if "//" in path or path[-1] == "/" or (dotted and any(part in (".", "..") for part in path.split("/"))):
         raise UnsafePathError(f"unsafe path {path!r} in manifest: `..`, `.` or empty components are refused")
     return path
 

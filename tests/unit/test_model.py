@@ -23,13 +23,31 @@ from datarun.model import (
 )
 
 
-@pytest.mark.parametrize("path", ["../x", "a/../../x", "/etc/passwd", "a//b", "./a", "a/.", "", "a\\b", "a\x00b", "a/"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../x",
+        "a/../../x",
+        "/etc/passwd",
+        "a//b",
+        "./a",
+        "a/.",
+        "",
+        "a\\b",
+        "a\x00b",
+        "a/",
+        "..",
+        ".",
+        "a/b/..",
+        "x.y/../z",
+    ],
+)
 def test_unsafe_manifest_paths_are_refused(path: str) -> None:
     with pytest.raises(UnsafePathError):
         validate_relpath(path)
 
 
-@pytest.mark.parametrize("path", ["a", "a/b/c.txt", "..hidden", "a/.config", "x y/z"])
+@pytest.mark.parametrize("path", ["a", "a/b/c.txt", "..hidden", "a/.config", "x y/z", "a.b/c.d", ".x/..y/z."])
 def test_ordinary_paths_pass(path: str) -> None:
     assert validate_relpath(path) == path
 

@@ -19,6 +19,7 @@ import orjson
 
 from datarun.errors import ConflictError, DatarunError, NotFoundError, ObjectNotFound, PreconditionFailed
 from datarun.gc.keys import REPOS_PREFIX, RUNS_PREFIX, archived_history_prefix, repo_tombstone_key, tombstone_key
+from datarun.listing import BundleListing
 from datarun.model import Bundle, Label, validate_repo_name
 
 if TYPE_CHECKING:
@@ -169,6 +170,8 @@ def delete_bundle(client: Client, plan: BundleDeletion, *, force: bool = False) 
         remove_label(client, label)
     if plan.tombstone:
         _tombstone(client, plan)
+    repo = client.get_repo(plan.bundle.repo)
+    BundleListing(client.meta, repo.name, repo.created).will_delete(plan.bundle.id)
     client.meta.delete(f"repos/{plan.bundle.repo}/bundles/{plan.bundle.id}.json")
 
 

@@ -41,6 +41,7 @@ from datarun.gc import guard as gc_guard
 from datarun.hashcache import HashCache
 from datarun.ids import is_ksuid, new_ksuid
 from datarun.layout import REPOS_PREFIX, bundle_key, bundles_prefix, is_repo_key, manifest_key, repo_key
+from datarun.listing import BundleListing
 from datarun.manifest import DiffEntry, ManifestWriter, diff_entries, find_entry, read_manifest, read_manifest_records
 from datarun.model import (
     FILE,
@@ -191,8 +192,13 @@ class Client:
         return self.get_bundle(repo, self.get_label(repo, label).bundle)
 
     def list_bundles(self, repo: str) -> list[Bundle]:
-        self.get_repo(repo)
-        return [Bundle.from_json(raw) for raw in self.records.read_all(bundles_prefix(repo))]
+        listed = self._listing(repo).read()
+        if listed is None:  # no listing index yet (a store written before it): every record
+            return [Bundle.from_json(raw) for raw in self.records.read_all(bundles_prefix(repo))]
+        return [Bundle.from_json(raw) for raw in listed]
+
+    def _listing(self, repo: str) -> BundleListing:
+        return BundleListing(self.meta, repo, self.get_repo(repo).created, self.workers * 4)
 
     def list_files(self, bundle: Bundle) -> Iterator[FileEntry]:
         return read_manifest(self.meta, bundle.manifest)
@@ -278,8 +284,11 @@ class Client:
             before_commit()
         # Written last and create-only: this is the moment the bundle becomes visible. The guard
         # refuses it if a garbage collection took any of its data meanwhile (FORMAT.md, "Garbage collection").
+        listing = self._listing(repo)
+        listing.will_commit(bundle.to_json())  # first, so a visible bundle is always listed
         with gc_guard.commit_guard(self.meta, self.blobs, repo, bundle.id, manifest_id, generation):
             self.meta.put_if_absent(bundle_key(repo, bundle.id), dumps(bundle.to_json()))
+        listing.after_commit()
         moved = self.set_label(repo, label, bundle.id, retries=label_retries) if label else None
         return UploadResult(bundle, uploader.stats, moved, time.perf_counter() - started)
 

@@ -31,6 +31,7 @@ from datarun.layout import (
     repo_tombstone_key,
     tombstone_key,
 )
+from datarun.listing import BundleListing
 from datarun.model import Bundle, Label, validate_repo_name
 
 if TYPE_CHECKING:
@@ -180,6 +181,8 @@ def delete_bundle(client: Client, plan: BundleDeletion, *, force: bool = False) 
         remove_label(client, label)
     if plan.tombstone:
         _tombstone(client, plan)
+    repo = client.get_repo(plan.bundle.repo)
+    BundleListing(client.meta, repo.name, repo.created).will_delete(plan.bundle.id)
     client.meta.delete(bundle_key(plan.bundle.repo, plan.bundle.id))
 
 

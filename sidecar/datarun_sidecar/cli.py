@@ -4,13 +4,37 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 from datarun_sidecar.fuse import FuseSidecar, SidecarUsageError, parse_commands
 
+# 128 + SIGTERM, what a shell reports for a process ended by it.
+TERMINATED = 143
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    # The kubelet's SIGTERM (pod deleted) must unwind the lifecycle so its `finally` unmounts; Python's default
+    # would end the process on the spot and leave a dead FUSE mount that keeps the pod Terminating. Raised as
+    # KeyboardInterrupt because datarun's own clean-up paths (spooled packs, half uploads) already handle that.
+    raise KeyboardInterrupt
+
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print(
+            "datarun-sidecar: terminated (SIGTERM); inputs unmounted, an unfinished upload left nothing visible",
+            file=sys.stderr,
+        )
+        return TERMINATED
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="datarun-sidecar")
     sub = parser.add_subparsers(dest="kind", required=True)
     fuse = sub.add_parser("fuse", help="mount inputs, upload outputs when the app ends")

@@ -193,6 +193,7 @@ class ControlPlane:
     start_timeout: float = 90.0
     stop_timeout: float = 10.0
     keep_workdir: bool = False
+    apiserver_address: str = "127.0.0.1"
 
     workdir: Path = field(init=False)
     kubeconfig: Path = field(init=False)
@@ -333,14 +334,15 @@ class ControlPlane:
 
     def _start_apiserver(self) -> None:
         port = free_port()
-        self.server = f"https://127.0.0.1:{port}"
+        address = self.apiserver_address
+        self.server = f"https://{address}:{port}"
         w = self.workdir
         proc = self._spawn(
             "kube-apiserver",
             [
                 f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={address}",
+                f"--advertise-address={address}",
                 f"--secure-port={port}",
                 f"--cert-dir={w / 'apiserver-certs'}",
                 f"--tls-cert-file={w / 'srv.crt'}",
@@ -351,10 +353,9 @@ class ControlPlane:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 f"--token-auth-file={w / 'tokens.csv'}",
                 "--authorization-mode=RBAC",
-                # No kube-controller-manager makes the default ServiceAccount, so that admission would reject pods.
-                "--disable-admission-plugins=ServiceAccount",
                 "--allow-privileged=true",
                 "--profiling=false",
+                *self._apiserver_flags(),
             ],
         )
 
@@ -367,6 +368,11 @@ class ControlPlane:
         self._wait_ready(proc, "/readyz", ready)
         self.kubeconfig = w / "kubeconfig"
         self.kubeconfig.write_text(json.dumps(self.kubeconfig_dict(), indent=2))
+
+    def _apiserver_flags(self) -> list[str]:
+        """What this cluster's apiserver adds to the common flags (a real node needs other ones)."""
+        # No kube-controller-manager makes the default ServiceAccount, so that admission would reject pods.
+        return ["--disable-admission-plugins=ServiceAccount"]
 
     def _start_scheduler(self) -> None:
         port = free_port()

@@ -4,10 +4,10 @@
 # and Argo's workflow-controller and argoexec  ->  the same bin folder as tests/cluster/build.sh
 # (${DATARUN_K8S_CACHE:-~/.cache/datarun/k8s}/<K8S_VERSION>/bin; CNI plugins in its cni/ subfolder).
 #
-#   tests/node/build.sh                  build what is missing or stale (all but Argo's); prints the bin folder
+#   tests/node/build.sh                  build what is missing or stale; prints the bin folder
 #   tests/node/build.sh kubelet cni/bridge   build only these
-#   tests/node/build.sh workflow-controller argoexec   Argo's, only when named (about 8 min cold); argoexec
-#                                        builds from a copy of the module with signal_linux.go restored (below)
+#   tests/node/build.sh workflow-controller argoexec   Argo's only; argoexec builds from a copy of the
+#                                        module with signal_linux.go restored (see argo_modfile below)
 #   tests/node/build.sh --regen          rewrite gomod/*/go.mod and go.sum from the versions (needs the module proxy)
 #
 # The same cache/stamp scheme as tests/cluster/build.sh: a binary is rebuilt only when its wrapper module's
@@ -152,7 +152,6 @@ build() {
   done
   while IFS='|' read -r name dir pkg ldflags tags; do
     if ((${#wanted[@]})) && [[ " ${wanted[*]} " != *" $name "* ]]; then continue; fi
-    if ((${#wanted[@]} == 0)) && [ "$dir" = argo ]; then continue; fi
     stamp=$(stamp_of "$dir")
     stampfile="$(dirname "$BIN/$name")/.$(basename "$name").stamp"
     if [ -x "$BIN/$name" ] && [ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]; then

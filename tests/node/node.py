@@ -42,12 +42,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from tests.cluster.controlplane import (
+    BinariesMissingError,
     ControlPlane,
     ControlPlaneError,
     _direct_opener,
     _openssl,
+    default_bin_dir,
     find_binaries,
     free_port,
+    read_versions,
     wait_until,
 )
 
@@ -79,6 +82,19 @@ NODE_BINARIES = (
     "helm",
 )
 RUNC = os.environ.get("DATARUN_NODE_RUNC", "/usr/sbin/runc")
+ARGO_VERSION = read_versions(HERE / "versions.env")["ARGO_VERSION"]
+ARGO_BINARIES = ("workflow-controller", "argoexec")
+ARGO_NAMESPACE = "argo"
+EXECUTOR_IMAGE = f"localhost/datarun-argoexec:{ARGO_VERSION}"
+
+
+def argo_source(bin_dir: Path | None = None) -> Path:
+    """The copy of Argo's module that tests/node/build.sh builds argoexec from; it holds the CRDs and RBAC too."""
+    cache = (bin_dir or default_bin_dir()).parents[1]
+    source = cache / "src" / f"argo-workflows-{ARGO_VERSION}"
+    if not (source / ".restored").is_file():
+        raise BinariesMissingError(f"{source} is missing: run tests/node/build.sh workflow-controller argoexec")
+    return source
 
 
 class NodeError(ControlPlaneError):
@@ -110,30 +126,42 @@ def node_missing() -> str | None:
 
 def pause_archive(binary: Path, name: str = PAUSE_IMAGE) -> bytes:
     """An OCI image archive (what ``ctr images import`` reads) whose only file is ``/pause``."""
+    return binary_archive(binary, name, "pause", {"Entrypoint": ["/pause"], "User": "65535:65535"})
+
+
+def binary_archive(binary: Path, name: str, path: str, config: dict[str, Any]) -> bytes:
+    """An OCI image archive of one static binary at ``path`` (plus a /tmp), with the image ``config`` given."""
     layer_buf = io.BytesIO()
     with tarfile.open(fileobj=layer_buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo("pause")
+        tmp = tarfile.TarInfo("tmp")
+        tmp.type, tmp.mode = tarfile.DIRTYPE, 0o1777
+        tar.addfile(tmp)
+        for parent in Path(path).parents[:-1][::-1]:
+            folder = tarfile.TarInfo(str(parent))
+            folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(folder)
+        info = tarfile.TarInfo(path)
         info.size = binary.stat().st_size
         info.mode = 0o755
         with binary.open("rb") as f:
             tar.addfile(info, f)
     layer = layer_buf.getvalue()
     layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
-    config = json.dumps(
+    image_config = json.dumps(
         {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
+            "config": config,
             "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
         }
     ).encode()
-    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    config_digest = "sha256:" + hashlib.sha256(image_config).hexdigest()
     manifest = json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
-                       "size": len(config)},
+                       "size": len(image_config)},
             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest,
                         "size": len(layer)}],
         }
@@ -162,7 +190,7 @@ def pause_archive(binary: Path, name: str = PAUSE_IMAGE) -> bytes:
 
         add("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
         add("index.json", index)
-        for digest, data in ((layer_digest, layer), (config_digest, config), (manifest_digest, manifest)):
+        for digest, data in ((layer_digest, layer), (config_digest, image_config), (manifest_digest, manifest)):
             add(f"blobs/sha256/{digest.removeprefix('sha256:')}", data)
     return out.getvalue()
 
@@ -252,6 +280,7 @@ class NodeCluster(ControlPlane):
     node_name: str = NODE_NAME
     start_timeout: float = 180.0
     gateway: str = GATEWAY
+    apiserver_address: str = GATEWAY
     lock_timeout: float = 1800.0
 
     _lock: IO[bytes] | None = field(init=False, default=None)
@@ -355,45 +384,13 @@ class NodeCluster(ControlPlane):
         _openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
                  "-out", "srv.crt", "-days", "2", "-extfile", "srv.ext", cwd=w)  # fmt: skip
 
-    def _start_apiserver(self) -> None:
-        port = free_port()
-        self.server = f"https://{GATEWAY}:{port}"
-        w = self.workdir
-        proc = self._spawn(
-            "kube-apiserver",
-            [
-                f"--etcd-servers={self.etcd_url}",
-                f"--bind-address={GATEWAY}",
-                f"--advertise-address={GATEWAY}",
-                f"--secure-port={port}",
-                f"--cert-dir={w / 'apiserver-certs'}",
-                f"--tls-cert-file={w / 'srv.crt'}",
-                f"--tls-private-key-file={w / 'srv.key'}",
-                "--service-account-issuer=https://kubernetes.default.svc",
-                f"--service-account-key-file={w / 'sa.key'}",
-                f"--service-account-signing-key-file={w / 'sa.key'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                f"--token-auth-file={w / 'tokens.csv'}",
-                "--authorization-mode=RBAC",
-                "--allow-privileged=true",
-                # Webhook Services resolve to their endpoints' pod IPs, reachable from the host over the bridge;
-                # the ClusterIP would need kube-proxy rules in the host's OUTPUT path for the apiserver itself.
-                "--enable-aggregator-routing=true",
-                "--kubelet-preferred-address-types=InternalIP",
-                "--profiling=false",
-            ],
-        )
-
-        def ready() -> bool:
-            try:
-                return bool(self.request("GET", "/readyz", raw=True) == "ok")
-            except (OSError, urllib.error.HTTPError):
-                return False
-
-        self._opener = _direct_opener(ssl.create_default_context(cafile=str(self.ca_file)))
-        self._wait_ready(proc, "/readyz", ready)
-        self.kubeconfig = w / "kubeconfig"
-        self.kubeconfig.write_text(json.dumps(self.kubeconfig_dict(), indent=2))
+    def _apiserver_flags(self) -> list[str]:
+        return [
+            # Webhook Services resolve to their endpoints' pod IPs, reachable from the host over the bridge;
+            # the ClusterIP would need kube-proxy rules in the host's OUTPUT path for the apiserver itself.
+            "--enable-aggregator-routing=true",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
 
     def _insecure_healthz(self, port: int) -> bool:
         insecure = ssl.create_default_context()
@@ -643,6 +640,57 @@ state = "{w}/containerd/state"
 
         kubelet = next(p for p in self._processes if p.name == "kubelet")
         self._wait_ready(kubelet, f"node {self.node_name} Ready", ready)
+
+    # -- Argo Workflows ------------------------------------------------------------------------------------------
+
+    def start_argo(self) -> None:
+        """Argo's CRDs and executor Role, argoexec's image, and workflow-controller as a process of this node.
+
+        The controller runs on the host with the admin kubeconfig (like kube-controller-manager), not as a
+        Deployment: that needs no image and no RBAC for it, and the executor, the part that runs in the
+        step pods and that datarun's webhook sees, is Argo's own.
+        """
+        binaries = find_binaries(self.bin_dir, ARGO_BINARIES)
+        self.binaries.update(binaries)
+        source = argo_source(self.bin_dir)
+        # `argoexec init` copies its own binary into the pod's /var/run/argo; the image needs nothing else.
+        config = {"Entrypoint": ["argoexec"], "Env": ["PATH=/bin"]}
+        self.ctr("images", "import", "-", stdin=binary_archive(binaries["argoexec"], EXECUTOR_IMAGE,
+                                                               "bin/argoexec", config), timeout=300)  # fmt: skip
+        self.kubectl("apply", "--server-side", "-k", str(source / "manifests/base/crds/minimal"))
+        self.kubectl("create", "namespace", ARGO_NAMESPACE)
+        # Metrics off: the controller's Prometheus port is a fixed 9090 on the host, shared with other runs.
+        configmap = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "workflow-controller-configmap", "namespace": ARGO_NAMESPACE},
+            "data": {"metricsConfig": "enabled: false\n", "telemetryConfig": "enabled: false\n"},
+        }
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(configmap))
+        for crd in ("workflows", "workflowtemplates", "workflowtaskresults"):
+            self.kubectl("wait", "--for=condition=Established", f"crd/{crd}.argoproj.io", "--timeout=60s")
+        proc = self._spawn(
+            "workflow-controller",
+            [
+                f"--kubeconfig={self.kubeconfig}",
+                f"--namespace={ARGO_NAMESPACE}",
+                f"--executor-image={EXECUTOR_IMAGE}",
+                "--executor-image-pull-policy=Never",
+                "--workflow-workers=4",
+                "--pod-cleanup-workers=2",
+                "--cron-workflow-workers=1",
+                "--workflow-archive-workers=1",
+            ],
+            env={"LEADER_ELECTION_DISABLE": "true"},
+        )
+        self._wait_ready(proc, "started", lambda: b"Starting Workflow Controller" in proc.log_path.read_bytes())
+
+    def allow_executor(self, namespace: str) -> None:
+        """Argo's recommended executor Role, bound to ``namespace``'s default ServiceAccount (the step pods')."""
+        role = argo_source(self.bin_dir) / "manifests/quick-start/base/executor/emissary/executor-role.yaml"
+        self.kubectl("apply", "-n", namespace, "-f", str(role))
+        self.kubectl("create", "rolebinding", "executor-default", "-n", namespace, "--role=executor",
+                     f"--serviceaccount={namespace}:default")  # fmt: skip
 
     # -- what tests use ------------------------------------------------------------------------------------------
 

@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.controlplane import BinariesMissingError, find_binaries
 from tests.node.conftest import NodeStore
 from tests.node.node import STATE_DIR, NodeCluster
-from tests.node.release import OPERATOR_NAMESPACE, ROOT, RUN_NAMESPACE
+from tests.node.release import OPERATOR_NAMESPACE, ROOT, RUN_NAMESPACE, local_images
 
 # The first test also starts the node, imports the images and installs the chart (about 100 s here).
 pytestmark = [pytest.mark.node, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -235,14 +234,72 @@ def test_operator_pod_killed_mid_run(node: NodeCluster, store: NodeStore, releas
     assert read_label(store, "greetings-out", "survivor", tmp_path) == {"done.txt": "done\n"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=BinariesMissingError,
-    reason="argoexec does not build from github.com/argoproj/argo-workflows/v3@v3.6.10 as the module proxy serves "
-    "it: `undefined: Setpgid` (workflow/executor/os-specific/command_unix.go:33; signal_linux.go is missing from the "
-    "module zip); examples/argo stay validated against Argo's models in tests/operator, and the webhook path of "
-    "an Argo step runs above with a plain Pod",
-)
-def test_argo_workflow_of_examples_argo() -> None:
-    find_binaries(names=("workflow-controller", "argoexec"))
-    pytest.fail("argoexec is built now: run examples/argo end to end here and drop the xfail")
+def wait_workflow(node: NodeCluster, name: str, timeout: float = 300) -> dict[str, Any]:
+    """Polls the Workflow until it ends; a failure shows its nodes' messages and the step pods."""
+    deadline = time.monotonic() + timeout
+    while True:
+        wf = dict(node.get_json("-n", RUN_NAMESPACE, "wf", name))
+        phase = wf.get("status", {}).get("phase")
+        if phase in ("Succeeded", "Failed", "Error") or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    if phase != "Succeeded":
+        nodes = {
+            n.get("displayName"): (n.get("phase"), n.get("message")) for n in wf["status"].get("nodes", {}).values()
+        }
+        raise AssertionError(f"workflow {name}: {phase} {wf['status'].get('message')} {nodes}\n"
+                             + node.kubectl("describe", "pods", "-n", RUN_NAMESPACE, check=False)[-6000:]
+                             + node.logs("workflow-controller", 30))  # fmt: skip
+    return wf
+
+
+def submit(node: NodeCluster, template: str, name: str) -> None:
+    """What `argo submit --from workflowtemplate/TEMPLATE -p label=v1` creates."""
+    workflow = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": name},
+        "spec": {
+            "workflowTemplateRef": {"name": template},
+            "arguments": {"parameters": [{"name": "label", "value": "v1"}]},
+        },
+    }
+    node.kubectl("create", "-n", RUN_NAMESPACE, "-f", "-", stdin=json.dumps(workflow))
+
+
+def test_argo_workflow_of_examples_argo(node: NodeCluster, store: NodeStore, release: str, tmp_path: Path) -> None:
+    """Argo's own workflow-controller and argoexec run both examples/argo templates, unchanged but for the store
+    URL: a step whose sidecars are written out, then two steps injected by the webhook, the second reading the
+    label the first moved."""
+    node.start_argo()
+    node.allow_executor(RUN_NAMESPACE)
+    if "greetings" not in {r.name for r in store.client.list_repos()}:
+        greetings(store, tmp_path)
+    for repo in ("greetings-out", "greetings-counts"):
+        if repo not in {r.name for r in store.client.list_repos()}:
+            store.client.create_repo(repo)
+    # The image explicit-sidecars.yaml names, as the local sidecar image (no registry; IfNotPresent finds it).
+    node.ctr("images", "tag", "--force", local_images().sidecar, "ghcr.io/datarun/sidecar:0.1.0")
+    for name in ("explicit-sidecars.yaml", "annotated-steps.yaml"):
+        text = (ROOT / "examples" / "argo" / name).read_text().replace("az://ACCOUNT/CONTAINER", store.url)
+        node.kubectl("apply", "-n", RUN_NAMESPACE, "-f", "-", stdin=text)
+
+    before = {label.name: label.bundle for label in store.client.list_labels("greetings-out")}
+    submit(node, "datarun-explicit-sidecars", "explicit")
+    wait_workflow(node, "explicit")
+    latest = store.client.get_label("greetings-out", "latest").bundle
+    assert latest != before.get("latest"), "the explicit step moved no label"
+    assert read_label(store, "greetings-out", "latest", tmp_path / "1") == {"en.txt": "HELLO\n", "fr.txt": "BONJOUR\n"}
+    assert "explicit" in store.client.get_bundle("greetings-out", latest).message
+
+    submit(node, "datarun-annotated-steps", "annotated")
+    wf = wait_workflow(node, "annotated")
+    steps = {n["displayName"] for n in wf["status"]["nodes"].values() if n.get("type") == "Pod"}
+    assert steps == {"shout", "count"}, steps
+    shouted = store.client.get_label("greetings-out", "shouted").bundle
+    assert "annotated" in store.client.get_bundle("greetings-out", shouted).message
+    counts = read_label(store, "greetings-counts", "latest", tmp_path / "2")["counts.txt"]
+    # `count` read the bundle `shout` labelled: upper-case files of 6 and 8 bytes.
+    assert [line.split()[0] for line in counts.splitlines()] == ["6", "8", "14"], counts
+    pods = node.get_json("pods", "-n", RUN_NAMESPACE, "-l", "workflows.argoproj.io/workflow=annotated")["items"]
+    assert pods and all(p["metadata"]["annotations"].get("datarun.io/injected") for p in pods)

@@ -180,6 +180,24 @@ def test_killed_sidecar_does_not_hang_the_wrapper(pod: Pod) -> None:
     subprocess.run(["fusermount3", "-uz", str(pod.tmp / "mnt")], check=False, capture_output=True)
 
 
+def test_sigterm_unmounts_without_datarun_cli_handler(pod: Pod) -> None:
+    """The kubelet's SIGTERM on pod deletion: the sidecar unmounts and exits 143, by its own handler (no
+    `config create`, so datarun's CLI never ran in-process to install one)."""
+    mount = pod.tmp / "mnt"
+    sidecar = pod.sidecar(f"bundle mount --repo in --label v1 --mount {mount}")
+    deadline = time.monotonic() + 30
+    while not (pod.coord / "fuse" / "ready").exists():
+        assert sidecar.poll() is None and time.monotonic() < deadline, sidecar.stderr
+        time.sleep(0.05)
+    assert (mount / "numbers.txt").read_text() == "1\n2\n3\n"
+    sidecar.send_signal(signal.SIGTERM)
+    _, stderr = sidecar.communicate(timeout=30)
+    assert sidecar.returncode == 143, stderr.decode()
+    assert b"terminated (SIGTERM)" in stderr
+    with open("/proc/self/mountinfo") as f:
+        assert str(mount) not in f.read(), "SIGTERM left the FUSE mount behind"
+
+
 def test_bad_mount_fails_fast_and_the_wrapper_reports_it(pod: Pod) -> None:
     sidecar = pod.sidecar(f"bundle mount --repo in --label missing --mount {pod.tmp / 'mnt'}")
     done = pod.wrap("true", "-r", "30")

@@ -39,6 +39,10 @@ def test_run_upload_records_the_bundles_transfer_summary_and_show_prints_it(env:
                  line.startswith("transfer "))  # fmt: skip
     assert set(lines) == {"files"}
     assert lines["files"].startswith("upload ") and "in 3 files" in lines["files"] and "MiB/s" in lines["files"]
+    # The catalog indexes the field like any other: runs can be found by what they moved.
+    found = env.ok("run", "query", f"run.transfers.files.bytes = {transfer['bytes']}", "--json").out
+    assert [r["id"] for r in orjson.loads(found)] == [run_id]
+    assert orjson.loads(env.ok("run", "query", "run.transfers.files.files > 3", "--json").out) == []
 
 
 def test_run_exec_records_the_transfer_of_each_output(env: Env) -> None:

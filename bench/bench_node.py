@@ -29,7 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -96,16 +98,49 @@ def datarun(name: str, args: str, repo: str, label: str, output: bool = True) ->
     return {"apiVersion": "datarun.io/v1alpha1", "kind": "DataRun", "metadata": {"name": name}, "spec": spec}
 
 
-def run_node(node: NodeCluster, index: int, mib: int) -> float:
+# Where a DataRun's time goes, from the pod's own timestamps (whole seconds: the API's resolution).
+PHASES = (
+    "apply -> pod created",
+    "pod created -> init done",
+    "init done -> app started",
+    "app started -> app ended",
+    "app ended -> sidecar ended",
+    "sidecar ended -> Succeeded seen",
+)
+
+
+def _stamp(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def pod_phases(pod: dict[str, Any], applied: float, seen: float) -> dict[str, float]:
+    """Seconds per step of one run pod: creation, init containers, the app (``main``), the sidecars."""
+    status = pod["status"]
+    inits = [s["state"]["terminated"] for s in status.get("initContainerStatuses", [])]
+    ended = {s["name"]: s["state"]["terminated"] for s in status["containerStatuses"]}
+    app = ended.pop("main")
+    created = _stamp(pod["metadata"]["creationTimestamp"])
+    init_done = max((_stamp(t["finishedAt"]) for t in inits), default=created)
+    sidecars_done = max((_stamp(t["finishedAt"]) for t in ended.values()), default=_stamp(app["finishedAt"]))
+    marks = [applied, created, init_done, _stamp(app["startedAt"]), _stamp(app["finishedAt"]), sidecars_done, seen]
+    return {phase: marks[i + 1] - marks[i] for i, phase in enumerate(PHASES)}
+
+
+def run_node(node: NodeCluster, index: int, mib: int) -> tuple[float, dict[str, float]]:
     name = f"bench-{index}"
     body = datarun(name, app_script(mib, "$DATARUN_INPUT_DATA", "$DATARUN_OUTPUT_RESULT"), "in", "v1")
+    applied = time.time()
     started = time.perf_counter()
     node.kubectl("apply", "-n", RUN_NAMESPACE, "-f", "-", stdin=json.dumps(body))
     node.kubectl("wait", "-n", RUN_NAMESPACE, f"dr/{name}", "--for=jsonpath={.status.phase}=Succeeded",
                  "--timeout=600s", timeout=630)  # fmt: skip
     elapsed = time.perf_counter() - started
+    pod = node.get_json(
+        "-n", RUN_NAMESPACE, "pod", node.get_json("-n", RUN_NAMESPACE, f"dr/{name}")["status"]["podName"]
+    )
+    phases = pod_phases(pod, applied, applied + elapsed)
     node.kubectl("delete", "-n", RUN_NAMESPACE, f"dr/{name}", "--wait=true", timeout=120)
-    return elapsed
+    return elapsed, phases
 
 
 def fuse_mount_points() -> list[Path]:
@@ -190,7 +225,8 @@ def main() -> None:
             shutil.rmtree(seed)
             shutil.rmtree(pair)
             install_chart(node, images, url, server.env())
-            node_runs = [run_node(node, i, args.mib) for i in range(args.runs)]
+            timed = [run_node(node, i, args.mib) for i in range(args.runs)]
+            node_runs = [elapsed for elapsed, _ in timed]
             cli_runs = [run_cli(env, tmp / f"cli{i}", args.mib) for i in range(args.runs)]
             reads = [run_read(node, i, args.mib) for i in range(args.runs)]
         finally:
@@ -211,6 +247,11 @@ def main() -> None:
     row("DataRun: kubectl apply until Succeeded", node_runs, "s")
     row("read in the app's container", [r[0] for r in reads], "MiB/s")
     row("read on the host, same mount", [r[1] for r in reads], "MiB/s")
+    print("\nwhere a DataRun's time goes (s, from the pod's timestamps, whole seconds)\n")
+    print(f"| step | {runs} | median |")
+    print("|---" * (args.runs + 2) + "|")
+    for phase in PHASES:
+        row(phase, [phases[phase] for _, phases in timed], "s")
     ratios = [n / c for n, c in zip(node_runs, cli_runs, strict=True)]
     read_ratios = [r[0] / r[1] for r in reads]
     print(f"\nbar 1, DataRun under 2x the cli: {min(ratios):.2f}x to {max(ratios):.2f}x over {args.runs} runs "

@@ -200,7 +200,10 @@ def exec_(
         cache=CacheStamp(key.key, key.parts["schema"], key.parts, policy),
     )
     if policy == USE:
-        found = client.cache.lookup(key)
+        from datarun.lineage import invalidation_check
+
+        cache = client.cache.checking(invalidation_check(client.meta, client.cache_dir))
+        found = cache.lookup(key)
         for run_id, reason in found.rejected:
             info(f"cache: run {run_id} not reused: {reason}")
         if found.hit is not None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from datarun.cache.key import KEY_SCHEMA, CacheKey, canonical, differences, key_from_parts
 from datarun.errors import IntegrityError, NotFoundError, ObjectNotFound, PreconditionFailed, UsageError
-from datarun.layout import bundle_key, cache_entry_key, cache_key_prefix, cache_task_prefix
+from datarun.layout import LINEAGE_EVENTS_PREFIX, bundle_key, cache_entry_key, cache_key_prefix, cache_task_prefix
 from datarun.runs import SUCCEEDED, Run, RunStore
 from datarun.store.base import ObjectStore
 
@@ -89,6 +89,11 @@ class RunCache:
         self.meta = meta
         self.runs = runs
         self.invalid = invalid
+
+    def may_be_invalidated(self) -> bool:
+        """False when the store holds no invalidation event at all (one list request), so a
+        caller can skip loading lineage; any event, even one revalidated since, says True."""
+        return any(True for _ in self.meta.list(LINEAGE_EVENTS_PREFIX))
 
     def checking(self, invalid: InvalidReasons) -> RunCache:
         """This cache, with lookups asking lineage whether a candidate was invalidated."""

@@ -200,9 +200,12 @@ def exec_(
         cache=CacheStamp(key.key, key.parts["schema"], key.parts, policy),
     )
     if policy == USE:
-        from datarun.lineage import invalidation_check
+        cache = client.cache
+        if client.cache.may_be_invalidated():
+            # Imported only then: lineage's graph and index cost ~0.1 s of a hit's start-up.
+            from datarun.lineage import invalidation_check
 
-        cache = client.cache.checking(invalidation_check(client.meta, client.cache_dir))
+            cache = cache.checking(invalidation_check(client.meta, client.cache_dir))
         found = cache.lookup(key)
         for run_id, reason in found.rejected:
             info(f"cache: run {run_id} not reused: {reason}")

@@ -6,7 +6,7 @@ to a client's store as ``Client.cache``.
 """
 
 from datarun.cache.code import tree_hash
-from datarun.cache.entries import Explanation, Lookup, RunCache, not_invalidated
+from datarun.cache.entries import Explanation, InvalidReasons, Lookup, RunCache, not_invalidated, run_nodes
 from datarun.cache.key import (
     KEY_SCHEMA,
     OFF,
@@ -36,6 +36,7 @@ __all__ = [
     "CacheKey",
     "Explanation",
     "InputSpec",
+    "InvalidReasons",
     "KeySpec",
     "Lookup",
     "OutputSpec",
@@ -48,6 +49,7 @@ __all__ = [
     "image_part",
     "key_from_parts",
     "not_invalidated",
+    "run_nodes",
     "task_of",
     "tree_hash",
 ]

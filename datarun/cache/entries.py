@@ -11,12 +11,13 @@ garbage-collected after the entry was written.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from datarun.cache.key import KEY_SCHEMA, CacheKey, canonical, differences, key_from_parts
 from datarun.errors import IntegrityError, NotFoundError, ObjectNotFound, PreconditionFailed, UsageError
-from datarun.layout import bundle_key, cache_entry_key, cache_key_prefix, cache_task_prefix
+from datarun.layout import LINEAGE_EVENTS_PREFIX, bundle_key, cache_entry_key, cache_key_prefix, cache_task_prefix
 from datarun.runs import SUCCEEDED, Run, RunStore
 from datarun.store.base import ObjectStore
 
@@ -52,22 +53,51 @@ class Explanation:
         }
 
 
-def not_invalidated(run: Run) -> bool:
-    """The hook for invalidation: True while nothing says ``run``'s outputs are stale.
+InvalidReasons = Callable[[Sequence[str]], dict[str, tuple[str, ...]]]
+"""Lineage's answer for node keys (``bundle/<repo>/<id>``, ``run/<id>``): the active
+invalidations reaching each. Lineage sits above the cache in the layers (it reads the run
+index), so it is handed in by the caller (``datarun.lineage.invalidation_check``)."""
 
-    Lineage (a later issue) will answer here, e.g. when an input bundle was retracted. Until it
-    lands nothing invalidates a run, so this is always True; every lookup already goes through
-    it, so lineage needs to change only this function."""
-    del run
-    return True
+
+def run_nodes(run: Run) -> list[str]:
+    """The lineage nodes whose invalidation makes ``run`` stale: the run itself, the bundles it
+    read and the bundles it wrote. The inputs are checked, not only the outputs, because a
+    cascade reaches an output only through provenance, and a run whose inputs were retracted
+    must not be reused even if its outputs' marks are not written yet."""
+    return [
+        f"run/{run.id}",
+        *(f"bundle/{b.repo}/{b.bundle}" for b in run.inputs),
+        *(f"bundle/{b.repo}/{b.bundle}" for b in run.outputs),
+    ]
+
+
+def not_invalidated(run: Run, invalid: InvalidReasons | None) -> str:
+    """ "" while nothing says ``run``'s outputs are stale, else the invalidations that say so.
+
+    ``invalid`` None means the caller has no lineage to ask (nothing invalidates then)."""
+    if invalid is None:
+        return ""
+    found = invalid(run_nodes(run))
+    reasons = [f"{node}: {'; '.join(why)}" for node, why in sorted(found.items()) if why]
+    return " | ".join(reasons)
 
 
 class RunCache:
     """The run cache of one metadata store, on top of its run records."""
 
-    def __init__(self, meta: ObjectStore, runs: RunStore) -> None:
+    def __init__(self, meta: ObjectStore, runs: RunStore, invalid: InvalidReasons | None = None) -> None:
         self.meta = meta
         self.runs = runs
+        self.invalid = invalid
+
+    def may_be_invalidated(self) -> bool:
+        """False when the store holds no invalidation event at all (one list request), so a
+        caller can skip loading lineage; any event, even one revalidated since, says True."""
+        return any(True for _ in self.meta.list(LINEAGE_EVENTS_PREFIX))
+
+    def checking(self, invalid: InvalidReasons) -> RunCache:
+        """This cache, with lookups asking lineage whether a candidate was invalidated."""
+        return RunCache(self.meta, self.runs, invalid)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -113,8 +143,9 @@ class RunCache:
                 self.meta.head(bundle_key(out.repo, out.bundle))
             except ObjectNotFound:
                 return f"its output `{out.name}` (bundle {out.bundle} of repo `{out.repo}`) no longer exists"
-        if not not_invalidated(run):
-            return "its outputs were invalidated"
+        stale = not_invalidated(run, self.invalid)
+        if stale:
+            return f"it was invalidated ({stale})"
         return ""
 
     def _entry_runs(self, prefix: str) -> list[tuple[str, str]]:

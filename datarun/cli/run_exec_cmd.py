@@ -200,7 +200,13 @@ def exec_(
         cache=CacheStamp(key.key, key.parts["schema"], key.parts, policy),
     )
     if policy == USE:
-        found = client.cache.lookup(key)
+        cache = client.cache
+        if client.cache.may_be_invalidated():
+            # Imported only then: lineage's graph and index cost ~0.1 s of a hit's start-up.
+            from datarun.lineage import invalidation_check
+
+            cache = cache.checking(invalidation_check(client.meta, client.cache_dir))
+        found = cache.lookup(key)
         for run_id, reason in found.rejected:
             info(f"cache: run {run_id} not reused: {reason}")
         if found.hit is not None:

@@ -12,6 +12,7 @@ The store holds the truth (FORMAT.md, "Lineage"); the tables are a cache that re
 
 from __future__ import annotations
 
+from datarun.lineage.check import invalidation_check
 from datarun.lineage.graph import Graph
 from datarun.lineage.layout import NodeId, bundle_node, parse_node_key, parse_parent
 from datarun.lineage.rows import Edge, LineageSync, Node, Walk
@@ -28,6 +29,7 @@ __all__ = [
     "add_record",
     "bundle_node",
     "invalidate",
+    "invalidation_check",
     "parse_node_key",
     "parse_parent",
     "revalidate",

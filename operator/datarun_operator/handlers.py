@@ -31,6 +31,7 @@ import kopf
 
 from datarun.cache import CacheKey, key_from_parts
 from datarun.errors import ConflictError, DatarunError, NotFoundError, UsageError
+from datarun.lineage import invalidation_check
 from datarun.repo import Client, connect
 from datarun.runs import SUCCEEDED, Run
 from datarun_operator import metrics, reconcile, runrecord, webhook
@@ -226,7 +227,8 @@ def _cache_lookup(body: kopf.Body, run: DataRun, pinned: Mapping[str, str]) -> t
         key = runrecord.cache_key(run, manifests, _versions())
         if policy is not CachePolicy.USE:
             return key, None
-        found = client.cache.lookup(key)
+        # Lineage answers whether a candidate was invalidated (its run, inputs or outputs).
+        found = client.cache.checking(invalidation_check(client.meta, client.cache_dir)).lookup(key)
         return key, found.hit
     except DatarunError as err:
         _post(body, (reconcile.Event("Warning", "CacheUnavailable", f"cache lookup failed, running: {err}"),))

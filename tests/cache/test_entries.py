@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from datarun.cache import InputSpec, KeySpec, OutputSpec, compute_key, not_invalidated
+from datarun.cache import InputSpec, KeySpec, OutputSpec, compute_key, not_invalidated, run_nodes
 from datarun.errors import UsageError
 from datarun.layout import CACHE_PREFIX, bundle_key
 from datarun.repo import Client
@@ -98,5 +98,26 @@ def test_explain_names_the_nearest_earlier_run_and_the_differing_parts(client: C
         client.cache.explain(Run(id=first.id, start=now_iso()))
 
 
-def test_the_invalidation_hook_is_consulted_and_says_valid_until_lineage_lands() -> None:
-    assert not_invalidated(Run(id="2Aa" * 9, start=now_iso())) is True
+def test_an_invalidated_hit_is_rejected_through_lineage_and_an_older_good_one_used(client: Client) -> None:
+    # The real lineage check: an invalidation event and its cascade's marks in the store, synced
+    # into the run index (datarun.lineage), not a stand-in callable.
+    from datarun.catalog import open_index
+    from datarun.lineage import Graph, bundle_node, invalidate, invalidation_check
+
+    older = _run(client, SPEC)
+    newer = _run(client, SPEC)
+    out = newer.outputs[0]
+    with open_index(None, client.cache_dir) as index:
+        graph = Graph(index)
+        graph.sync(client.meta)
+        invalidate(client.meta, graph, bundle_node(out.repo, out.bundle), reason="bad labels", who="test")
+    assert f"bundle/{out.repo}/{out.bundle}" in run_nodes(newer) and f"run/{newer.id}" in run_nodes(newer)
+    unchecked = client.cache.lookup(compute_key(SPEC))
+    assert unchecked.hit is not None and unchecked.hit.id == newer.id  # without lineage nothing is stale
+    cache = client.cache.checking(invalidation_check(client.meta, client.cache_dir))
+    assert not_invalidated(older, cache.invalid) == ""
+    assert "bad labels" in not_invalidated(newer, cache.invalid)
+    found = cache.lookup(compute_key(SPEC))
+    assert found.hit is not None and found.hit.id == older.id
+    assert found.rejected[0][0] == newer.id and "invalidated" in found.rejected[0][1]
+    assert "bad labels" in found.rejected[0][1]

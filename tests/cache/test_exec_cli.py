@@ -198,3 +198,22 @@ def test_bad_arguments_exit_2_and_run_nothing(ex: Exec) -> None:
     result = ex.env.run("run", "exec", "--output", "model=models:out", "--workdir", str(work), "--", "true")
     assert result.code == ExitCode.CONFLICT and "not an empty folder" in result.err
     assert ex.runs == 0
+
+
+def test_a_hit_whose_output_was_invalidated_runs_again(ex: Exec) -> None:
+    first, _ = ex.ok()
+    bundle = ex.show(first)["outputs"][0]["bundle"]
+    ex.env.ok("invalidate", "--repo", "models", "--bundle", bundle, "--reason", "bad labels")
+    result, work = ex.run()
+    assert result.code == 0 and ex.runs == 2, result.err
+    assert "invalidated" in result.err and "bad labels" in result.err
+    assert ex.show(result.last_line)["phase"] == "Succeeded" and (work / "out" / "result.txt").exists()
+
+
+def test_a_hit_whose_input_was_invalidated_runs_again(ex: Exec) -> None:
+    first, _ = ex.ok()
+    data = ex.show(first)["inputs"][0]["bundle"]
+    ex.env.ok("invalidate", "--repo", "data", "--bundle", data, "--reason", "bad sensor")
+    result, _ = ex.run()
+    assert result.code == 0 and ex.runs == 2, result.err
+    assert f"bundle/data/{data}" in result.err and "bad sensor" in result.err

@@ -159,3 +159,19 @@ def test_a_tag_run_records_the_kubelets_digest_and_a_digest_pinned_twin_hits(
     handlers.start(body=create(kube, _named("three", "uid-3", image=PINNED_IMAGE)), namespace="team", name="three")
     assert ("team", "three-run") not in kube.pods
     assert current(kube, "three")["status"]["cachedFrom"] == first.id
+
+
+def test_a_hit_whose_output_was_invalidated_runs_again(kube: FakeKube, store: Store, events: Any) -> None:
+    from datarun.catalog import open_index
+    from datarun.lineage import Graph, bundle_node, invalidate
+
+    store.upload("1")
+    handlers.start(body=create(kube, _named("one", "uid-1", image=PINNED_IMAGE)), namespace="team", name="one")
+    bundle = _finish(kube, store, "one")
+    with open_index(None, store.root / "elsewhere") as index:  # the operator must sync it from the store
+        graph = Graph(index)
+        graph.sync(store.client.meta)
+        invalidate(store.client.meta, graph, bundle_node("out", bundle), reason="bad labels", who="test")
+    handlers.start(body=create(kube, _named("two", "uid-2", image=PINNED_IMAGE)), namespace="team", name="two")
+    assert ("team", "two-run") in kube.pods, "an invalidated hit creates a pod"
+    assert "cachedFrom" not in current(kube, "two")["status"]

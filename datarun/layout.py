@@ -20,6 +20,7 @@ PACK_PREFIX = "packs/"
 INDEX_PREFIX = "index/"
 RUN_RECORDS_PREFIX = "runs/records/"
 RUN_CHANGES_PREFIX = "runs/changes/"
+RUN_SNAPSHOTS_PREFIX = "runs/snapshots/"
 CACHE_PREFIX = "cache/"
 LINEAGE_RECORDS_PREFIX = "lineage/records/"  # external records (FORMAT.md §14)
 LINEAGE_EVENTS_PREFIX = "lineage/events/"  # invalidations and revalidations, append-only
@@ -188,6 +189,9 @@ KINDS: tuple[KeyKind, ...] = (
     KeyKind("run-version", "meta", RUN_RECORDS_PREFIX, f"{run_record_prefix('<run-id>')}<version>.json", "create-only"),
     KeyKind("run-change", "meta", RUN_CHANGES_PREFIX, f"{RUN_CHANGES_PREFIX}<change-id>.json", "create-only"),
     KeyKind(
+        "run-snapshot", "meta", RUN_SNAPSHOTS_PREFIX, f"{RUN_SNAPSHOTS_PREFIX}<watermark>.jsonl.zst", "create-only"
+    ),
+    KeyKind(
         "lineage-record", "meta", LINEAGE_RECORDS_PREFIX, f"{LINEAGE_RECORDS_PREFIX}<record-id>.json", "create-only"
     ),
     KeyKind("lineage-event", "meta", LINEAGE_EVENTS_PREFIX, f"{LINEAGE_EVENTS_PREFIX}<event-id>.json", "create-only"),
@@ -250,6 +254,8 @@ def kind_of(key: str) -> KeyKind | None:
         return by_name["run-version"]
     if key.startswith(RUN_CHANGES_PREFIX) and len(parts) == 3 and parts[2].endswith(".json"):
         return by_name["run-change"]
+    if key.startswith(RUN_SNAPSHOTS_PREFIX) and len(parts) == 3 and parts[2].endswith(".jsonl.zst"):
+        return by_name["run-snapshot"]
     if parts[0] == "lineage" and len(parts) >= 3 and parts[-1].endswith(".json") and all(parts):
         flat = {
             "records": "lineage-record",

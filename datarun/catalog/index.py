@@ -24,7 +24,7 @@ import orjson
 
 from datarun.catalog import language, translate
 from datarun.catalog.flatten import flatten
-from datarun.errors import IntegrityError, UsageError
+from datarun.errors import IntegrityError, PreconditionFailed, UsageError
 from datarun.ids import new_ksuid
 from datarun.store.base import ObjectStore
 
@@ -36,9 +36,13 @@ RUN_FORMAT = 1
 """The newest run record format this reader knows (FORMAT.md, "Runs")."""
 
 CHANGES = "runs/changes/"
+SNAPSHOTS = "runs/snapshots/"
+SNAPSHOT_FORMAT = 1
+"""The newest run snapshot format this reader knows (FORMAT.md, "Runs", snapshots)."""
 DEFAULT_SKEW = 600.0  # seconds a writer's clock may be behind the newest change already seen
 _AHEAD = 86_400.0  # seconds a writer's clock may be ahead of this host's; beyond, its changes wait
 _CHANGE_RE = re.compile(r"^runs/changes/([0-9A-Za-z]{27})\.json$")
+_SNAPSHOT_RE = re.compile(r"^runs/snapshots/([0-9A-Za-z]{27})\.jsonl\.zst$")
 _FLAG_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 # A flag shares the document's namespace (``run.<name>``): it must not shadow a record field.
 _RECORD_FIELDS = frozenset(
@@ -210,8 +214,9 @@ class Index:
         with self._write() as cur:
             return self._apply_all(cur, [_checked(doc, "a document") for doc in docs])
 
-    def sync(self, store: ObjectStore, *, workers: int = 32) -> SyncStats:
-        """Catch up with the change feed of ``store``."""
+    def sync(self, store: ObjectStore, *, workers: int = 32, snapshot: bool = True) -> SyncStats:
+        """Catch up with the change feed of ``store``. An empty index starts from the newest
+        snapshot (``compact``) when there is one and ``snapshot``, then reads the feed after it."""
         began = time.monotonic()
         rebuilt = self.rebuilt
         if self._meta("store") not in (None, store.url):
@@ -220,8 +225,12 @@ class Index:
                 self._reset(cur)
             rebuilt = True
         watermark = self._meta("watermark")
+        listed = fetched = applied = 0
         if watermark is None:
             rebuilt = True
+            if snapshot:
+                listed, fetched, applied = self._from_snapshot(store)
+                watermark = self._meta("watermark")
         start_after = None if watermark is None else CHANGES + new_ksuid(_ksuid_seconds(watermark) - self.skew)
         prefix = CHANGES
         if start_after is not None:
@@ -231,22 +240,20 @@ class Index:
             ceiling = new_ksuid(time.time() + _AHEAD)
             prefix += _common_prefix(start_after[len(CHANGES) :], ceiling)
         seen = self._seen(start_after)
-        listed = 0
         todo: list[str] = []
         for info in store.list(prefix, start_after=start_after):
             listed += 1
             if _CHANGE_RE.match(info.key) and info.key not in seen:
                 todo.append(info.key)
-        fetched = applied = 0
         newest = watermark
         if todo:
             with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
                 bodies = list(pool.map(lambda key: (key, store.read(key)[0]), todo))
-            fetched = len(bodies)
+            fetched += len(bodies)
             docs = [(key, _parse_change(key, raw)) for key, raw in bodies]
             cap = new_ksuid(time.time() + 1)  # a writer with a clock ahead must not drag the window forward
             with self._write() as cur:
-                applied = self._apply_all(cur, [doc for _, doc in docs])
+                applied += self._apply_all(cur, [doc for _, doc in docs])
                 cur.executemany(
                     self.dialect.render("INSERT INTO index_seen (key) VALUES (:p0) ON CONFLICT (key) DO NOTHING"),
                     [{"p0": key} for key, _ in docs],
@@ -263,6 +270,53 @@ class Index:
                 self._set_meta(cur, "store", store.url)
         self.rebuilt = False
         return SyncStats(listed, fetched, applied, time.monotonic() - began, rebuilt)
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def compact(self, store: ObjectStore) -> str:
+        """Write ``runs/snapshots/<watermark>.jsonl.zst``: the newest version of every run this
+        index holds after a sync, and the change keys of its skew window, so that a new index
+        reads one object instead of one per change, then only the feed after the watermark.
+
+        Nothing is deleted, so a writer racing the compaction loses nothing: its change is
+        either in the snapshot or in the feed after it (or inside the window, which the reader
+        re-lists as every sync does), and versions apply only when newer."""
+        import zstandard
+
+        self.sync(store)
+        watermark = self._meta("watermark")
+        if watermark is None:
+            raise UsageError(f"`{store.url}` has no runs yet: nothing to compact")
+        cur = self._cursor()
+        cur.execute("SELECT doc FROM runs ORDER BY id")
+        docs = [self._load(row[0]) for row in cur.fetchall()]
+        header = {"format": SNAPSHOT_FORMAT, "watermark": watermark, "runs": len(docs)}
+        header["seen"] = sorted(self._seen(None))
+        lines = [orjson.dumps(header), *(orjson.dumps(doc) for doc in docs)]
+        body = zstandard.ZstdCompressor(level=3).compress(b"\n".join(lines) + b"\n")
+        key = f"{SNAPSHOTS}{watermark}.jsonl.zst"
+        with contextlib.suppress(PreconditionFailed):  # another compaction at this watermark wrote the same runs
+            store.put_if_absent(key, body)
+        return key
+
+    def _from_snapshot(self, store: ObjectStore) -> tuple[int, int, int]:
+        """Load the newest snapshot into this empty index: (keys listed, objects read, applied)."""
+        keys = [info.key for info in store.list(SNAPSHOTS)]
+        found = sorted(k for k in keys if _SNAPSHOT_RE.match(k))
+        if not found:
+            return len(keys), 0, 0
+        key = found[-1]
+        raw, _ = store.read(key)
+        header, docs = _parse_snapshot(key, raw)
+        with self._write() as cur:
+            applied = self._apply_all(cur, docs)
+            cur.executemany(
+                self.dialect.render("INSERT INTO index_seen (key) VALUES (:p0) ON CONFLICT (key) DO NOTHING"),
+                [{"p0": k} for k in header["seen"]],
+            )
+            self._set_meta(cur, "watermark", header["watermark"])
+            self._set_meta(cur, "store", store.url)
+        return len(keys), 1, applied
 
     def _seen(self, start_after: str | None) -> set[str]:
         cur = self._cursor()
@@ -396,6 +450,36 @@ def _ksuid_seconds(ksuid: str) -> float:
     from datarun.ids import ksuid_time
 
     return ksuid_time(ksuid)
+
+
+def _parse_snapshot(key: str, raw: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    import zstandard
+
+    fix = "delete it (the change feed holds every run without it) and run `datarun run compact` again"
+    try:
+        lines = zstandard.ZstdDecompressor().decompress(raw).splitlines()
+        header = orjson.loads(lines[0])
+        if not isinstance(header, dict):
+            raise ValueError("its first line is not a JSON object")
+        fmt = header.get("format")
+        if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > SNAPSHOT_FORMAT:
+            raise UsageError(
+                f"run snapshot `{key}` is format {fmt}, newer than this datarun reads ({SNAPSHOT_FORMAT}): "
+                "upgrade datarun"
+            )
+        if fmt != SNAPSHOT_FORMAT or not isinstance(header.get("watermark"), str):
+            raise ValueError("its header lacks `format` 1 and a string `watermark`")
+        if _SNAPSHOT_RE.match(key) is None or key != f"{SNAPSHOTS}{header['watermark']}.jsonl.zst":
+            raise ValueError("its name is not its watermark")
+        seen = header.get("seen")
+        if not isinstance(seen, list) or not all(isinstance(k, str) and _CHANGE_RE.match(k) for k in seen):
+            raise ValueError("its `seen` is not a list of change keys")
+        docs = [_checked(orjson.loads(line), f"run snapshot `{key}` line {n}") for n, line in enumerate(lines[1:], 2)]
+        if header.get("runs") != len(docs):
+            raise ValueError(f"it announces {header.get('runs')} runs and holds {len(docs)} (cut short?)")
+    except (zstandard.ZstdError, orjson.JSONDecodeError, ValueError, IndexError) as err:
+        raise IntegrityError(f"run snapshot `{key}` is corrupt ({err}); {fix}") from None
+    return header, docs
 
 
 def _parse_change(key: str, raw: bytes) -> dict[str, Any]:

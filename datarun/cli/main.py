@@ -32,9 +32,9 @@ from datarun.errors import DatarunError, ExitCode
 def _run_group() -> click.Command:
     from datarun.cli.run_cmd import run
     from datarun.cli.run_exec_cmd import COMMANDS
-    from datarun.cli.run_query_cmd import list_runs, query
+    from datarun.cli.run_query_cmd import compact, list_runs, query
 
-    for command in (query, list_runs, *COMMANDS):
+    for command in (query, list_runs, compact, *COMMANDS):
         run.add_command(command)
     return run
 

@@ -109,6 +109,25 @@ def list_runs(order_by: str | None, top: int, hidden: bool, as_json: bool, index
     _run(None, order_by, top, hidden, as_json, index_url)
 
 
+@click.command("compact")
+@click.option(
+    "--index",
+    "index_url",
+    metavar="URL",
+    help="Run index: sqlite:///path or postgresql://... Overrides DATARUN_INDEX and the config file's `index`.",
+)
+@with_store
+def compact(index_url: str | None) -> None:
+    """Write a snapshot of the store's runs (runs/snapshots/), so that a new index reads one
+    object instead of one per change. Deletes nothing; safe while others write runs."""
+    from datarun.catalog import open_index
+
+    client = state().client()
+    with open_index(index_url, client.cache_dir) as index:
+        key = index.compact(client.meta)
+        info(f"wrote {key} ({index.count()} runs)")
+
+
 def _with_lineage(
     index: Any, meta: Any, applied: bool, where: str | None, order: str | None, desc: bool, top: int, hidden: bool
 ) -> list[dict[str, Any]]:

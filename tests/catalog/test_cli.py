@@ -111,3 +111,14 @@ def test_an_unreachable_postgresql_index_is_a_store_error(env: Env, runs: list[d
     assert result.code == 6
     assert "cannot connect to the run index `postgresql://nobody:***@127.0.0.1:1/none`" in result.err
     assert "secret" not in result.err
+
+
+def test_compact_writes_a_snapshot_that_a_new_index_starts_from(
+    env: Env, runs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    result = env.ok("run", "compact")
+    (snapshot,) = (env.store / "runs" / "snapshots").iterdir()
+    assert snapshot.name.endswith(".jsonl.zst") and snapshot.name[:27] in result.err + result.out
+    fresh = f"sqlite://{tmp_path / 'fresh.sqlite'}"
+    listed = json.loads(env.ok("run", "list", "--top", "100", "--hidden", "--json", "--index", fresh).out)
+    assert sorted(r["id"] for r in listed) == sorted(d["id"] for d in runs)

@@ -49,6 +49,7 @@ def test_every_kind_is_found_under_its_prefix() -> None:
         "index-segment": layout.segment_key("cd" * 32),
         "run-version": layout.run_record_key("2Aa" * 9, 3),
         "run-change": layout.run_change_key("2Ab" * 9),
+        "run-snapshot": f"{layout.RUN_SNAPSHOTS_PREFIX}{'2Ab' * 9}.jsonl.zst",
         "lineage-record": "lineage/records/2Ac.json",
         "lineage-event": "lineage/events/2Ad.json",
         "lineage-mark": "lineage/marks/2Ad/000000000001.json",
@@ -124,6 +125,7 @@ def test_every_key_an_upload_and_a_run_write_has_a_kind(tmp_path: Path) -> None:
             graph = Graph(index)
             graph.sync(client.meta)
             invalidate(client.meta, graph, bundle_node("r", first.bundle.id), reason="bad", who="t", client=client)
+            index.compact(client.meta)
         # garbage collection: a removed label, a deleted bundle a run names, a collection, a rename
         remove_label(client, client.get_label("r", "pinned"))
         delete_bundle(client, plan_bundle_delete(client, "r", first.bundle.id))

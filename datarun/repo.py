@@ -191,6 +191,17 @@ class Client:
             return [Bundle.from_json(raw) for raw in self.records.read_all(bundles_prefix(repo))]
         return [Bundle.from_json(raw) for raw in listed]
 
+    def list_bundle_rows(self, repo: str) -> list[tuple[str, str, str]]:
+        """Id, time and message of every bundle, in id order: what `bundle list` prints, without
+        building a Bundle (and its provenance) per record, which costs more than reading them."""
+        listed = self._listing(repo).read()
+        if listed is None:
+            return [(b.id, b.created, b.message) for b in self.list_bundles(repo)]
+        try:
+            return [(str(r["id"]), str(r["created"]), str(r.get("message", ""))) for r in listed]
+        except (KeyError, TypeError, AttributeError) as err:
+            raise IntegrityError(f"malformed bundle record in the listing of repo `{repo}`: {err}") from None
+
     def _listing(self, repo: str) -> BundleListing:
         return BundleListing(self.meta, repo, self.get_repo(repo).created, self.workers * 4)
 

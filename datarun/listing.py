@@ -3,7 +3,7 @@
 Keys (FORMAT.md §17), all under ``listings/<repo>/``, outside ``repos/`` so that the record tools
 (check, rename, delete) never mistake them for records:
 
-- ``base.json``: the compacted listing, every bundle record folded so far, replaced only by
+- ``base.json``: the compacted listing, a row (id, time, message) per bundle folded so far, replaced only by
   compare-and-swap, and bound to the repo record's ``created`` so a repo deleted and created again
   never inherits the old one's listing;
 - ``tail/<bundle-id>.json``: written by each commit *before* its bundle record, so every visible
@@ -39,6 +39,13 @@ STALE_AFTER = 3600.0
 """A tail entry with no bundle record after this many seconds is a commit that died before its
 record: compaction drops it. A live commit writes its record seconds after its tail entry."""
 _FORMAT = 1
+_ROW = ("id", "created", "message")
+"""What the base keeps of each record: what `bundle list` prints. Whole records (provenance and
+all) made a base of ~770 bytes per bundle, and decoding it the larger part of a listing."""
+
+
+def _row(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: record[k] for k in _ROW if k in record}
 
 
 def _folder(repo: str) -> str:
@@ -88,7 +95,7 @@ class BundleListing:
         fresh = [i for i in seen.tail if i not in base]
         found = self._records(fresh)
         records = {i: r for i, r in base.items() if i not in seen.gone}
-        records.update((i, r) for i, r in found.items() if i not in seen.gone)
+        records.update((i, _row(r)) for i, r in found.items() if i not in seen.gone)
         body = dumps(
             {
                 "format": _FORMAT,
@@ -114,13 +121,13 @@ class BundleListing:
     # -- readers ---------------------------------------------------------------------------
 
     def read(self) -> list[dict[str, Any]] | None:
-        """Every bundle record of the repo in id order, or None when there is no usable base."""
+        """A row (id, created, message) per bundle of the repo in id order, or None when there is no usable base."""
         seen = self._look()
         if seen.base is None:
             return None
         records = {i: r for i, r in seen.base.items() if i not in seen.gone}
         missing = [i for i in seen.tail if i not in records and i not in seen.gone]
-        records.update(self._records(missing))
+        records.update((i, _row(r)) for i, r in self._records(missing).items())
         return [records[i] for i in sorted(records)]
 
     # -- plumbing --------------------------------------------------------------------------
@@ -175,7 +182,7 @@ class BundleListing:
         """Every bundle record, one GET each: only to build a first base."""
         prefix = bundles_prefix(self.repo)
         ids = [i.key[len(prefix) :].removesuffix(".json") for i in self.meta.list(prefix)]
-        return self._records([i for i in ids if is_ksuid(i)])
+        return {i: _row(r) for i, r in self._records([i for i in ids if is_ksuid(i)]).items()}
 
 
 def _age_from(bundle_id: str) -> float:

@@ -192,10 +192,20 @@ class Client:
         return self.get_bundle(repo, self.get_label(repo, label).bundle)
 
     def list_bundles(self, repo: str) -> list[Bundle]:
+        """Whole records, one GET each; ``list_bundle_rows`` reads the listing index instead."""
+        self.get_repo(repo)
+        return [Bundle.from_json(raw) for raw in self.records.read_all(bundles_prefix(repo))]
+
+    def list_bundle_rows(self, repo: str) -> list[tuple[str, str, str]]:
+        """Id, time and message of every bundle, in id order: what `bundle list` prints, from the
+        listing index (one GET and one LIST, FORMAT.md §17) when the repo has one."""
         listed = self._listing(repo).read()
-        if listed is None:  # no listing index yet (a store written before it): every record
-            return [Bundle.from_json(raw) for raw in self.records.read_all(bundles_prefix(repo))]
-        return [Bundle.from_json(raw) for raw in listed]
+        if listed is None:
+            return [(b.id, b.created, b.message) for b in self.list_bundles(repo)]  # a store older than the index
+        try:
+            return [(str(r["id"]), str(r["created"]), str(r.get("message", ""))) for r in listed]
+        except (KeyError, TypeError, AttributeError) as err:
+            raise IntegrityError(f"malformed bundle record in the listing of repo `{repo}`: {err}") from None
 
     def _listing(self, repo: str) -> BundleListing:
         return BundleListing(self.meta, repo, self.get_repo(repo).created, self.workers * 4)

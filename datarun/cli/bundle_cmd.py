@@ -122,14 +122,21 @@ def list_(ctx: click.Context, repo: str | None, as_json: bool) -> None:
         return
     if not repo:
         raise click.UsageError("Missing option '--repo'.")
-    bundles = state().client().list_bundles(repo)
-    bad = invalid_reasons([f"bundle/{repo}/{b.id}" for b in bundles])
+    client = state().client()
     if as_json:
+        bundles = client.list_bundles(repo)
+        bad = invalid_reasons([f"bundle/{repo}/{b.id}" for b in bundles])
         print_json([{**b.to_json(), "invalid": f"bundle/{repo}/{b.id}" in bad} for b in bundles])
         return
-    for b in bundles:
-        mark = " , INVALID" if f"bundle/{repo}/{b.id}" in bad else ""
-        click.echo(f"{b.id} , {b.created} , {b.message}{mark}")
+    rows = client.list_bundle_rows(repo)
+    bad = invalid_reasons([f"bundle/{repo}/{i}" for i, _, _ in rows])
+    # One write: 100,000 echo calls cost more than reading the listing.
+    lines = [
+        f"{i} , {created} , {message}{' , INVALID' if f'bundle/{repo}/{i}' in bad else ''}"
+        for i, created, message in rows
+    ]
+    if lines:
+        click.echo("\n".join(lines))
 
 
 def _resolve(client: Client, repo: str, bundle_id: str | None, label: str | None) -> Any:

@@ -51,15 +51,16 @@ def test_racing_commits_are_all_listed_from_a_base_and_a_short_tail(
         tail = [i.key for i in meta.list("listings/r/tail/")]
         assert meta.exists("listings/r/base.json")
         counting.calls.clear()
-        listed = [b.id for b in client.list_bundles("r")]
-        assert listed == sorted(ids)
+        listed = client.list_bundle_rows("r")
+        assert [row[0] for row in listed] == sorted(ids)
         # One GET of the repo, one of the base, one LIST, and one GET per tail entry not yet folded.
         assert counting.calls["list"] == 1
         assert counting.calls["read"] <= 2 + len(tail)
+        assert listed == sorted((b.id, b.created, b.message) for b in client.list_bundles("r"))
         # Folding the rest in loses nothing either.
         assert listing.BundleListing(meta, "r", client.get_repo("r").created).compact()
         assert [i.key for i in meta.list("listings/r/tail/")] == []
-        assert [b.id for b in client.list_bundles("r")] == sorted(ids)
+        assert [row[0] for row in client.list_bundle_rows("r")] == sorted(ids)
 
 
 def test_a_deleted_bundle_leaves_the_listing(meta: ObjectStore, tmp_path: Path) -> None:
@@ -68,9 +69,9 @@ def test_a_deleted_bundle_leaves_the_listing(meta: ObjectStore, tmp_path: Path) 
         a, b = _upload(client, tmp_path / "src", 1), _upload(client, tmp_path / "src", 2)
         assert meta.exists("listings/r/base.json")
         delete_bundle(client, plan_bundle_delete(client, "r", a))
-        assert [x.id for x in client.list_bundles("r")] == [b]
+        assert [row[0] for row in client.list_bundle_rows("r")] == [b]
         c = _upload(client, tmp_path / "src", 3)
-        assert [x.id for x in client.list_bundles("r")] == sorted([b, c])
+        assert [row[0] for row in client.list_bundle_rows("r")] == sorted([b, c])
 
 
 def test_a_repo_created_again_does_not_inherit_the_old_listing(meta: ObjectStore, tmp_path: Path) -> None:
@@ -81,18 +82,18 @@ def test_a_repo_created_again_does_not_inherit_the_old_listing(meta: ObjectStore
         for info in list(meta.list("repos/r/")):
             meta.delete(info.key)
         client.create_repo("r")
-        assert client.list_bundles("r") == []
+        assert client.list_bundle_rows("r") == []
 
 
 def test_a_store_without_a_listing_lists_its_records_then_gets_one(tmp_path: Path) -> None:
     shutil.copytree(FIXTURE, tmp_path / "store")
     store = LocalStore(tmp_path / "store")
     with Client(store, cache_dir=tmp_path / "cache") as client:
-        [old] = [b.id for b in client.list_bundles("old")]
+        [old] = [row[0] for row in client.list_bundle_rows("old")]
         assert not store.exists("listings/old/base.json")
         src = tmp_path / "src" / "x"
         src.mkdir(parents=True)
         (src / "y").write_text("new\n")
         new = client.upload("old", src, "after the index").bundle.id
         assert store.exists("listings/old/base.json")  # the first commit builds it from the records
-        assert [b.id for b in client.list_bundles("old")] == sorted([old, new])
+        assert [row[0] for row in client.list_bundle_rows("old")] == sorted([old, new])

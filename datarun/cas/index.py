@@ -45,6 +45,9 @@ class ChunkIndex:
         self._lock = threading.Lock()
         self._warm: dict[bytes, ChunkRef] = {}
         self._prefixes: set[bytes] | None = None
+        # The prefix filter is built on the first lookup that misses the warm map: an unchanged
+        # re-upload finds every chunk warm and so never pays for reading every digest in the index.
+        self._filter_limit: int | None = None
 
     def close(self) -> None:
         self._db.close()
@@ -112,10 +115,8 @@ class ChunkIndex:
         a lookup of a chunk the store lacks, the common case on a first upload, skips SQLite."""
         found: dict[bytes, ChunkRef] = {}
         with self._lock:
-            (count,) = self._db.execute("SELECT count(*) FROM chunks").fetchone()
-            self._prefixes = (
-                {row[0][:8] for row in self._db.execute("SELECT digest FROM chunks")} if count <= filter_limit else None
-            )
+            self._prefixes = None
+            self._filter_limit = filter_limit
             for start in range(0, len(digests), 900):
                 batch = digests[start : start + 900]
                 marks = ",".join("?" * len(batch))
@@ -127,10 +128,22 @@ class ChunkIndex:
                     found[row[0]] = ChunkRef(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
         self._warm = found
 
+    def _build_filter(self, limit: int) -> None:
+        with self._lock:
+            if self._filter_limit is None:  # another thread built it meanwhile
+                return
+            (count,) = self._db.execute("SELECT count(*) FROM chunks").fetchone()
+            self._prefixes = (
+                {row[0][:8] for row in self._db.execute("SELECT digest FROM chunks")} if count <= limit else None
+            )
+            self._filter_limit = None
+
     def lookup(self, digest: bytes) -> ChunkRef | None:
         warm = self._warm.get(digest)
         if warm is not None:
             return warm
+        if self._filter_limit is not None:
+            self._build_filter(self._filter_limit)
         if self._prefixes is not None and digest[:8] not in self._prefixes:
             return None
         with self._lock:

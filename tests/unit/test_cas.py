@@ -108,3 +108,23 @@ def test_a_segment_must_describe_the_pack_it_is_named_after(tmp_path: Path) -> N
     forged = encode_segment(other, sealed.chunks)  # well-formed, but its table is not pack `other`'s
     with pytest.raises(IntegrityError, match="does not match its pack id"):
         decode_segment(other, forged)
+
+
+def test_index_lookups_after_warm_find_every_chunk_and_skip_absent_ones(tmp_path: Path) -> None:
+    """warm() defers the prefix filter to the first miss; deferred or not, lookups must agree
+    with the index: warm chunks, chunks only in SQLite, segments added later, absent chunks."""
+    from datarun.cas.index import ChunkIndex
+    from datarun.model import ChunkRef
+    from datarun.store import open_store
+
+    index = ChunkIndex(open_store(f"file://{tmp_path / 'store'}"), tmp_path / "cache")
+    refs = [ChunkRef(blake3.blake3(bytes([i])).digest(), "p1", i * 10, 10, 10, False) for i in range(4)]
+    index.add_segment("p1", refs[:3])
+    index.warm([refs[0].digest])
+    assert index.lookup(refs[0].digest) == refs[0]  # warm: served from memory
+    assert index.lookup(refs[1].digest) == refs[1]  # not warm, but in SQLite: the filter must hold it
+    assert index.lookup(refs[3].digest) is None
+    index.add_segment("p2", refs[3:])  # added once the filter exists: it must learn the new prefixes
+    assert index.lookup(refs[3].digest) == refs[3]
+    assert index.lookup(blake3.blake3(b"absent").digest()) is None
+    index.close()

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import kubernetes
 import yaml
+from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.controlplane import Cluster, ControlPlaneError, free_port, wait_until
 
@@ -102,6 +104,15 @@ def service_account_kubeconfig(cluster: Cluster, path: Path, account: str = SERV
     admin["current-context"] = account
     path.write_text(json.dumps(admin))
     return path
+
+
+def ensure_namespace(kube_api: kubernetes.client.ApiClient, name: str) -> None:
+    """Create the namespace unless it exists: several modules' operators share one control plane."""
+    try:
+        kubernetes.client.CoreV1Api(kube_api).create_namespace({"metadata": {"name": name}})  # type: ignore[arg-type]
+    except ApiException as err:
+        if err.status != 409:
+            raise
 
 
 @dataclass

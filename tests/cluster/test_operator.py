@@ -27,6 +27,7 @@ from tests.cluster.controlplane import Cluster, free_port
 from tests.cluster.kubelet import ContainerEnd, finish_pod
 from tests.cluster.operator_harness import (
     OperatorProcess,
+    ensure_namespace,
     install_chart,
     make_tls,
     service_account_kubeconfig,
@@ -71,6 +72,18 @@ def webhook_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
     return make_tls(tmp_path_factory.mktemp("webhook-tls"))
 
 
+def kwok_operator_env(store_url: str) -> dict[str, str]:
+    """The operator's settings for runs that kwok ends: this module's store, the locally built images."""
+    return {
+        "DATARUN_OPERATOR_STORE_URL": store_url,
+        "DATARUN_OPERATOR_SIDECAR_IMAGE": SIDECAR_IMAGE,
+        "DATARUN_OPERATOR_WRAPPER_IMAGE": SIDECAR_IMAGE,
+        "DATARUN_OPERATOR_RESYNC_SECONDS": "3",
+        # On a real cluster (--kubeconfig, --kind) only the kwok node may get the run pods.
+        "DATARUN_OPERATOR_RUN_POD_NODE_SELECTOR": json.dumps(KWOK_NODE_SELECTOR),
+    }
+
+
 @pytest.fixture(scope="module")
 def operator(
     control_plane: Cluster,
@@ -90,12 +103,7 @@ def operator(
         kubeconfig,
         work,
         env={
-            "DATARUN_OPERATOR_STORE_URL": store[0],
-            "DATARUN_OPERATOR_SIDECAR_IMAGE": SIDECAR_IMAGE,
-            "DATARUN_OPERATOR_WRAPPER_IMAGE": SIDECAR_IMAGE,
-            "DATARUN_OPERATOR_RESYNC_SECONDS": "3",
-            # On a real cluster (--kubeconfig, --kind) only the kwok node may get the run pods.
-            "DATARUN_OPERATOR_RUN_POD_NODE_SELECTOR": json.dumps(KWOK_NODE_SELECTOR),
+            **kwok_operator_env(store[0]),
             "DATARUN_OPERATOR_WEBHOOK_ENABLED": "true",
             "DATARUN_OPERATOR_WEBHOOK_ADDRESS": "127.0.0.1",
             "DATARUN_OPERATOR_WEBHOOK_PORT": str(port),
@@ -106,12 +114,7 @@ def operator(
     )
     admission = kubernetes.client.AdmissionregistrationV1Api(kube_api)
     config = validating_webhook_for_loopback(tool(control_plane, "helm"), ca, port)
-    core = kubernetes.client.CoreV1Api(kube_api)
-    try:
-        core.create_namespace({"metadata": {"name": RUNS_NAMESPACE}})  # type: ignore[arg-type]
-    except ApiException as err:
-        if err.status != 409:
-            raise
+    ensure_namespace(kube_api, RUNS_NAMESPACE)
     proc.start()
     admission.create_validating_webhook_configuration(config)  # type: ignore[arg-type]
     try:

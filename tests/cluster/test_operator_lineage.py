@@ -6,14 +6,12 @@ are written by `datarun.lineage` with an index of their own, as another host wou
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import kubernetes
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from datarun.catalog import open_index
 from datarun.lineage import Graph, bundle_node, invalidate
@@ -22,16 +20,15 @@ from datarun_operator.builder import FUSE, MAIN
 from datarun_operator.models import GROUP, PLURAL, VERSION
 from datarun_operator.reconcile import LABEL_RERUN_OF
 from tests.cluster.controlplane import Cluster
-from tests.cluster.operator_harness import OperatorProcess, service_account_kubeconfig
+from tests.cluster.operator_harness import OperatorProcess, ensure_namespace, service_account_kubeconfig
 from tests.cluster.test_operator import (
-    KWOK_NODE_SELECTOR,
     RUNS_NAMESPACE,
-    SIDECAR_IMAGE,
     chart,
     create_run,
     custom,
     finish,
     get_run,
+    kwok_operator_env,
     pods_of,
     wait_for,
     wait_for_event,
@@ -68,21 +65,12 @@ def operator(
         service_account_kubeconfig(control_plane, work / "kubeconfig"),
         work,
         env={
-            "DATARUN_OPERATOR_STORE_URL": store[0],
-            "DATARUN_OPERATOR_SIDECAR_IMAGE": SIDECAR_IMAGE,
-            "DATARUN_OPERATOR_WRAPPER_IMAGE": SIDECAR_IMAGE,
-            "DATARUN_OPERATOR_RESYNC_SECONDS": "3",
+            **kwok_operator_env(store[0]),
             "DATARUN_OPERATOR_LINEAGE_SECONDS": "1",
-            "DATARUN_OPERATOR_RUN_POD_NODE_SELECTOR": json.dumps(KWOK_NODE_SELECTOR),
             "DATARUN_CACHE_DIR": str(work / "cache"),
         },
     )
-    core = kubernetes.client.CoreV1Api(kube_api)
-    try:
-        core.create_namespace({"metadata": {"name": RUNS_NAMESPACE}})  # type: ignore[arg-type]
-    except ApiException as err:
-        if err.status != 409:
-            raise
+    ensure_namespace(kube_api, RUNS_NAMESPACE)
     proc.start()
     try:
         yield proc

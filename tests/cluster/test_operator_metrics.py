@@ -17,7 +17,6 @@ from typing import Any
 
 import kubernetes
 import pytest
-from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from datarun.repo import connect
@@ -25,7 +24,7 @@ from datarun_operator.builder import FUSE
 from datarun_operator.models import GROUP, PLURAL, VERSION
 from tests.cluster.controlplane import Cluster, free_port
 from tests.cluster.kubelet import ContainerEnd, finish_pod
-from tests.cluster.operator_harness import OperatorProcess, install_chart, service_account_kubeconfig
+from tests.cluster.operator_harness import OperatorProcess, ensure_namespace, install_chart, service_account_kubeconfig
 from tests.operator.builders import fuse_result, spec
 
 pytestmark = pytest.mark.cluster
@@ -62,12 +61,7 @@ def metered(
         },
         namespaces=(NAMESPACE,),
     )
-    core = kubernetes.client.CoreV1Api(kube_api)
-    try:
-        core.create_namespace({"metadata": {"name": NAMESPACE}})  # type: ignore[arg-type]
-    except ApiException as err:
-        if err.status != 409:
-            raise
+    ensure_namespace(kube_api, NAMESPACE)
     proc.start()
     try:
         yield proc, port

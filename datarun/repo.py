@@ -26,8 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from datarun import config as cfg
-from datarun import labels
+from datarun import config as cfg, labels
 from datarun.cas.index import ChunkIndex
 from datarun.errors import (
     ConflictError,

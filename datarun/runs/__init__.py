@@ -4,10 +4,12 @@ Pure model and store calls only (no transfer, no CLI): the facade binds a :class
 a client's metadata store as ``Client.runs``; the catalog syncs from the change feed it writes.
 """
 
-from datarun.layout import RUN_CHANGES_PREFIX as CHANGES
-from datarun.layout import RUN_RECORDS_PREFIX as RECORDS
-from datarun.layout import run_change_key as change_key
-from datarun.layout import run_record_key as record_key
+from datarun.layout import (
+    RUN_CHANGES_PREFIX as CHANGES,
+    RUN_RECORDS_PREFIX as RECORDS,
+    run_change_key as change_key,
+    run_record_key as record_key,
+)
 from datarun.runs.model import (
     CACHED,
     FAILED,

@@ -24,11 +24,13 @@ import orjson
 
 from datarun.errors import ConflictError, IntegrityError, NotFoundError, ObjectNotFound, PreconditionFailed, UsageError
 from datarun.ids import is_ksuid, new_ksuid
-from datarun.layout import RUN_CHANGES_PREFIX as CHANGES
-from datarun.layout import RUN_RECORDS_PREFIX as RECORDS
-from datarun.layout import run_change_key as change_key
-from datarun.layout import run_record_key as record_key
-from datarun.layout import run_record_prefix as record_prefix
+from datarun.layout import (
+    RUN_CHANGES_PREFIX as CHANGES,
+    RUN_RECORDS_PREFIX as RECORDS,
+    run_change_key as change_key,
+    run_record_key as record_key,
+    run_record_prefix as record_prefix,
+)
 from datarun.runs.model import BundleLink, Run, now_iso
 from datarun.store.base import ObjectStore
 from datarun.summary import TransferSummary

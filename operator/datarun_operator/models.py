@@ -19,50 +19,28 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
-from datarun_operator.patterns import (
-    ABSOLUTE_PATH_PATTERN as ABSOLUTE_PATH_PATTERN,
-)
-from datarun_operator.patterns import (
-    BUNDLE_PATTERN as BUNDLE_PATTERN,
-)
 from datarun_operator.patterns import (  # re-exported: the name rules are part of the models' API
+    ABSOLUTE_PATH_PATTERN as ABSOLUTE_PATH_PATTERN,
+    BUNDLE_PATTERN as BUNDLE_PATTERN,
     DATA_ROOT as DATA_ROOT,
-)
-from datarun_operator.patterns import (
     ENV_NAME_PATTERN as ENV_NAME_PATTERN,
-)
-from datarun_operator.patterns import (
     LABEL_PATTERN as LABEL_PATTERN,
-)
-from datarun_operator.patterns import (
     NAME_PATTERN as NAME_PATTERN,
-)
-from datarun_operator.patterns import (
     PARAM_KEY_PATTERN as PARAM_KEY_PATTERN,
-)
-from datarun_operator.patterns import (
     PARAMS_FILE as PARAMS_FILE,
-)
-from datarun_operator.patterns import (
     PATH_PATTERN as PATH_PATTERN,
-)
-from datarun_operator.patterns import (
     PATTERN_HINTS as PATTERN_HINTS,
-)
-from datarun_operator.patterns import (
     QUANTITY_PATTERN as QUANTITY_PATTERN,
-)
-from datarun_operator.patterns import (
     REPO_PATTERN as REPO_PATTERN,
-)
-from datarun_operator.patterns import (
     RESERVED_ENV_PREFIX as RESERVED_ENV_PREFIX,
-)
-from datarun_operator.patterns import (
     SECRET_NAME_PATTERN as SECRET_NAME_PATTERN,
 )
-from datarun_operator.schema import FieldSchema, RecordCodec, Rule
-from datarun_operator.schema import SpecError as SpecError  # re-exported: a spec's error is part of the models' API
+from datarun_operator.schema import (
+    FieldSchema,
+    RecordCodec,
+    Rule,
+    SpecError as SpecError,  # re-exported: a spec's error is part of the models' API
+)
 
 GROUP = "datarun.io"
 VERSION = "v1alpha1"

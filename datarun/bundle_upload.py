@@ -20,11 +20,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from datarun import config as cfg
-from datarun.cas.index import ChunkIndex
 from datarun.gc import guard as gc_guard
-from datarun.hashcache import HashCache
 from datarun.ids import new_ksuid
 from datarun.layout import bundle_key, manifest_key
 from datarun.listing import BundleListing
@@ -34,8 +33,11 @@ from datarun.progress import Callback
 from datarun.records import dumps, now
 from datarun.results import upload_summary
 from datarun.store import ObjectStore
-from datarun.transfer import Uploader, UploadStats
+
+if TYPE_CHECKING:
+    from datarun.cas.index import ChunkIndex
 from datarun.transfer.snapshot import TreeCache, TreeFingerprint, TreeRecord
+from datarun.transfer.upload import UploadStats
 
 SPOOL_MAX_AGE = 6 * 3600.0
 
@@ -86,6 +88,7 @@ def upload_bundle(
             symlinks=record.symlinks,
             bytes_total=record.total_size,
             chunks_deduplicated=record.chunks,
+            stat_only=True,
         )
         manifest_id, file_count, total_size = record.manifest, record.file_count, record.total_size
     else:
@@ -152,6 +155,10 @@ def _store_tree(
     fingerprint: TreeFingerprint | None,
 ) -> tuple[UploadStats, str, int, int]:
     """Chunk, dedup and pack every file, then store the manifest; return its id and totals."""
+    # Imported here, not at the top: an unchanged re-upload never chunks, hashes or looks up.
+    from datarun.hashcache import HashCache
+    from datarun.transfer.upload import Uploader
+
     index = target.chunk_index()
     index.sync(target.workers * 2)
     spool = target.blobs.staging_dir() or (target.cache_dir / "spool")

@@ -10,10 +10,12 @@ file is opened, no chunk is hashed or looked up, and only the bundle record is n
 Any difference at all (a touched, added, deleted or renamed file, a recycled inode, whose ctime
 differs) falls back to the full upload, whose per-file hash cache still skips unchanged files.
 
-Racy entries: a file modified in the same timestamp tick as the stat the upload took would
-look unchanged. A tree is therefore remembered only when every entry's mtime and ctime are
-older than ``RACY_NS`` before the walk began; otherwise the next upload takes the full path,
-which re-reads the young files (the hash cache refuses them as well).
+Racy entries, as git defines them: a file modified again in the same mtime tick as the stat the
+upload took would look unchanged. A tree is therefore remembered only when every entry's mtime
+is older than ``RACY_NS`` before the walk began; otherwise the next upload takes the full path,
+which re-reads the young files (the hash cache refuses them too). A rewrite that puts an old
+mtime back (``rsync -t``, ``cp -p``) still moves the ctime, which is compared exactly; like
+git, a ctime is not tested for raciness, so that freshly copied trees with old mtimes qualify.
 """
 
 from __future__ import annotations
@@ -62,7 +64,9 @@ class TreeFingerprint:
                 self._hash.update(b"\0dangling")
 
     def _fold(self, code: int, st: os.stat_result, name: bytes) -> None:
-        if st.st_mtime_ns >= self.started_ns - RACY_NS or st.st_ctime_ns >= self.started_ns - RACY_NS:
+        # Only a file's bytes can change under an unchanged stat: a folder's entries are in the
+        # walk itself, and a symlink is never rewritten in place (its target is hashed in).
+        if code == 1 and st.st_mtime_ns >= self.started_ns - RACY_NS:
             self.racy = True
         self._hash.update(
             _ENTRY.pack(

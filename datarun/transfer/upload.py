@@ -56,6 +56,7 @@ class UploadStats:
     bytes_stored: int = 0  # bytes written to packs (after compression)
     packs: int = 0
     skipped: list[str] = field(default_factory=list)  # sockets, fifos, devices
+    stat_only: bool = False  # the folder matched its last upload's stat record; no file was opened
 
 
 @dataclass(slots=True)

@@ -39,6 +39,15 @@ def _units_of(entry: FileEntry) -> list[list[ChunkRef]]:
     return list(batched(entry.chunks, UNIT_BYTES, _stored_size))
 
 
+def _is_link_or_folder(path: Path) -> bool:
+    """One lstat: what must not be replaced by a downloaded file."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    return stat.S_ISLNK(mode) or stat.S_ISDIR(mode)
+
+
 class _OpenFile:
     def __init__(self, entry: FileEntry, final: Path, progress: Callback) -> None:
         self.entry = entry
@@ -56,7 +65,7 @@ class _OpenFile:
         kernel-copied chunk can be mapped back for its hash check."""
         with self.lock:
             if self.fd < 0:
-                if os.path.islink(self.final) or os.path.isdir(self.final):
+                if _is_link_or_folder(self.final):
                     raise ConflictError(f"`{self.final}` exists as a link or folder; remove it or download elsewhere")
                 try:
                     self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -68,9 +77,9 @@ class _OpenFile:
         self.open()  # an empty file has no chunk that opened it
         # Permission bits only: a hostile manifest must not create setuid/setgid files.
         os.fchmod(self.fd, self.entry.mode & 0o777)
+        os.utime(self.fd, ns=(self.entry.mtime_ns, self.entry.mtime_ns))  # by descriptor: no path lookup
         os.close(self.fd)
         self.fd = -1
-        os.utime(self.tmp, ns=(self.entry.mtime_ns, self.entry.mtime_ns))
         os.replace(self.tmp, self.final)
 
     def abandon(self) -> None:
@@ -187,7 +196,7 @@ class Downloader:
             folder = self._ensure_dir(dest, parent)
             final = folder / name
             if entry.kind == SYMLINK:
-                if os.path.islink(final) or os.path.isdir(final):
+                if _is_link_or_folder(final):
                     raise ConflictError(f"`{final}` exists as a link or folder; remove it or download elsewhere")
                 tmp = folder / f".{name}.datarun-{secrets.token_hex(4)}"
                 os.symlink(entry.target, tmp)

@@ -34,6 +34,7 @@ import orjson
 
 from datarun.cas.chunker import CHUNKER_ID
 from datarun.model import FILE, SYMLINK
+from datarun.transfer.localfs import walk_tree
 
 RACY_NS = 2_000_000_000  # 2 s: covers filesystems with coarse (1-2 s) timestamps, as the hash cache does
 _FORMAT = 1
@@ -113,8 +114,6 @@ class TreeCache:
 
     def fingerprint(self) -> TreeFingerprint:
         """Walk and stat the folder, reading no file; the same walk the upload takes."""
-        from datarun.transfer.localfs import walk_tree  # the walk, not the rest of localfs's callers
-
         fp = TreeFingerprint()
         for rel, st, kind in walk_tree(Path(self.root)):
             fp.add(self.root, rel, st, kind)

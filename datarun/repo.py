@@ -53,7 +53,6 @@ from datarun.model import (
     validate_repo_name,
 )
 from datarun.progress import Callback
-from datarun.ranged import RangedReader
 from datarun.records import Records, dumps, now
 from datarun.results import DownloadResult, MountResult, UploadResult, VerifyReport
 from datarun.store import ObjectStore, open_store
@@ -67,6 +66,7 @@ from datarun.transfer import (
 if TYPE_CHECKING:
     from datarun.cache import RunCache
     from datarun.mount.runner import MountOptions
+    from datarun.ranged import RangedReader
     from datarun.runs import RunStore
 
 # The result types are part of this API: `from datarun.repo import UploadResult` keeps working.
@@ -322,6 +322,10 @@ class Client:
 
     def _ranged_reader(self) -> RangedReader:
         if self._ranged is None:
+            # Imported on first use: it brings the mount's chunk source, which uploads and
+            # downloads never need, and every CLI start would pay for it.
+            from datarun.ranged import RangedReader
+
             self._ranged = RangedReader(self.blobs)
         return self._ranged
 

@@ -7,7 +7,6 @@ file (``DATARUN_CONFIG`` or ``~/.datarun/config.yaml``), then the embedded defau
 
 from __future__ import annotations
 
-import getpass
 import os
 import socket
 from dataclasses import asdict, dataclass
@@ -121,6 +120,8 @@ def default_author(config: Config) -> tuple[str, str]:
     email = config.email or os.environ.get("DATARUN_AUTHOR_EMAIL", "")
     if not name:
         try:
+            import getpass  # brings termios: only when the environment names no user
+
             name = getpass.getuser()
         except (KeyError, OSError):
             name = "unknown"

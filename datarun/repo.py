@@ -18,8 +18,6 @@ is visible only once every byte it names is durable.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from datarun import config as cfg, labels
+from datarun.bundle_upload import UploadTarget, upload_bundle
 from datarun.cas.index import ChunkIndex
 from datarun.errors import (
     ConflictError,
@@ -36,19 +35,16 @@ from datarun.errors import (
     PreconditionFailed,
     UsageError,
 )
-from datarun.gc import guard as gc_guard
-from datarun.hashcache import HashCache
-from datarun.ids import is_ksuid, new_ksuid
-from datarun.layout import REPOS_PREFIX, bundle_key, bundles_prefix, is_repo_key, manifest_key, repo_key
+from datarun.ids import is_ksuid
+from datarun.layout import REPOS_PREFIX, bundle_key, bundles_prefix, is_repo_key, repo_key
 from datarun.listing import BundleListing
-from datarun.manifest import DiffEntry, ManifestWriter, diff_entries, find_entry, read_manifest, read_manifest_records
+from datarun.manifest import DiffEntry, diff_entries, find_entry, read_manifest, read_manifest_records
 from datarun.model import (
     FILE,
     Bundle,
     BundleRef,
     FileEntry,
     Label,
-    Provenance,
     Repo,
     RunRecord,
     validate_label_name,
@@ -56,14 +52,12 @@ from datarun.model import (
     validate_repo_name,
 )
 from datarun.progress import Callback
-from datarun.ranged import RangedReader
 from datarun.records import Records, dumps, now
-from datarun.results import DownloadResult, MountResult, UploadResult, VerifyReport, upload_summary
+from datarun.results import DownloadResult, MountResult, UploadResult, VerifyReport
 from datarun.store import ObjectStore, open_store
 from datarun.transfer import (
     DEFAULT_WORKERS,
     Downloader,
-    Uploader,
     stream_entry,
     verify_entries,
 )
@@ -71,6 +65,7 @@ from datarun.transfer import (
 if TYPE_CHECKING:
     from datarun.cache import RunCache
     from datarun.mount.runner import MountOptions
+    from datarun.ranged import RangedReader
     from datarun.runs import RunStore
 
 # The result types are part of this API: `from datarun.repo import UploadResult` keeps working.
@@ -248,58 +243,23 @@ class Client:
         if label is not None:
             validate_label_name(label)
         self.records.check_format(create=True)
-        # Read before the index sync: if a gc sweeps after this, the commit re-checks what it reuses.
-        generation = gc_guard.read_generation(self.meta)
-        index = self._chunk_index()
-        index.sync(self.workers * 2)
-        spool = self.blobs.staging_dir() or (self.cache_dir / "spool")
-        _sweep_stale_spool(spool)
-        hashes = HashCache(self.cache_dir) if use_hash_cache else None
-        uploader = Uploader(self.blobs, index, hashes, spool, self.workers, progress)
-        writer = ManifestWriter(spool)
-        try:
-            uploader.upload_tree(Path(path), writer, read_fifos=read_fifos)
-            uploader.finish(writer)
-            manifest_id = writer.finish()
-            # Manifests are content-addressed: a plain put of identical bytes is harmless.
-            self.meta.put(manifest_key(manifest_id), writer.path)
-        except BaseException:
-            uploader.abort()
-            writer.discard()
-            raise
-        finally:
-            uploader.close()
-            writer.path.unlink(missing_ok=True)
-            if hashes is not None:
-                hashes.close()
-        bundle = Bundle(
-            id=new_ksuid(),
-            repo=repo,
-            message=message,
-            created=now(),
-            manifest=manifest_id,
-            file_count=writer.file_count,
-            total_size=writer.total_size,
-            provenance=Provenance(
-                self.author[0],
-                self.author[1],
-                cfg.hostname(),
-                tuple(inputs),
-                run,
-                upload_summary(uploader.stats, writer.file_count, time.perf_counter() - started).to_json(),
-            ),
+        target = UploadTarget(
+            self.meta, self.blobs, self.cache_dir, self.workers, self.author, self._chunk_index, self._listing
         )
-        if before_commit is not None:
-            before_commit()
-        # Written last and create-only: this is the moment the bundle becomes visible. The guard
-        # refuses it if a garbage collection took any of its data meanwhile (FORMAT.md, "Garbage collection").
-        listing = self._listing(repo)
-        listing.will_commit(bundle.to_json())  # first, so a visible bundle is always listed
-        with gc_guard.commit_guard(self.meta, self.blobs, repo, bundle.id, manifest_id, generation):
-            self.meta.put_if_absent(bundle_key(repo, bundle.id), dumps(bundle.to_json()))
-        listing.after_commit()
-        moved = self.set_label(repo, label, bundle.id, retries=label_retries) if label else None
-        return UploadResult(bundle, uploader.stats, moved, time.perf_counter() - started)
+        done = upload_bundle(
+            target,
+            repo,
+            Path(path),
+            message,
+            inputs=inputs,
+            run=run,
+            progress=progress,
+            use_hash_cache=use_hash_cache,
+            read_fifos=read_fifos,
+            before_commit=before_commit,
+        )
+        moved = self.set_label(repo, label, done.bundle.id, retries=label_retries) if label else None
+        return UploadResult(done.bundle, done.stats, moved, time.perf_counter() - started)
 
     def download(
         self,
@@ -361,6 +321,10 @@ class Client:
 
     def _ranged_reader(self) -> RangedReader:
         if self._ranged is None:
+            # Imported on first use: it brings the mount's chunk source, which uploads and
+            # downloads never need, and every CLI start would pay for it.
+            from datarun.ranged import RangedReader
+
             self._ranged = RangedReader(self.blobs)
         return self._ranged
 
@@ -432,27 +396,6 @@ class Client:
         validate_label_name(name)
         self.get_bundle(repo, bundle_id)
         return labels.move(self.records, repo, name, bundle_id, author=self.author[0], expect=expect, retries=retries)
-
-
-SPOOL_MAX_AGE = 6 * 3600.0
-
-
-def _sweep_stale_spool(spool: Path) -> None:
-    """Remove spool files left by uploads that were killed (kill -9 skips every cleanup).
-
-    A live upload keeps touching its spool files, so anything untouched for hours is
-    garbage; it was never referenced by a visible bundle.
-    """
-    cutoff = time.time() - SPOOL_MAX_AGE
-    try:
-        entries = list(os.scandir(spool))
-    except OSError:
-        return
-    for entry in entries:
-        if entry.name.startswith(("pack-", "manifest-", "put-")):
-            with contextlib.suppress(OSError):
-                if entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
 
 
 def connect(

@@ -12,7 +12,6 @@ from datarun.cli.common import info, json_option, print_json, progress_bar, stat
 from datarun.cli.lineage_cmd import allow_invalid_option, invalid_reasons, neighbours, refuse_invalid
 from datarun.cli.mount_cmd import mount
 from datarun.errors import IntegrityError, UsageError
-from datarun.gc.lifecycle import lineage_status as lifecycle_status
 from datarun.model import FILE, BundleRef, FileEntry
 
 if TYPE_CHECKING:
@@ -289,6 +288,8 @@ def get(repo: str, bundle_id: str | None, label: str | None, as_json: bool) -> N
     click.echo(f"id: {found.id}\nrepo: {found.repo}\ncreated: {found.created}\nmessage: {found.message}")
     click.echo(f"files: {found.file_count}\nsize: {found.total_size}\nauthor: {p.author_name} <{p.author_email}>")
     click.echo(f"host: {p.host}")
+    from datarun.gc.lifecycle import lineage_status as lifecycle_status  # only `get` needs it: kept off every start
+
     for ref in p.inputs:
         status = lifecycle_status(state().client(), ref.repo, ref.bundle)
         click.echo(f"input: {ref.repo}:{ref.bundle}" + ("" if status == "ok" else f" ({status})"))

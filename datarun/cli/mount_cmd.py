@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +39,8 @@ def _daemonize(argv: list[str], ready_file: Path | None, timeout: float) -> None
     log_path = cfg.cache_dir() / "mount-logs" / f"mount-{os.getpid()}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
+        import subprocess  # only `mount --background` spawns a child; kept off every CLI start
+
         child = subprocess.Popen(
             [sys.executable, "-m", "datarun.cli.main", *args],
             stdin=subprocess.DEVNULL,

@@ -13,7 +13,7 @@ import os
 import stat
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +56,7 @@ class UploadStats:
     bytes_stored: int = 0  # bytes written to packs (after compression)
     packs: int = 0
     skipped: list[str] = field(default_factory=list)  # sockets, fifos, devices
+    stat_only: bool = False  # the folder matched its last upload's stat record; no file was opened
 
 
 @dataclass(slots=True)
@@ -267,8 +268,16 @@ class Uploader:
         self.stats.bytes_read += read
         return placed, read
 
-    def upload_tree(self, root: Path, writer: ManifestWriter, *, read_fifos: bool = False) -> None:
-        """Upload the folder ``root`` in tree order.
+    def upload_tree(
+        self,
+        root: Path,
+        writer: ManifestWriter,
+        *,
+        read_fifos: bool = False,
+        observe: Callable[[str, str, os.stat_result, str], None] | None = None,
+    ) -> None:
+        """Upload the folder ``root`` in tree order; ``observe(root, rel, lstat, kind)`` sees each
+        entry's stat before it is read (the tree fingerprint of ``transfer.snapshot``).
 
         With ``read_fifos``, a named pipe is read until its writer closes it and stored as a
         regular file: a producer (``pg_dump -f <fifo>``) then streams straight into the store,
@@ -282,6 +291,8 @@ class Uploader:
         self.index.warm(self.hashes.preload(str(root)) if self.hashes is not None else [])
         base = str(root)
         for rel, st, kind in walk_tree(root):
+            if observe is not None:
+                observe(base, rel, st, kind)
             mode = stat.S_IMODE(st.st_mode)
             if kind == DIRECTORY:
                 self.stats.directories += 1

@@ -110,7 +110,7 @@ def test_ksuids_sort_by_time_even_within_one_second() -> None:
 
 
 def test_stale_spool_files_from_killed_uploads_are_swept(tmp_path: Path) -> None:
-    from datarun.repo import SPOOL_MAX_AGE, _sweep_stale_spool
+    from datarun.bundle_upload import SPOOL_MAX_AGE, sweep_stale_spool
 
     old = tmp_path / "pack-dead"
     fresh = tmp_path / "pack-live"
@@ -120,6 +120,6 @@ def test_stale_spool_files_from_killed_uploads_are_swept(tmp_path: Path) -> None
     past = time.time() - SPOOL_MAX_AGE - 60
     os.utime(old, (past, past))
     os.utime(unrelated, (past, past))
-    _sweep_stale_spool(tmp_path)
+    sweep_stale_spool(tmp_path)
     assert not old.exists()
     assert fresh.exists() and unrelated.exists()

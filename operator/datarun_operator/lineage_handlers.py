@@ -6,7 +6,9 @@
   re-creates it (the per-run timer);
 - ``rerun`` invalidation actions: the CLI records their executions as pending for the operator;
   a thread polls each store it knows for them and re-creates each named run from its record,
-  recording the outcome create-only (so a restarted operator never creates twice);
+  recording the outcome create-only (so a restarted operator never creates twice). The thread
+  posts no Events: kopf's event poster works only inside its handlers; the outcome record
+  (``datarun lineage descendants``) and the new DataRun's labels say what happened;
 - the OpenLineage events of a run that ended.
 """
 
@@ -195,16 +197,7 @@ class Lineage:
             raise Retry(f"the apiserver answered HTTP {err.status} {err.reason}") from None
         new = str((created.get("metadata") or {}).get("name", ""))
         detail = f"created DataRun {namespace}/{new} from the {'recorded' if record.resource else 'live'} spec"
-        self._event(namespace, name, live, f"an invalidation's rerun action created DataRun `{new}`")
         return self._record(client, execution, run_id, rerun.CREATED, detail, created)
-
-    def _event(self, namespace: str, name: str, live: Mapping[str, Any] | None, message: str) -> None:
-        """A Normal ``Rerun`` Event on the old DataRun, if it is still there."""
-        if live is None:
-            with contextlib.suppress(ApiException):
-                live = self.kube().get_datarun(namespace, name)
-        if live is not None:
-            self.post(live, (reconcile.Event("Normal", "Rerun", message),))
 
     def _record(
         self,

@@ -21,6 +21,7 @@ import contextlib
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,14 +200,20 @@ def rerun_outcome_key(run_id: str, event_id: str, action_id: str) -> str:
     return f"{RERUNS}{run_id}/{event_id}.{action_id}.json"
 
 
-def pending_reruns(client: Client) -> list[dict[str, Any]]:
+def pending_reruns(client: Client, skip: Set[str] = frozenset()) -> list[dict[str, Any]]:
     """The executions of `rerun` actions that name runs to re-create (whether or not the operator
-    has done so yet: :func:`rerun_outcome_key` says). Only the rerun actions' records are read."""
+    has done so yet: :func:`rerun_outcome_key` says), each with its ``key``. Two list requests;
+    only the rerun actions' executions are read, and not those whose keys are in ``skip`` (the
+    ones a poller settled already)."""
     ids = {a["id"] for a in list_actions(client) if a.get("do") == "rerun"}
     if not ids:
         return []
-    keys = [i.key for i in client.meta.list(EXECUTIONS) if i.key.rsplit("/", 1)[-1].removesuffix(".json") in ids]
-    found = [loads(key, client.meta.read(key)[0]) for key in keys]
+    keys = [
+        i.key
+        for i in client.meta.list(EXECUTIONS)
+        if i.key.rsplit("/", 1)[-1].removesuffix(".json") in ids and i.key not in skip
+    ]
+    found = [loads(key, client.meta.read(key)[0]) | {"key": key} for key in keys]
     return [e for e in found if e.get("pending") == PENDING_OPERATOR and e.get("runs")]
 
 

@@ -58,7 +58,8 @@ class Lineage:
         # Stores whose pending reruns the thread follows: the default one (added at startup), and
         # every store a finished DataRun names (learnt by its lineage timer).
         self.stores: set[str] = set()
-        self._settled: set[str] = set()  # executions whose every run has an outcome: not read again
+        # Per store, the keys of executions whose every run has an outcome: not read again.
+        self._settled: dict[str, set[str]] = {}
         self._stop = threading.Event()
 
     @property
@@ -143,10 +144,8 @@ class Lineage:
         client = connect(store_url)
         recorded = []
         try:
-            for execution in pending_reruns(client):
-                tag = f"{store_url} {execution['event']}/{execution['action']}"
-                if tag in self._settled:
-                    continue
+            settled_here = self._settled.setdefault(store_url, set())
+            for execution in pending_reruns(client, settled_here):
                 settled = True
                 for run_id in execution["runs"]:
                     try:
@@ -158,7 +157,7 @@ class Lineage:
                     if doc is not None:
                         recorded.append(doc)
                 if settled:
-                    self._settled.add(tag)
+                    settled_here.add(str(execution["key"]))
         finally:
             client.close()
         return recorded

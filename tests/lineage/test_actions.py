@@ -127,6 +127,7 @@ def test_rerun_is_recorded_pending_for_the_operator_with_the_runs_that_made_the_
     assert recorded[nothing["id"]]["pending"] is None and "nothing to rerun" in recorded[nothing["id"]]["detail"]
     pending = pending_reruns(c)
     assert [(p["event"], p["action"]) for p in pending] == [(done.event["id"], on_repo["id"])]
+    assert pending_reruns(c, {pending[0]["key"]}) == [], "a poller skips what it settled, unread"
     assert reruns(c) == [], "the operator has not settled it yet"
     key = rerun_outcome_key(world.run.id, done.event["id"], on_repo["id"])
     assert key.startswith(f"lineage/reruns/{world.run.id}/")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,33 @@ def test_an_apiserver_that_does_not_answer_leaves_the_rerun_pending(
     monkeypatch.setattr(handlers, "_kube", rkube)
     (done,) = handlers.LINEAGE.settle_reruns(store.url)
     assert done["outcome"] == "created" and len(_reruns_of(rkube)) == 1
+
+
+def test_an_older_record_reruns_from_the_live_datarun_and_a_refused_body_is_failed(
+    rkube: RerunKube, store: Store, events: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = store.upload("1 2 3")
+    run_id = _run_job(rkube, store)
+    # A record written before resources were kept: a version without one.
+    store.client.runs.update(run_id, lambda r: replace(r, resource=None))
+    add_action(store.client, on="repo=out", do="rerun")
+    _invalidate(store, tmp_path, bad, "sensor broken")
+
+    class Refusing(RerunKube):
+        def create_datarun(self, raw: dict[str, Any]) -> dict[str, Any]:
+            raise ApiException(status=422, reason="Unprocessable Entity")
+
+    refusing = Refusing()
+    refusing.runs = rkube.runs
+    monkeypatch.setattr(handlers, "_kube", refusing)
+    (failed,) = handlers.LINEAGE.settle_reruns(store.url)
+    assert failed["outcome"] == "failed" and "HTTP 422" in failed["detail"] and "team/job" in failed["detail"]
+    # The next invalidation is another event: with a working apiserver, the live DataRun is the source.
+    monkeypatch.setattr(handlers, "_kube", rkube)
+    _invalidate(store, tmp_path, store.upload("7 8 9", label="v1"), "again")  # not read by job: nothing new
+    assert handlers.LINEAGE.settle_reruns(store.url) == []
+    _invalidate(store, tmp_path, bad, "sensor broken, twice")
+    (done,) = handlers.LINEAGE.settle_reruns(store.url)
+    assert done["outcome"] == "created" and "from the live spec" in done["detail"]
+    (new,) = _reruns_of(rkube)
+    assert new["spec"] == current(rkube)["spec"] and new["metadata"]["labels"][LABEL_RERUN_OF_RUN] == run_id

@@ -28,6 +28,7 @@ LINEAGE_MARKS_PREFIX = "lineage/marks/"  # <event-id>/<seq>.json: nodes an inval
 LINEAGE_DONE_PREFIX = "lineage/done/"  # <event-id>.json: that cascade wrote every mark
 LINEAGE_ACTIONS_PREFIX = "lineage/actions/"  # invalidation actions
 LINEAGE_EXECUTIONS_PREFIX = "lineage/executions/"  # <event-id>/<action-id>.json: one run of an action
+LINEAGE_RERUNS_PREFIX = "lineage/reruns/"  # <run-id>/<event-id>.<action-id>.json: the operator's rerun outcome
 RUNS_PREFIX = "runs/"
 # Garbage collection (FORMAT.md, "Garbage collection"): all in the metadata store, next to the
 # records whose reachability they describe.
@@ -209,6 +210,13 @@ KINDS: tuple[KeyKind, ...] = (
         f"{LINEAGE_EXECUTIONS_PREFIX}<event-id>/<action-id>.json",
         "create-only",
     ),
+    KeyKind(
+        "lineage-rerun",
+        "meta",
+        LINEAGE_RERUNS_PREFIX,
+        f"{LINEAGE_RERUNS_PREFIX}<run-id>/<event-id>.<action-id>.json",
+        "create-only",
+    ),
     KeyKind("cache-entry", "meta", CACHE_PREFIX, cache_entry_key("<task>", "<key>", "<run-id>"), "create-only"),
     KeyKind("gc-lock", "meta", GC_LOCK_KEY, GC_LOCK_KEY, "create-only"),
     KeyKind("gc-generation", "meta", GC_GENERATION_KEY, GC_GENERATION_KEY, "cas"),
@@ -263,7 +271,7 @@ def kind_of(key: str) -> KeyKind | None:
             "done": "lineage-done",
             "actions": "lineage-action",
         }
-        nested = {"marks": "lineage-mark", "executions": "lineage-execution"}
+        nested = {"marks": "lineage-mark", "executions": "lineage-execution", "reruns": "lineage-rerun"}
         if len(parts) == 3 and parts[1] in flat:
             return by_name[flat[parts[1]]]
         if len(parts) == 4 and parts[1] in nested:

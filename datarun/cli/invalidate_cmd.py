@@ -102,7 +102,13 @@ def action() -> None:
 
 @action.command("add")
 @click.option("--on", "on", required=True, metavar="repo=NAME|record=ID", help="What the action watches.")
-@click.option("--do", "do", required=True, type=click.Choice(["move-label", "webhook"]), help="What it does.")
+@click.option(
+    "--do",
+    "do",
+    required=True,
+    type=click.Choice(["move-label", "webhook", "rerun"]),
+    help="What it does (rerun: the operator re-creates the DataRuns that made the reached nodes).",
+)
 @click.option("--label", default=None, help="move-label: only this label (default: every label of the repo).")
 @click.option("--url", default=None, help="webhook: where to POST the JSON document.")
 @click.option("--retries", type=click.IntRange(0, 10), default=3, show_default=True, help="webhook: retries.")

@@ -160,15 +160,27 @@ def _walk_options(fn: F) -> F:
     return with_store(fn)
 
 
-def _show_walk(walk: Any, as_json: bool) -> None:
+def _reruns_in(walk: Any) -> list[dict[str, Any]]:
+    """The operator's reruns of the walk's runs (one list of the store's rerun outcomes)."""
+    from datarun.lineage.actions import reruns
+
+    runs = {n.id for n in walk.nodes if n.type == "run"}
+    return reruns(state().client(), runs) if runs else []
+
+
+def _show_walk(walk: Any, as_json: bool, redone: list[dict[str, Any]] | None = None) -> None:
     if as_json:
-        print_json(walk.to_json())
+        print_json(walk.to_json() | ({"reruns": redone} if redone is not None else {}))
         return
     for n in walk.nodes:
         name = f"{n.repo}@{n.id}" if n.type == "bundle" else n.id
         extra = f" , {n.kind}" if n.kind else ""
         bad = " , INVALID: " + "; ".join(n.invalid) if n.invalid else ""
         click.echo(f"{n.depth} , {n.type} , {name}{extra} , {n.title}{bad}")
+    for r in redone or ():
+        made = f"{r.get('namespace', '')}/{r.get('name', '')}".strip("/") or "-"
+        new = f" , run {r['new_run']}" if r.get("new_run") else ""
+        click.echo(f"RERUN: {r['run']} -> {made} , {r['outcome']}{new} , {r.get('detail', '')}")
     if walk.cut:
         info(f"cut: the graph is partial ({walk.cut} ran out at depth {walk.depth}); raise --depth or --budget")
 
@@ -181,7 +193,7 @@ def _walk(direction: str, kw: dict[str, Any]) -> None:
 
             raise NotFoundError(f"{node} is not in the lineage graph; check the id (and --repo)")
         walk = graph.walk(node, direction, depth=kw["depth"], kinds=kw["kinds"], budget=kw["budget"])
-    _show_walk(walk, kw["as_json"])
+    _show_walk(walk, kw["as_json"], _reruns_in(walk) if direction == "descendants" else None)
 
 
 @lineage.command("ancestors")

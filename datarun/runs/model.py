@@ -192,6 +192,10 @@ class Run:
     # What uploading each output moved, by output name (the names of ``outputs``): kept in the run
     # so `run show` and the catalog answer "what did this run cost" without reading bundle records.
     transfers: dict[str, TransferSummary] = field(default_factory=dict)
+    # The DataRun as applied (identity, labels, annotations, spec; never a Secret's value), so the
+    # operator can re-create the run even after the object is gone; None for runs not made by it.
+    resource: dict[str, Any] | None = None
+    rerun_of: str | None = None  # the run this one re-does (an invalidation's `rerun` action)
 
     def check(self) -> Run:
         """Raise UsageError naming the field if this run cannot be stored; return it otherwise."""
@@ -221,6 +225,12 @@ class Run:
                 raise UsageError(f"annotation `{key}` must be a string")
         if self.source is not None and self.source.kind not in SOURCE_KINDS:
             raise UsageError(f"run `{self.id}`: source kind `{self.source.kind}` is not one of {SOURCE_KINDS}")
+        if self.resource is not None:
+            if not isinstance(self.resource, dict) or not isinstance(self.resource.get("spec"), dict):
+                raise UsageError(f"run `{self.id}`: resource must be a Kubernetes object with a `spec` object")
+            check_json_value(self.resource, "resource")
+        if self.rerun_of is not None and not is_ksuid(self.rerun_of):
+            raise UsageError(f"run `{self.id}`: rerun_of `{self.rerun_of}` is not a run id")
         names = {link.name for link in self.outputs}
         for name in self.transfers:
             if name not in names:
@@ -252,6 +262,8 @@ class Run:
             "source": self.source.to_json() if self.source is not None else None,
             "cache": self.cache.to_json() if self.cache is not None else None,
             "transfers": {name: t.to_json() for name, t in sorted(self.transfers.items())},
+            "resource": self.resource,
+            "rerun_of": self.rerun_of,
         }
 
     @staticmethod
@@ -299,6 +311,9 @@ class Run:
                 source=Source(_str(source, "kind"), _str(source, "uri")) if source is not None else None,
                 cache=CacheStamp.from_json(raw["cache"]) if raw.get("cache") is not None else None,
                 transfers={str(k): _transfer(v, k) for k, v in transfers.items()},
+                # Both absent in records written before reruns: those runs cannot be re-created from the record.
+                resource=_obj(raw["resource"], "resource") if raw.get("resource") is not None else None,
+                rerun_of=_opt_str(raw, "rerun_of"),
             )
             return run.check()
         except (KeyError, TypeError, ValueError, UsageError) as err:

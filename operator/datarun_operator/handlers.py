@@ -36,11 +36,10 @@ from datarun.repo import Client, connect
 from datarun.runs import SUCCEEDED, Run
 from datarun_operator import metrics, reconcile, runrecord, webhook
 from datarun_operator.builder import LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY, get_pod, pod_name
-from datarun_operator.feed import LineageFeed
 from datarun_operator.kube import Kube, load_config
+from datarun_operator.lineage_handlers import Lineage, finished
 from datarun_operator.models import (
     GROUP,
-    MAX_RUN_NAME,
     PLURAL,
     VERSION,
     CachePolicy,
@@ -58,7 +57,6 @@ FINALIZER = "datarun.io/finalizer"
 logger = logging.getLogger("datarun_operator")
 
 _kube: Kube | None = None
-FEED = LineageFeed(SETTINGS.lineage_seconds)
 
 
 def kube() -> Kube:
@@ -73,6 +71,9 @@ def _post(body: Mapping[str, Any], events: tuple[reconcile.Event, ...]) -> None:
     target = body if isinstance(body, kopf.Body) else kopf.Body(cast(kopf.RawBody, dict(body)))
     for event in events:
         kopf.event(target, type=event.type, reason=event.reason, message=event.message)
+
+
+LINEAGE = Lineage(lambda: SETTINGS, kube, _post)
 
 
 def _apply(namespace: str, name: str, body: Mapping[str, Any], update: reconcile.StatusUpdate) -> None:
@@ -126,22 +127,6 @@ def _pin(run: DataRun) -> dict[str, str]:
         client.close()
 
 
-def _invalid_input(run: DataRun, pinned: Mapping[str, str]) -> SpecError | None:
-    """Refuse an invalidated input at pin time; the feed is re-polled, never trusted stale here."""
-    keys = reconcile.input_keys(run.spec, pinned)
-    if not keys:
-        return None
-    url = store_of(run.spec, SETTINGS)[0]
-    try:
-        FEED.watermark(url, fresh=True)
-        reasons = FEED.reasons(url, list(keys))
-    except DatarunError as err:
-        raise reconcile.PinError(
-            "spec.inputs", f"cannot read the lineage of the store: {err}", permanent=False
-        ) from None
-    return reconcile.invalid_input(run.spec, pinned, reasons)
-
-
 def start(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
     namespace = str(namespace)
     when = reconcile.now()
@@ -152,7 +137,7 @@ def start(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         run = DataRun.from_body(body)
         with metrics.timed(metrics.PIN_SECONDS):
             pinned = _pin(run)
-        invalid = _invalid_input(run, pinned)
+        invalid = LINEAGE.invalid_input(run, pinned)
         if invalid is not None:
             _apply(namespace, name, body, reconcile.failed_status(status, reconcile.INPUT_INVALID, invalid, when))
             raise kopf.PermanentError(str(invalid))
@@ -171,10 +156,10 @@ def start(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
         if key is not None and hit is not None:
             # A hit creates no pod: the labels move to the earlier bundles, the record links both runs.
             _move_cached_labels(run, hit)
-            record = _create_record(run, runrecord.cached_record(run, pinned, when, key, hit))
+            record = _create_record(run, runrecord.cached_record(run, pinned, when, key, hit, body))
             _apply(namespace, name, body, reconcile.cache_hit_status(status, run, pinned, when, record, hit, key.key))
             return
-        record = _create_record(run, runrecord.started_record(run, pinned, when, key))
+        record = _create_record(run, runrecord.started_record(run, pinned, when, key, body))
     except DatarunError as err:
         _post(body, (reconcile.Event("Warning", "StoreUnavailable", f"cannot write the run record: {err}"),))
         raise kopf.TemporaryError(str(err), delay=30) from None
@@ -323,26 +308,8 @@ def _finish_record(
         return False
     finally:
         client.close()
-    _post_openlineage(raw, done.to_json(), client.meta.url)
+    LINEAGE.post_openlineage(raw, done.to_json(), client.meta.url)
     return True
-
-
-def _post_openlineage(raw: Mapping[str, Any], doc: Mapping[str, Any], store_url: str) -> None:
-    """The run's OpenLineage events, posted as it ends; a consumer that is down costs a Warning,
-    never the run (the events can be exported again with `datarun lineage export`)."""
-    if not SETTINGS.openlineage_url:
-        return
-    import orjson
-
-    from datarun.lineage.actions import post_json
-    from datarun.lineage.openlineage import events
-
-    for event in events(doc, store_url):
-        ok, detail, _ = post_json(SETTINGS.openlineage_url, orjson.dumps(event), retries=2)
-        if not ok:
-            message = f"OpenLineage {event['eventType']} event not posted to {SETTINGS.openlineage_url}: {detail}"
-            _post(raw, (reconcile.Event("Warning", "OpenLineageFailed", message),))
-            return
 
 
 # -- following the pod --------------------------------------------------------------------------
@@ -383,44 +350,6 @@ def _unfinished(status: Mapping[str, Any], **_: Any) -> bool:
 
 def resync(namespace: str | None, name: str, status: Mapping[str, Any], **_: Any) -> None:
     sync_run(str(namespace), name, kube().get_pod(str(namespace), str(status.get("podName"))))
-
-
-# -- lineage: invalidated finished runs, and reruns ----------------------------------------------
-
-
-def _finished(status: Mapping[str, Any], **_: Any) -> bool:
-    return status.get("phase") in (Phase.SUCCEEDED.value, Phase.FAILED.value)
-
-
-def check_invalidated(body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """The ``Invalidated`` condition and Event of a finished run, and ``onInputInvalidated: rerun``.
-    Cheap when nothing changed: the feed's watermark is shared, and equal to the one this run saw."""
-    try:
-        run = DataRun.from_body(body)
-        url = store_of(run.spec, SETTINGS)[0]
-    except SpecError:
-        return
-    mark = FEED.watermark(url)
-    if memo.get("watermark") == mark:
-        return
-    keys = reconcile.run_keys(run)
-    reasons = FEED.reasons(url, list(keys))
-    _apply(str(namespace), name, body, reconcile.invalidated_status(run.status, keys, reasons, reconcile.now()))
-    if reconcile.wants_rerun(run, reasons):
-        _rerun(body, run)
-    memo["watermark"] = mark  # only once everything above went through: a failure retries
-
-
-def _rerun(body: kopf.Body, run: DataRun) -> None:
-    # The label query makes this idempotent: a restarted operator finds the rerun it made.
-    selector = f"{reconcile.LABEL_RERUN_OF}={run.uid}"
-    existing = kube().list_dataruns(run.namespace, selector)
-    if existing:
-        return
-    created = kube().create_datarun(reconcile.rerun_body(body, MAX_RUN_NAME))
-    new_name = str((created.get("metadata") or {}).get("name", ""))
-    message = f"an input was invalidated; created DataRun `{new_name}` to run again with fresh pins"
-    _post(body, (reconcile.Event("Normal", "Rerun", message),))
 
 
 # -- update, delete -----------------------------------------------------------------------------
@@ -495,6 +424,8 @@ def observe(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
 # call them with just the arguments they use).
 
 kopf.on.startup()(configure)
+kopf.on.startup(id="reruns")(LINEAGE.follow_reruns)
+kopf.on.cleanup(id="reruns")(LINEAGE.stop)
 kopf.on.create(GROUP, VERSION, PLURAL, id="start")(metrics.counted("start", start))
 kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_RUN: kopf.PRESENT})(
     metrics.counted("follow_pod", follow_pod)
@@ -504,8 +435,8 @@ kopf.timer(GROUP, VERSION, PLURAL, id="resync", interval=SETTINGS.resync_seconds
     metrics.counted("resync", resync)
 )
 if SETTINGS.lineage_seconds > 0:
-    kopf.timer(GROUP, VERSION, PLURAL, id="lineage", interval=SETTINGS.lineage_seconds, idle=5, when=_finished)(
-        metrics.counted("lineage", check_invalidated)
+    kopf.timer(GROUP, VERSION, PLURAL, id="lineage", interval=SETTINGS.lineage_seconds, idle=5, when=finished)(
+        metrics.counted("lineage", LINEAGE.check_invalidated)
     )
 kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="spec-change")(metrics.counted("spec_change", spec_change))
 kopf.on.delete(GROUP, VERSION, PLURAL, id="stop")(metrics.counted("stop", stop))

@@ -19,7 +19,6 @@ from datarun_operator.models import (
     DataRun,
     DataRunSpec,
     DataRunStatus,
-    OnInputInvalidated,
     OutputStatus,
     Phase,
     SpecError,
@@ -32,9 +31,6 @@ APP_COMPLETED = "AppCompleted"
 OUTPUTS_UPLOADED = "OutputsUploaded"
 CACHE_HIT = "CacheHit"
 INPUT_INVALID = "InputInvalid"
-INVALIDATED = "Invalidated"
-LABEL_RERUN_OF = "datarun.io/rerun-of"  # on a rerun: the uid of the DataRun it re-creates
-ANNOTATION_RERUN_OF = "datarun.io/rerun-of-name"
 
 # Pending reasons worth a Warning event: the run will not start until someone acts.
 STUCK_REASONS = frozenset(
@@ -90,6 +86,9 @@ def set_condition(
 def _diff(current: DataRunStatus, new: DataRunStatus) -> dict[str, Any]:
     before, after = dump(current), dump(new)
     return {k: v for k, v in after.items() if before.get(k) != v}
+
+
+status_diff = _diff  # the merge patch from one status to the next, for the sibling decision modules
 
 
 # -- validation ---------------------------------------------------------------------------------
@@ -159,117 +158,6 @@ def pin_inputs(spec: DataRunSpec, resolve: Resolver, pinned: Mapping[str, str] |
         except DatarunError as err:
             raise PinError(field, f"the store did not answer: {err}", permanent=False) from None
     return out
-
-
-# -- lineage (datarun.lineage): invalid inputs, invalidated runs, reruns -------------------------
-
-Reasons = Mapping[str, tuple[str, ...]]
-"""Lineage node key (``bundle/<repo>/<id>``, ``run/<id>``) -> reasons of the active invalidations
-that reached it (``Graph.invalid_reasons``); a valid node is absent."""
-
-
-def input_keys(spec: DataRunSpec, pinned: Mapping[str, str]) -> dict[str, str]:
-    """Lineage key of every pinned input and database source -> the field that names it."""
-    out = {
-        f"bundle/{x.repo}/{pinned[x.name]}": f"spec.inputs[{i}]" for i, x in enumerate(spec.inputs) if x.name in pinned
-    }
-    for i, d in enumerate(spec.databases):
-        if d.source_repo and d.name in pinned:
-            out.setdefault(f"bundle/{d.source_repo}/{pinned[d.name]}", f"spec.databases[{i}]")
-    return out
-
-
-def invalid_input(spec: DataRunSpec, pinned: Mapping[str, str], reasons: Reasons) -> SpecError | None:
-    """The first pinned input that was invalidated and does not allow it, as the error the run
-    fails with (reason InputInvalid); None if every input may be used."""
-    allowed = {x.name for x in spec.inputs if x.allow_invalid}
-    targets = [(f"spec.inputs[{i}]", x.name, x.repo) for i, x in enumerate(spec.inputs)]
-    targets += [(f"spec.databases[{i}]", d.name, d.source_repo) for i, d in enumerate(spec.databases) if d.source_repo]
-    for where, name, repo in targets:
-        bundle = pinned.get(name)
-        why = reasons.get(f"bundle/{repo}/{bundle}", ()) if bundle else ()
-        if not why or name in allowed:
-            continue
-        fix = (
-            f"set {where}.allowInvalid: true to run on it anyway"
-            if where.startswith("spec.inputs")
-            else ("a database source cannot be used invalid")
-        )
-        return SpecError(
-            where,
-            f"bundle {bundle} of repo `{repo}` is invalid: {'; '.join(why)}. Revalidate its origin "
-            f"(`datarun revalidate`), move the label to a valid bundle, or {fix}",
-        )
-    return None
-
-
-def run_keys(run: DataRun) -> dict[str, str]:
-    """Lineage key -> what it is to this run: its inputs, its outputs and its run record."""
-    out = {key: f"input `{field}`" for key, field in input_keys(run.spec, run.status.pinned_inputs).items()}
-    for o in run.status.outputs:
-        if o.bundle:
-            out[f"bundle/{o.repo}/{o.bundle}"] = f"output `{o.name}`"
-    if run.status.run_record:
-        out[f"run/{run.status.run_record}"] = "the run record"
-    return out
-
-
-def invalidated_status(current: DataRunStatus, keys: Mapping[str, str], reasons: Reasons, when: str) -> StatusUpdate:
-    """The ``Invalidated`` condition of a finished run: True (with a Warning Event) when an input,
-    output or its run record was invalidated; back to False (with a Normal Event) when that was
-    undone. Unchanged reasons change nothing, so a poller can call this every time."""
-    hit = sorted((what, key, why) for key, what in keys.items() for why in reasons.get(key, ()))
-    old = next((c for c in current.conditions if c.type == INVALIDATED), None)
-    if not hit:
-        if old is None or old.status is not ConditionStatus.TRUE:
-            return StatusUpdate({})
-        message = "no input or output is invalid any more"
-        conditions = set_condition(current.conditions, INVALIDATED, ConditionStatus.FALSE, "Revalidated", message, when)
-        event = Event("Normal", "Revalidated", message)
-    else:
-        parts = [f"{what} {key.split('/')[-1]}: {why}" for what, key, why in hit]
-        message = "; ".join(parts)
-        inputs = any(what.startswith("input") for what, _, _ in hit)
-        reason = "InputInvalidated" if inputs else "OutputInvalidated"
-        if old is not None and old.status is ConditionStatus.TRUE and old.message == message:
-            return StatusUpdate({})
-        conditions = set_condition(current.conditions, INVALIDATED, ConditionStatus.TRUE, reason, message, when)
-        event = Event("Warning", INVALIDATED, message)
-    new = replace(current, conditions=conditions)
-    return StatusUpdate(_diff(current, new), (event,))
-
-
-def wants_rerun(run: DataRun, reasons: Reasons) -> bool:
-    """``spec.onInputInvalidated: rerun`` and a pinned input of the finished run is invalid."""
-    if run.spec.on_input_invalidated is not OnInputInvalidated.RERUN:
-        return False
-    if run.status.phase is None or not run.status.phase.terminal:
-        return False
-    return any(reasons.get(key) for key in input_keys(run.spec, run.status.pinned_inputs))
-
-
-RERUN_SUFFIX = "-rerun-"
-
-
-def rerun_body(raw: Mapping[str, Any], max_name: int) -> dict[str, Any]:
-    """A new DataRun with the old one's spec and no status: it pins its labels afresh. The label
-    (the old uid) lets a restarted operator find it and never create a second one; the name is
-    generated by the apiserver (5 characters after ``generateName``)."""
-    meta = raw.get("metadata") or {}
-    name = str(meta.get("name", ""))
-    stem = name[: max(1, max_name - len(RERUN_SUFFIX) - 5)]
-    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k != LABEL_RERUN_OF}
-    return {
-        "apiVersion": str(raw.get("apiVersion", "")),
-        "kind": str(raw.get("kind", "DataRun")),
-        "metadata": {
-            "generateName": f"{stem}{RERUN_SUFFIX}",
-            "namespace": str(meta.get("namespace", "")),
-            "labels": {**labels, LABEL_RERUN_OF: str(meta.get("uid", ""))},
-            "annotations": {ANNOTATION_RERUN_OF: name},
-        },
-        "spec": dict(raw.get("spec") or {}),
-    }
 
 
 def started_status(

@@ -8,24 +8,71 @@ create handler finds the record it wrote before instead of making a second one.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from datarun.cache import CacheKey, InputSpec, KeySpec, OutputSpec, SecretRef, canonical, compute_key
+from datarun.ids import is_ksuid
 from datarun.runs import CACHED, FAILED, RUNNING, SUCCEEDED, BundleLink, CacheStamp, Run, iso, stable_run_id
 from datarun_operator.models import CachePolicy, DataRun, DataRunStatus, Phase, parse_status
 from datarun_operator.schema import dump
 
 _NO_TIME = 1_400_000_000.0  # the KSUID epoch: only for bodies without a creationTimestamp (tests)
 
+LABEL_RERUN_OF = "datarun.io/rerun-of"  # on a rerun: the uid of the DataRun it re-creates
+LABEL_RERUN_OF_RUN = "datarun.io/rerun-of-run"  # on a rerun: the run record it re-does (a label to find it)
+ANNOTATION_RERUN_OF_RUN = "datarun.io/rerun-of-run"  # the same, where people read it
+
+# Annotations that are bookkeeping, not the user's: kopf's progress and diff base (our prefix),
+# and kubectl's copy of the whole applied object, which may hold anything the user once applied.
+_DROPPED_ANNOTATIONS = ("datarun.io/", "kopf.zalando.org/", "kubectl.kubernetes.io/last-applied-configuration")
+
+
+def _record_id(created: str, uid: str) -> str:
+    when = _NO_TIME
+    if created:
+        when = dt.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+    return stable_run_id(when, f"datarun.io/{uid}")
+
 
 def record_id(run: DataRun) -> str:
-    when = _NO_TIME
-    if run.created:
-        when = dt.datetime.fromisoformat(run.created.replace("Z", "+00:00")).timestamp()
-    return stable_run_id(when, f"datarun.io/{run.uid}")
+    return _record_id(run.created, run.uid)
+
+
+def record_id_of(raw: Mapping[str, Any]) -> str:
+    """The run record id of a DataRun body (e.g. one the apiserver just created)."""
+    meta = raw.get("metadata") or {}
+    return _record_id(str(meta.get("creationTimestamp") or ""), str(meta.get("uid", "")))
+
+
+def recorded_resource(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The DataRun as applied, for the run record: identity, the user's labels and annotations,
+    and the spec. A spec names Secrets only by reference (``credentialsSecret``, ``secretKeyRef``)
+    and the operator never reads their values, so none can land here; no status, uid or
+    managedFields either (a rerun gets its own)."""
+    meta = raw.get("metadata") or {}
+    given = (meta.get("annotations") or {}).items()
+    annotations = {str(k): str(v) for k, v in given if not str(k).startswith(_DROPPED_ANNOTATIONS)}
+    return {
+        "apiVersion": str(raw.get("apiVersion", "")),
+        "kind": str(raw.get("kind", "DataRun")),
+        "metadata": {
+            "name": str(meta.get("name", "")),
+            "namespace": str(meta.get("namespace", "")),
+            "labels": {str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
+            "annotations": annotations,
+        },
+        "spec": copy.deepcopy(dict(raw.get("spec") or {})),
+    }
+
+
+def rerun_of(raw: Mapping[str, Any]) -> str | None:
+    """The run this DataRun re-does, from its ``datarun.io/rerun-of-run`` annotation."""
+    value = ((raw.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_RERUN_OF_RUN)
+    return str(value) if value and is_ksuid(str(value)) else None
 
 
 def cache_policy(run: DataRun) -> CachePolicy:
@@ -79,10 +126,12 @@ def stamp_of(key: CacheKey, policy: CachePolicy, cached_from: str | None = None)
     return CacheStamp(key.key, int(key.parts["schema"]), key.parts, policy.value, cached_from)
 
 
-def cached_record(run: DataRun, pinned: Mapping[str, str], when: str, key: CacheKey, hit: Run) -> Run:
+def cached_record(
+    run: DataRun, pinned: Mapping[str, str], when: str, key: CacheKey, hit: Run, raw: Mapping[str, Any] | None = None
+) -> Run:
     """The record of a DataRun answered from the cache: phase Cached, the earlier run's outputs,
     and ``cache.cached_from`` linking that run."""
-    started = started_record(run, pinned, when, key)
+    started = started_record(run, pinned, when, key, raw)
     return replace(
         started,
         phase=CACHED,
@@ -94,8 +143,15 @@ def cached_record(run: DataRun, pinned: Mapping[str, str], when: str, key: Cache
     )
 
 
-def started_record(run: DataRun, pinned: Mapping[str, str], when: str, key: CacheKey | None = None) -> Run:
-    """Version 1, written once the inputs are pinned and before the pod exists."""
+def started_record(
+    run: DataRun,
+    pinned: Mapping[str, str],
+    when: str,
+    key: CacheKey | None = None,
+    raw: Mapping[str, Any] | None = None,
+) -> Run:
+    """Version 1, written once the inputs are pinned and before the pod exists. With the DataRun's
+    body ``raw``, the record keeps the resource (so a rerun needs no live object) and ``rerun_of``."""
     spec = run.spec
     inputs = [BundleLink(i.name, i.repo, pinned[i.name]) for i in spec.inputs if i.name in pinned]
     inputs += [
@@ -116,6 +172,8 @@ def started_record(run: DataRun, pinned: Mapping[str, str], when: str, key: Cach
             "datarun.io/uid": run.uid,
         },
         cache=stamp_of(key, cache_policy(run)) if key is not None else None,
+        resource=recorded_resource(raw) if raw is not None else None,
+        rerun_of=rerun_of(raw) if raw is not None else None,
     )
 
 

@@ -18,7 +18,7 @@ from datarun.lineage import Graph, bundle_node, invalidate
 from datarun.repo import Client, connect
 from datarun_operator.builder import FUSE, MAIN
 from datarun_operator.models import GROUP, PLURAL, VERSION
-from datarun_operator.reconcile import LABEL_RERUN_OF
+from datarun_operator.runrecord import LABEL_RERUN_OF
 from tests.cluster.controlplane import Cluster
 from tests.cluster.operator_harness import OperatorProcess, ensure_namespace, service_account_kubeconfig
 from tests.cluster.test_operator import (

@@ -12,7 +12,7 @@ import pytest
 
 from datarun.errors import UsageError
 from datarun.lineage import Graph, invalidate
-from datarun.lineage.actions import add_action, executions
+from datarun.lineage.actions import add_action, executions, pending_reruns, rerun_outcome_key, reruns
 from tests.lineage.conftest import World
 
 
@@ -101,6 +101,40 @@ def test_bad_actions_are_refused(world: World) -> None:
         add_action(c, on="models", do="webhook", url="http://x")
     with pytest.raises(UsageError, match="--url"):
         add_action(c, on="repo=models", do="webhook", url="file:///etc/passwd")
-    with pytest.raises(UsageError, match="rerun is the operator"):
-        add_action(c, on="repo=models", do="rerun")
+    with pytest.raises(UsageError, match="move-label, webhook, rerun"):
+        add_action(c, on="repo=models", do="restart")
     assert not list(c.meta.list("lineage/actions/"))
+
+
+def test_rerun_is_recorded_pending_for_the_operator_with_the_runs_that_made_the_nodes(
+    graph: Graph, world: World, receiver: Receiver
+) -> None:
+    c = world.client
+    on_repo = add_action(c, on="repo=feat", do="rerun")
+    on_record = add_action(c, on=f"record={world.x.id}", do="rerun")
+    nothing = add_action(c, on="repo=models", do="rerun")  # models@m was uploaded by hand: no run made it
+    down = add_action(c, on="repo=feat", do="webhook", url=f"{receiver.url}/down", retries=0)
+    done = invalidate(c.meta, graph, world.a, reason="lens cracked", who="t", client=c)
+    by_id = {o.action: o for o in done.actions}
+    assert set(by_id) == {on_repo["id"], on_record["id"], nothing["id"], down["id"]}
+    assert not by_id[down["id"]].ok, "a failing action beside the rerun ones..."
+    assert list(c.meta.list(f"lineage/done/{done.event['id']}")), "...does not stop the cascade"
+    recorded = {e["action"]: e for e in executions(c, done.event["id"])}
+    assert recorded[on_repo["id"]]["pending"] == "operator" and recorded[on_repo["id"]]["runs"] == [world.run.id]
+    assert world.run.id in by_id[on_repo["id"]].detail and by_id[on_repo["id"]].ok
+    # The record's parent models@m was not made by a run; the run two steps up made feat@f, which m read.
+    assert recorded[on_record["id"]]["runs"] == []
+    assert recorded[nothing["id"]]["pending"] is None and "nothing to rerun" in recorded[nothing["id"]]["detail"]
+    pending = pending_reruns(c)
+    assert [(p["event"], p["action"]) for p in pending] == [(done.event["id"], on_repo["id"])]
+    assert pending_reruns(c, {pending[0]["key"]}) == [], "a poller skips what it settled, unread"
+    assert reruns(c) == [], "the operator has not settled it yet"
+    key = rerun_outcome_key(world.run.id, done.event["id"], on_repo["id"])
+    assert key.startswith(f"lineage/reruns/{world.run.id}/")
+    # Another invalidation is another event, with its own pending execution: the operator's label
+    # query (tests/operator) is what keeps the run from being re-created twice.
+    again = invalidate(c.meta, graph, world.f, reason="features off", who="t", client=c)
+    assert {(p["event"], p["action"]) for p in pending_reruns(c)} == {
+        (done.event["id"], on_repo["id"]),
+        (again.event["id"], on_repo["id"]),
+    }

@@ -137,3 +137,17 @@ def test_a_bundle_made_from_an_invalid_one_is_refused_too(env: Env, tmp_path: Pa
     assert not (tmp_path / "no").exists()
     clean = _bundle(env, "raw", "frames-2")
     env.ok("bundle", "download", "--repo", "raw", "--bundle", clean, "--destination", str(tmp_path / "ok"))
+
+
+def test_a_rerun_action_is_accepted_on_a_repo_or_a_record_and_its_execution_is_pending(env: Env) -> None:
+    raw, _model, record = _setup(env)
+    on_repo = env.ok("action", "add", "--on", "repo=models", "--do", "rerun").last_line
+    on_record = env.ok("action", "add", "--on", f"record={record}", "--do", "rerun", "--json").out
+    assert json.loads(on_record)["do"] == "rerun" and json.loads(on_record)["on"] == {"record": record}
+    listed = env.ok("action", "list").out
+    assert f"{on_repo} , repo=models , rerun" in listed
+    done = env.ok("invalidate", "--repo", "raw", "--bundle", raw, "--reason", "bad frames")
+    # models@bert was uploaded by hand: no run made it, so nothing is left for the operator.
+    assert "nothing to rerun" in done.err
+    refused = env.run("action", "add", "--on", "repo=models", "--do", "restart")
+    assert refused.code == ExitCode.USAGE and "rerun" in refused.err

@@ -18,7 +18,9 @@ from datarun.lineage import Graph, bundle_node, invalidate, revalidate
 from datarun_operator import handlers
 from datarun_operator.builder import FUSE, MAIN
 from datarun_operator.feed import LineageFeed
-from datarun_operator.reconcile import ANNOTATION_RERUN_OF, LABEL_RERUN_OF
+from datarun_operator.lineage_handlers import finished
+from datarun_operator.rerun import ANNOTATION_RERUN_OF
+from datarun_operator.runrecord import LABEL_RERUN_OF
 from tests.lineage.test_openlineage import Receiver, receiver
 from tests.operator.builders import UID, body, fuse_result, spec, terminated, with_status
 from tests.operator.test_handlers import FakeKube, Store, create, current, deliver, events, kbody, kube, store
@@ -49,7 +51,7 @@ class RerunKube(FakeKube):
 @pytest.fixture(autouse=True)
 def fresh_feed(monkeypatch: pytest.MonkeyPatch) -> LineageFeed:
     feed = LineageFeed(0.0)  # poll every time: the tests move the store between calls
-    monkeypatch.setattr(handlers, "FEED", feed)
+    monkeypatch.setattr(handlers.LINEAGE, "feed", feed)
     return feed
 
 
@@ -83,7 +85,7 @@ def _finish(kube: FakeKube, name: str = "job") -> None:
 
 
 def _check(kube: FakeKube, memo: kopf.Memo, name: str = "job") -> None:
-    handlers.check_invalidated(body=kbody(current(kube, name)), namespace="team", name=name, memo=memo)
+    handlers.LINEAGE.check_invalidated(body=kbody(current(kube, name)), namespace="team", name=name, memo=memo)
 
 
 def test_an_invalid_input_fails_the_run_at_pin_time(
@@ -134,7 +136,7 @@ def test_a_finished_run_gets_the_invalidated_condition_and_one_event(
     (cond,) = [c for c in current(kube)["status"]["conditions"] if c["type"] == "Invalidated"]
     assert (cond["status"], cond["reason"]) == ("False", "Revalidated")
     assert events[-1][:2] == ("Normal", "Revalidated")
-    assert handlers._finished(current(kube)["status"]) and not handlers._finished({"phase": "Running"})
+    assert finished(current(kube)["status"]) and not finished({"phase": "Running"})
 
 
 def test_rerun_creates_one_new_datarun_that_repins(

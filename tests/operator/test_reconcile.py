@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from datarun.errors import NotFoundError, StoreError
-from datarun_operator import reconcile
+from datarun_operator import invalidation, reconcile, rerun
 from datarun_operator.builder import FUSE, MAIN, get_pod
 from datarun_operator.models import (
     Condition,
@@ -19,6 +19,7 @@ from datarun_operator.models import (
     parse_spec,
     parse_status,
 )
+from datarun_operator.runrecord import LABEL_RERUN_OF
 from datarun_operator.settings import Settings
 from tests.operator.builders import (
     BUNDLE_A,
@@ -316,26 +317,26 @@ def test_invalid_input_names_the_field_and_respects_allow_invalid() -> None:
     )
     parsed = parse_spec(raw)
     pinned = {"a": "A" * 27, "b": "B" * 27}
-    assert reconcile.invalid_input(parsed, pinned, {}) is None
+    assert invalidation.invalid_input(parsed, pinned, {}) is None
     only_a = {f"bundle/in/{'A' * 27}": ("bad (origin x, qa, t)",)}
-    assert reconcile.invalid_input(parsed, pinned, only_a) is None, "a allows it"
-    err = reconcile.invalid_input(parsed, pinned, {f"bundle/in/{'B' * 27}": ("bad (origin x, qa, t)",)})
+    assert invalidation.invalid_input(parsed, pinned, only_a) is None, "a allows it"
+    err = invalidation.invalid_input(parsed, pinned, {f"bundle/in/{'B' * 27}": ("bad (origin x, qa, t)",)})
     assert err is not None and err.field_path == "spec.inputs[1]" and "spec.inputs[1].allowInvalid" in str(err)
 
 
 def test_invalidated_status_says_output_when_only_an_output_was_hit() -> None:
     keys = {"bundle/out/O": "output `result`", "bundle/in/I": "input `spec.inputs[0]`"}
-    update = reconcile.invalidated_status(DataRunStatus(), keys, {"bundle/out/O": ("broken",)}, "t")
+    update = invalidation.invalidated_status(DataRunStatus(), keys, {"bundle/out/O": ("broken",)}, "t")
     (cond,) = update.patch["conditions"]
     assert (cond["type"], cond["status"], cond["reason"]) == ("Invalidated", "True", "OutputInvalidated")
     assert [e.reason for e in update.events] == ["Invalidated"]
-    assert reconcile.invalidated_status(DataRunStatus(), keys, {}, "t").patch == {}, "never invalid: nothing"
+    assert invalidation.invalidated_status(DataRunStatus(), keys, {}, "t").patch == {}, "never invalid: nothing"
 
 
 def test_rerun_body_fits_the_name_limit_and_drops_an_older_rerun_label() -> None:
     raw = body(name="x" * 63)
-    raw["metadata"]["labels"] = {"team": "a", reconcile.LABEL_RERUN_OF: "older"}
-    made = reconcile.rerun_body(raw, 63)
+    raw["metadata"]["labels"] = {"team": "a", LABEL_RERUN_OF: "older"}
+    made = rerun.rerun_body(raw, 63)
     assert len(made["metadata"]["generateName"]) + 5 <= 63
-    assert made["metadata"]["labels"] == {"team": "a", reconcile.LABEL_RERUN_OF: raw["metadata"]["uid"]}
+    assert made["metadata"]["labels"] == {"team": "a", LABEL_RERUN_OF: raw["metadata"]["uid"]}
     assert "status" not in made and made["spec"] == raw["spec"] and "name" not in made["metadata"]

@@ -14,7 +14,7 @@ from datarun.runs.exekias import parse_folder_name, parse_params, parse_start
 CONTRACT_KEYS = {
     "format", "id", "version", "updated", "start", "end", "title", "phase", "exit_code", "params", "command",
     "image", "image_digest", "author", "host", "inputs", "outputs", "tags", "annotations", "hidden", "source",
-    "cache", "transfers",
+    "cache", "transfers", "resource", "rerun_of",
 }  # fmt: skip
 
 
@@ -61,6 +61,9 @@ def test_newer_format_is_a_usage_error_naming_upgrade() -> None:
         ({"start": "yesterday"}, "not an ISO-8601 time"),
         ({"tags": ["ok", 3]}, "tags"),
         ({"id": "short"}, "not a run id"),
+        ({"resource": ["not", "an", "object"]}, "resource"),
+        ({"resource": {"kind": "DataRun"}}, "with a `spec` object"),
+        ({"rerun_of": "last-week"}, "rerun_of `last-week` is not a run id"),
     ],
 )
 def test_malformed_documents_are_integrity_errors_naming_the_problem(change: dict[str, Any], message: str) -> None:
@@ -114,3 +117,12 @@ def test_a_cache_stamp_round_trips_and_a_bad_cached_from_is_corrupt() -> None:
     bad = {**run.to_json(), "cache": {**stamp.to_json(), "cached_from": "nope"}}
     with pytest.raises(IntegrityError, match="cached_from"):
         Run.from_json(bad)
+
+
+def test_the_recorded_resource_and_rerun_of_round_trip_and_older_records_parse_without_them() -> None:
+    resource = {"apiVersion": "datarun.io/v1alpha1", "kind": "DataRun", "metadata": {"name": "x"}, "spec": {"a": 1}}
+    run = _run(resource=resource, rerun_of=new_ksuid())
+    assert Run.from_json(run.to_json()) == run
+    older = {k: v for k, v in _run().to_json().items() if k not in ("resource", "rerun_of")}
+    parsed = Run.from_json(older)
+    assert (parsed.resource, parsed.rerun_of) == (None, None)

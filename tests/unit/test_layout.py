@@ -12,10 +12,12 @@ from datarun.catalog import open_index
 from datarun.gc.collect import GcOptions, collect
 from datarun.gc.lifecycle import delete_bundle, plan_bundle_delete, remove_label, rename_repo
 from datarun.lineage import Graph, add_record, bundle_node, invalidate
-from datarun.lineage.actions import add_action
+from datarun.lineage.actions import add_action, pending_reruns
+from datarun.lineage.layout import dumps
 from datarun.repo import Client
 from datarun.runs import RUNNING, SUCCEEDED, BundleLink, Run, now_iso
 from datarun.store import LocalStore
+from datarun_operator.rerun import REFUSED, outcome_doc
 
 FORMAT_MD = Path(__file__).resolve().parents[2] / "FORMAT.md"
 
@@ -56,6 +58,7 @@ def test_every_kind_is_found_under_its_prefix() -> None:
         "lineage-done": "lineage/done/2Ad.json",
         "lineage-action": "lineage/actions/2Ae.json",
         "lineage-execution": "lineage/executions/2Ad/2Ae.json",
+        "lineage-rerun": "lineage/reruns/2Aa/2Ad.2Ae.json",
         "cache-entry": layout.cache_entry_key("ab" * 32, "cd" * 32, "2Aa" * 9),
         "gc-lock": layout.GC_LOCK_KEY,
         "gc-generation": layout.GC_GENERATION_KEY,
@@ -121,11 +124,16 @@ def test_every_key_an_upload_and_a_run_write_has_a_kind(tmp_path: Path) -> None:
         # lineage: an external record, an action on the repo, and an invalidation that runs it
         add_record(client.meta, kind="model", uri="s3://m", derived_from=[bundle_node("r", first.bundle.id)])
         add_action(client, on="repo=r", do="move-label", label="latest")
+        add_action(client, on="repo=r", do="rerun")
         with open_index(None, client.cache_dir) as index:
             graph = Graph(index)
             graph.sync(client.meta)
             invalidate(client.meta, graph, bundle_node("r", first.bundle.id), reason="bad", who="t", client=client)
             index.compact(client.meta)
+        # the operator's outcome of the rerun the cascade left pending for it
+        (pending,) = pending_reruns(client)
+        key, doc = outcome_doc(pending, run.id, REFUSED, "no recorded resource", now_iso())
+        client.meta.put_if_absent(key, dumps(doc))
         # garbage collection: a removed label, a deleted bundle a run names, a collection, a rename
         remove_label(client, client.get_label("r", "pinned"))
         delete_bundle(client, plan_bundle_delete(client, "r", first.bundle.id))

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.node_phases import MARKS, Watch, phases, run_marks, start_watches  # noqa: E402
+from bench.node_phases import MARKS, Watches, phases, run_marks, start_watches  # noqa: E402
 from tests.node.node import STATE_DIR, NodeCluster, node_missing  # noqa: E402
 from tests.node.release import (  # noqa: E402
     RUN_NAMESPACE,
@@ -99,7 +99,7 @@ def datarun(name: str, args: str, repo: str, label: str, output: bool = True) ->
     return {"apiVersion": "datarun.io/v1alpha1", "kind": "DataRun", "metadata": {"name": name}, "spec": spec}
 
 
-def run_node(node: NodeCluster, watches: tuple[Watch, Watch], index: int, mib: int) -> tuple[float, dict[str, float]]:
+def run_node(node: NodeCluster, watches: Watches, index: int, mib: int) -> tuple[float, dict[str, float]]:
     """One cold DataRun: seconds from ``kubectl apply`` until ``kubectl wait`` saw it succeed, and its marks."""
     name = f"bench-{index}"
     body = datarun(name, app_script(mib, "$DATARUN_INPUT_DATA", "$DATARUN_OUTPUT_RESULT"), "in", "v1")
@@ -112,7 +112,7 @@ def run_node(node: NodeCluster, watches: tuple[Watch, Watch], index: int, mib: i
     pod = node.get_json(
         "-n", RUN_NAMESPACE, "pod", node.get_json("-n", RUN_NAMESPACE, f"dr/{name}")["status"]["podName"]
     )
-    marks = run_marks(*watches, name, pod, applied, applied + elapsed)
+    marks = run_marks(watches, name, pod, applied, applied + elapsed)
     node.kubectl("delete", "-n", RUN_NAMESPACE, f"dr/{name}", "--wait=true", timeout=120)
     return elapsed, marks
 

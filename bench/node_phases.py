@@ -7,8 +7,8 @@ few seconds. So two finer clocks, both the host's (the containers share it):
   the status got its pinned inputs, when the pod appeared, when each container was seen running or
   terminated, when the pod's phase and the DataRun's phase turned final;
 - **the coordination folder's files** (the pod's ``datarun-coord`` emptyDir, on the host under the kubelet's
-  root), whose mtimes say when the wrapper started, the sidecar's config and mount were done, the app ended,
-  the upload finished.
+  root, polled while the pod runs), whose mtimes say when the wrapper started, the sidecar's config and mount
+  were done, the app started and ended, the upload finished.
 
 ``run_marks`` joins them into ordered marks; ``phases`` turns marks into durations.
 """
@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from tests.node.node import STATE_DIR, NodeCluster
@@ -34,8 +34,11 @@ MARKS = (
     ("init ended", "pod watch: the init container terminated"),
     ("sidecar running", "pod watch: datarun-fuse running"),
     ("wrapper started", "coord: app/command"),
+    ("sidecar started", "coord: fuse/ made (first poll that saw it)"),
     ("config created", "coord: fuse/config.yaml"),
+    ("mount ready", "coord: fuse/mounts/0.ready"),
     ("mounted", "coord: mountdone"),
+    ("app started", "coord: app/pid"),
     ("app ended", "coord: initupload"),
     ("uploaded", "coord: fuse/uploaddone"),
     ("main terminated", "pod watch: main terminated"),
@@ -48,10 +51,14 @@ FINAL = ("Succeeded", "Failed")
 COORD_FILES = {
     "wrapper started": "app/command",
     "config created": "fuse/config.yaml",
+    "mount ready": "fuse/mounts/0.ready",
     "mounted": "mountdone",
+    "app started": "app/pid",
     "app ended": "initupload",
     "uploaded": "fuse/uploaddone",
 }
+PODS_DIR = STATE_DIR / "kubelet" / "pods"
+COORD_VOLUME = "volumes/kubernetes.io~empty-dir/datarun-coord"
 
 
 class Watch:
@@ -124,33 +131,70 @@ def datarun_marks(kind: str, run: dict[str, Any]) -> list[str]:
     return marks
 
 
-def start_watches(node: NodeCluster, namespace: str) -> tuple[Watch, Watch]:
-    pods = Watch(node, f"/api/v1/namespaces/{namespace}/pods", pod_marks)
-    runs = Watch(node, f"/apis/datarun.io/v1alpha1/namespaces/{namespace}/dataruns", datarun_marks)
-    pods.start()
-    runs.start()
-    return pods, runs
+@dataclass(frozen=True)
+class Watches:
+    pods: Watch
+    runs: Watch
+    coord: CoordWatch
 
 
-def coord_marks(pod_uid: str) -> dict[str, float]:
-    """The mtimes of the coordination files of a pod still on the node (before it is deleted)."""
-    coord = STATE_DIR / "kubelet" / "pods" / pod_uid / "volumes" / "kubernetes.io~empty-dir" / "datarun-coord"
-    out = {}
-    for mark, rel in COORD_FILES.items():
-        path = Path(coord, rel)
-        if path.exists():
-            out[mark] = path.stat().st_mtime
-    return out
+def start_watches(node: NodeCluster, namespace: str) -> Watches:
+    watches = Watches(
+        Watch(node, f"/api/v1/namespaces/{namespace}/pods", pod_marks),
+        Watch(node, f"/apis/datarun.io/v1alpha1/namespaces/{namespace}/dataruns", datarun_marks),
+        CoordWatch(),
+    )
+    for watch in (watches.pods, watches.runs, watches.coord):
+        watch.start()
+    return watches
 
 
-def run_marks(
-    pods: Watch, runs: Watch, run: str, pod: dict[str, Any], applied: float, returned: float
-) -> dict[str, float]:
+class CoordWatch:
+    """Polls every pod's coordination folder on the node and keeps each file's mtime.
+
+    The kubelet removes a finished pod's emptyDirs before it reports the pod's final phase, so the files must
+    be read while the pod runs. The files are written once (temp + rename), so their mtime is when they were
+    written, whenever the poll saw them.
+    """
+
+    def __init__(self, every: float = 0.05) -> None:
+        self.every = every
+        self.seen: dict[str, dict[str, float]] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="coordination files", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            for coord in PODS_DIR.glob(f"*/{COORD_VOLUME}"):
+                uid = coord.parts[len(PODS_DIR.parts)]
+                found = {}
+                for mark, rel in COORD_FILES.items():
+                    try:
+                        found[mark] = (coord / rel).stat().st_mtime
+                    except OSError:
+                        continue
+                if (coord / "fuse").is_dir():  # the sidecar makes its folder as it starts (to the poll's 50 ms)
+                    found["sidecar started"] = time.time()
+                with self._lock:
+                    first = self.seen.setdefault(uid, {})
+                    for mark, stamp in found.items():
+                        first.setdefault(mark, stamp)
+            time.sleep(self.every)
+
+    def marks_of(self, uid: str) -> dict[str, float]:
+        with self._lock:
+            return dict(self.seen.get(uid, {}))
+
+
+def run_marks(watches: Watches, run: str, pod: dict[str, Any], applied: float, returned: float) -> dict[str, float]:
     """Every mark of one run, applied = 0."""
     found = {"applied": applied, "wait returned": returned}
-    found.update(runs.marks_of(run))
-    found.update(pods.marks_of(str(pod["metadata"]["name"])))
-    found.update(coord_marks(str(pod["metadata"]["uid"])))
+    found.update(watches.runs.marks_of(run))
+    found.update(watches.pods.marks_of(str(pod["metadata"]["name"])))
+    found.update(watches.coord.marks_of(str(pod["metadata"]["uid"])))
     return {mark: found[mark] - applied for mark, _ in MARKS if mark in found}
 
 

@@ -15,6 +15,8 @@ helm and fake-gcs-server on the pod network's gateway, as in the node tier. Two 
    inside its container and reports how long it took; meanwhile the host reads ``b.bin`` through the same FUSE
    mount (it reaches the host through the kubelet's folder, by mount propagation). Both reads are cold (two
    files, nothing cached). Bar: inside the container at least 70% of the host's MiB/s.
+
+It also prints where each DataRun's time went, step by step (bench/node_phases.py says from which clocks).
 """
 
 from __future__ import annotations
@@ -29,13 +31,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.node_phases import MARKS, Watches, phases, run_marks, start_watches  # noqa: E402
 from tests.node.node import STATE_DIR, NodeCluster, node_missing  # noqa: E402
 from tests.node.release import (  # noqa: E402
     RUN_NAMESPACE,
@@ -98,35 +99,8 @@ def datarun(name: str, args: str, repo: str, label: str, output: bool = True) ->
     return {"apiVersion": "datarun.io/v1alpha1", "kind": "DataRun", "metadata": {"name": name}, "spec": spec}
 
 
-# Where a DataRun's time goes, from the pod's own timestamps (whole seconds: the API's resolution).
-PHASES = (
-    "apply -> pod created",
-    "pod created -> init done",
-    "init done -> app started",
-    "app started -> app ended",
-    "app ended -> sidecar ended",
-    "sidecar ended -> Succeeded seen",
-)
-
-
-def _stamp(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
-def pod_phases(pod: dict[str, Any], applied: float, seen: float) -> dict[str, float]:
-    """Seconds per step of one run pod: creation, init containers, the app (``main``), the sidecars."""
-    status = pod["status"]
-    inits = [s["state"]["terminated"] for s in status.get("initContainerStatuses", [])]
-    ended = {s["name"]: s["state"]["terminated"] for s in status["containerStatuses"]}
-    app = ended.pop("main")
-    created = _stamp(pod["metadata"]["creationTimestamp"])
-    init_done = max((_stamp(t["finishedAt"]) for t in inits), default=created)
-    sidecars_done = max((_stamp(t["finishedAt"]) for t in ended.values()), default=_stamp(app["finishedAt"]))
-    marks = [applied, created, init_done, _stamp(app["startedAt"]), _stamp(app["finishedAt"]), sidecars_done, seen]
-    return {phase: marks[i + 1] - marks[i] for i, phase in enumerate(PHASES)}
-
-
-def run_node(node: NodeCluster, index: int, mib: int) -> tuple[float, dict[str, float]]:
+def run_node(node: NodeCluster, watches: Watches, index: int, mib: int) -> tuple[float, dict[str, float]]:
+    """One cold DataRun: seconds from ``kubectl apply`` until ``kubectl wait`` saw it succeed, and its marks."""
     name = f"bench-{index}"
     body = datarun(name, app_script(mib, "$DATARUN_INPUT_DATA", "$DATARUN_OUTPUT_RESULT"), "in", "v1")
     applied = time.time()
@@ -138,9 +112,9 @@ def run_node(node: NodeCluster, index: int, mib: int) -> tuple[float, dict[str, 
     pod = node.get_json(
         "-n", RUN_NAMESPACE, "pod", node.get_json("-n", RUN_NAMESPACE, f"dr/{name}")["status"]["podName"]
     )
-    phases = pod_phases(pod, applied, applied + elapsed)
+    marks = run_marks(watches, name, pod, applied, applied + elapsed)
     node.kubectl("delete", "-n", RUN_NAMESPACE, f"dr/{name}", "--wait=true", timeout=120)
-    return elapsed, phases
+    return elapsed, marks
 
 
 def fuse_mount_points() -> list[Path]:
@@ -200,6 +174,7 @@ def main() -> None:
     if missing:
         raise SystemExit(f"cannot run: {missing}")
 
+    load_start = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="bench-node-"))
     node = NodeCluster()
     with node:
@@ -225,7 +200,8 @@ def main() -> None:
             shutil.rmtree(seed)
             shutil.rmtree(pair)
             install_chart(node, images, url, server.env())
-            timed = [run_node(node, i, args.mib) for i in range(args.runs)]
+            watches = start_watches(node, RUN_NAMESPACE)
+            timed = [run_node(node, watches, i, args.mib) for i in range(args.runs)]
             node_runs = [elapsed for elapsed, _ in timed]
             cli_runs = [run_cli(env, tmp / f"cli{i}", args.mib) for i in range(args.runs)]
             reads = [run_read(node, i, args.mib) for i in range(args.runs)]
@@ -247,11 +223,25 @@ def main() -> None:
     row("DataRun: kubectl apply until Succeeded", node_runs, "s")
     row("read in the app's container", [r[0] for r in reads], "MiB/s")
     row("read on the host, same mount", [r[1] for r in reads], "MiB/s")
-    print("\nwhere a DataRun's time goes (s, from the pod's timestamps, whole seconds)\n")
+    print("\nwhen each step of a DataRun was seen (s after kubectl apply; the watches' and the coordination files' "
+          "clocks, see bench/node_phases.py)\n")  # fmt: skip
+    print(f"| mark (source) | {runs} | median |")
+    print("|---" * (args.runs + 2) + "|")
+    for mark, source in MARKS:
+        if all(mark in marks for _, marks in timed):
+            row(f"{mark} ({source})", [marks[mark] for _, marks in timed], "s")
+    print("\nthe same as steps\n")
     print(f"| step | {runs} | median |")
     print("|---" * (args.runs + 2) + "|")
-    for phase in PHASES:
-        row(phase, [phases[phase] for _, phases in timed], "s")
+    steps = [phases(marks) for _, marks in timed]
+    for step in steps[0]:
+        if all(step in s for s in steps):
+            row(step, [s[step] for s in steps], "s")
+    load = os.getloadavg()
+    print(
+        f"\nload average (1/5/15 min) at the start {' '.join(f'{x:.2f}' for x in load_start)}, "
+        f"at the end {' '.join(f'{x:.2f}' for x in load)}"
+    )
     ratios = [n / c for n, c in zip(node_runs, cli_runs, strict=True)]
     read_ratios = [r[0] / r[1] for r in reads]
     print(f"\nbar 1, DataRun under 2x the cli: {min(ratios):.2f}x to {max(ratios):.2f}x over {args.runs} runs "

@@ -157,11 +157,36 @@ def app_image_id(pod: Mapping[str, Any] | None) -> str | None:
     return None
 
 
+def settled_phase(pod: Mapping[str, Any]) -> str:
+    """The pod's phase, or the final one it is bound to report once every container has ended.
+
+    With ``restartPolicy: Never`` nothing runs again once all containers (init ones included, so
+    that a native sidecar still running keeps the pod open) have terminated: the phase can only
+    become Succeeded (every exit code 0) or Failed, the rule the kubelet itself applies. But the
+    kubelet reports that phase only after it has torn the pod down (sandbox, network), seconds
+    later on a busy node, while the containers' ``terminated`` states, exit codes and termination
+    messages are in the status already; everything the run's result needs.
+    """
+    status = pod.get("status") or {}
+    phase = str(status.get("phase") or "Pending")
+    spec = pod.get("spec") or {}
+    if phase in ("Succeeded", "Failed") or spec.get("restartPolicy") != "Never":
+        return phase
+    statuses = {
+        cs.get("name"): cs for key in ("initContainerStatuses", "containerStatuses") for cs in status.get(key) or []
+    }
+    names = [c.get("name") for key in ("initContainers", "containers") for c in spec.get(key) or []]
+    ended = [_terminated(statuses.get(name)) for name in names]
+    if not names or any(term is None for term in ended):
+        return phase
+    return "Succeeded" if all(term and term.get("exitCode") == 0 for term in ended) else "Failed"
+
+
 def parse_pod_result(pod: Mapping[str, Any]) -> RunResult:
     """Read a run's state from its pod: the phase, the outputs from the sidecars' termination
     messages, and the reason, from the exit codes of the wrapper (75/76/77, or the app's own)."""
     status = pod.get("status") or {}
-    pod_phase = str(status.get("phase") or "Pending")
+    pod_phase = settled_phase(pod)
     start = status.get("startTime")
     statuses = {cs.get("name"): cs for cs in status.get("containerStatuses") or []}
     main_term = _terminated(statuses.get(MAIN))

@@ -219,6 +219,10 @@ class LocalStore(ObjectStore):
                 return
             except OSError as err:
                 raise StoreError(self._describe(err, rel or "/", "list")) from None
+            # A flat folder of 100k run changes is listed on every `run query`: drop, by name
+            # alone, the entries that can hold no key under `prefix` after `start_after`, so
+            # the loop below (key, is_dir, stat) only sees the few that can.
+            entries = _by_name(entries, rel, prefix, start_after)
             for entry in entries:
                 key = f"{rel}{entry.name}"
                 if not rel and entry.name in _RESERVED:
@@ -240,3 +244,21 @@ class LocalStore(ObjectStore):
     def delete(self, key: str) -> None:
         target = self._path(key)
         self._guard(key, "delete", lambda: target.unlink(missing_ok=True))
+
+
+def _by_name(entries: list[os.DirEntry[str]], rel: str, prefix: str, start_after: str | None) -> list[os.DirEntry[str]]:
+    """The entries of folder ``rel`` whose name can start a key (a file's, or one inside a
+    folder's) that is under ``prefix`` and after ``start_after``; the others are dropped.
+
+    A key is ``rel + name + rest`` (``rest`` empty for a file). If ``name`` is not a prefix of
+    ``tail`` (the bound's part after ``rel``) the two first differ inside ``name``, so the
+    comparison is decided by ``name`` alone; if it is, the entry is kept for the exact test."""
+    if prefix.startswith(rel):
+        want = prefix[len(rel) :]
+        if want:
+            entries = [e for e in entries if e.name.startswith(want) or want.startswith(e.name)]
+    if start_after is not None and start_after.startswith(rel):
+        tail = start_after[len(rel) :]
+        stems = {tail[:n] for n in range(len(tail) + 1)}  # a set lookup, not a call per entry
+        entries = [e for e in entries if e.name > tail or e.name in stems]
+    return entries

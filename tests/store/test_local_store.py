@@ -50,3 +50,32 @@ def test_reserved_folders_are_not_listed(tmp_path: Path) -> None:
 )
 def test_backend_for_names_the_backend_without_opening_the_store(url: str, backend: str) -> None:
     assert backend_for(url) == backend
+
+
+def test_list_by_name_filter_gives_what_a_bucket_would(tmp_path: Path) -> None:
+    """The name pre-filter in ``LocalStore.list`` drops nothing a bucket would list: every
+    prefix and start_after cut from a set of keys with shared stems, folders named like files'
+    prefixes and keys on both sides of each bound, against the brute-force answer."""
+    store = LocalStore(tmp_path / "s")
+    keys = [
+        "runs/changes/2A",
+        "runs/changes/2Ab",
+        "runs/changes/2B",
+        "runs/changes/3",
+        "runs/changes/2A0/x",
+        "runs/changes/2/y",
+        "runs/snapshots/2A",
+        "runs/c",
+        "runs/changes-old/2A",
+        "a/b/c",
+        "ab",
+        "a0",
+    ]
+    for key in keys:
+        store.put_if_absent(key, b"1")
+    cuts = sorted({key[:n] for key in keys for n in range(len(key) + 1)})
+    for prefix in cuts:
+        for start_after in [None, *cuts]:
+            want = sorted(k for k in keys if k.startswith(prefix) and (start_after is None or k > start_after))
+            got = [info.key for info in store.list(prefix, start_after=start_after)]
+            assert got == want, (prefix, start_after)

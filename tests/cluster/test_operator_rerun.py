@@ -7,6 +7,9 @@ The same when the original DataRun object was deleted before the invalidation: t
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -113,6 +116,17 @@ def _finish_the_rerun(
     assert store[1].runs.get(done["status"]["runRecord"]).rerun_of == run_id
     (outcome,) = reruns(store[1], {run_id})
     assert (outcome["outcome"], outcome["name"], outcome["new_run"]) == ("created", name, done["status"]["runRecord"])
+    # What people see: the real CLI, as another host would run it.
+    cli = Path(sys.executable).parent / "datarun"
+    env = {**os.environ, "DATARUN_CACHE_DIR": str(store[2] / "cli-cache"), "DATARUN_HOME": str(store[2] / "cli-home")}
+    shown = subprocess.run(
+        [str(cli), "lineage", "descendants", "--run", run_id, "--store", store[0]],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    assert f"RERUN: {run_id} -> {RUNS_NAMESPACE}/{name} , created , run {outcome['new_run']}" in shown, shown
 
 
 def test_a_rerun_action_recreates_the_finished_run_from_its_record_once_and_it_succeeds(

@@ -15,7 +15,7 @@ JSONPatch that gives the pod what a DataRun pod gets, built by the same code
           - {name: result, repo: out, path: out/result, label: latest}  # spec.outputs
         datarun.io/databases: "[]"         # and spec.databases;
         datarun.io/store: "{url: gs://bucket}"  # optional, spec.store and spec.cache
-        datarun.io/cache: "{sizeLimit: 1Gi}"
+        datarun.io/cache: "{sizeLimit: 1Gi, policy: use, version: v2, trustTags: true}"
         datarun.io/config: shared-inputs   # optional: a ConfigMap holding the same keys (inputs,
                                            # outputs, ...); an annotation overrides its key
         datarun.io/container: main         # the app's container (default `main`, or the only one)
@@ -31,6 +31,12 @@ every pod creation (the apiserver waits for it, and with ``failurePolicy: Fail``
 stop pods from being created) for no gain in reproducibility: a pod, unlike a DataRun, has no
 status to keep the pin in, and a retried Argo step is a new pod that is admitted again anyway.
 
+``datarun.io/cache`` is a DataRun's ``spec.cache``: ``sizeLimit``/``medium`` size the chunk cache as
+before, ``policy``/``version``/``trustTags`` drive the run cache. A DataRun's cache is looked up by the
+operator; a pod's by its fuse sidecar, before the app starts, from the plan in ``DATARUN_CACHE_PLAN``
+(:func:`datarun_operator.wire.cache_plan`). Argo's pods name images by tag, and a tag can move: unless
+``trustTags: true`` (or an ``image@sha256:`` digest), such a pod always misses and is not recorded.
+
 Nothing here does I/O: the ConfigMap comes through the ``lookup`` function the handler passes.
 """
 
@@ -44,9 +50,9 @@ from typing import Any
 import yaml
 
 from datarun_operator.builder import FUSE, INIT, MAIN, POSTGRES, build_injection
-from datarun_operator.models import SpecError, parse_spec
+from datarun_operator.models import DataRunSpec, SpecError, parse_spec
 from datarun_operator.settings import Settings
-from datarun_operator.wire import POD_IDENTITY
+from datarun_operator.wire import ENV_CACHE_PLAN, POD_IDENTITY, SidecarPlan, cache_plan
 
 PREFIX = "datarun.io/"
 LABEL_INJECT = "datarun.io/inject"
@@ -132,6 +138,7 @@ def injection_patch(
         raise InjectionError(_rename(f"{err.field_path}: {err.message}", where)) from None
     assert injection is not None  # there are inputs, outputs or databases
 
+    sidecars = _with_cache_plan(injection.sidecars, spec, settings, app)
     _check_free(spec_pod, [c["name"] for c in injection.sidecars] + [INIT], [v["name"] for v in injection.volumes])
 
     base = ("spec", "containers", index)
@@ -141,7 +148,7 @@ def injection_patch(
     ops += _append(app, base, "env", injection.env)
     ops += _append(app, base, "volumeMounts", injection.volume_mounts)
     ops += _append(spec_pod, ("spec",), "initContainers", [injection.init_container])
-    ops += _append(spec_pod, ("spec",), "containers", injection.sidecars)
+    ops += _append(spec_pod, ("spec",), "containers", sidecars)
     ops += _append(spec_pod, ("spec",), "volumes", injection.volumes)
     meta: Mapping[str, Any] = pod.get("metadata") or {}
     labels = {k: v for k, v in settings.pod.labels.items() if k not in (meta.get("labels") or {})}
@@ -150,6 +157,19 @@ def injection_patch(
     ops += _merge(meta, ("metadata",), "labels", labels)
     ops += _merge(meta, ("metadata",), "annotations", {**extra, ANNOTATION_INJECTED: added})
     return ops
+
+
+def _with_cache_plan(
+    sidecars: Sequence[Mapping[str, Any]], spec: DataRunSpec, settings: Settings, app: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The sidecars, the fuse one given the run cache plan (if the pod caches at all)."""
+    plan = SidecarPlan.of(spec, POD_IDENTITY, {}, settings)
+    text = cache_plan(plan, list(app.get("env") or []), [str(a) for a in app.get("args") or []])
+    out = [dict(c) for c in sidecars]
+    for container in out:
+        if text is not None and container["name"] == FUSE:
+            container["env"] = [*container.get("env", []), {"name": ENV_CACHE_PLAN, "value": text}]
+    return out
 
 
 def split_executor(command: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -302,3 +302,49 @@ def wrapper_argv(settings: Settings, kinds: Sequence[str]) -> list[str]:
         str(t.heartbeat_seconds),
         "--",
     ]
+
+
+# -- the run cache plan of a webhook-injected pod (FORMAT.md §15) --------------------------------
+
+ENV_CACHE_PLAN = "DATARUN_CACHE_PLAN"
+"""The fuse sidecar's run cache plan, a JSON object (``datarun_sidecar.cache_plan.plan_from_env``).
+Only a webhook-injected pod gets it: a DataRun's cache is looked up by the operator, before any pod."""
+CACHE_PLAN_FORMAT = 1
+
+
+def cache_plan(plan: SidecarPlan, app_env: Sequence[Mapping[str, Any]], args: Sequence[str]) -> str | None:
+    """The plan's JSON, or None when the pod neither looks up nor records (policy off, no outputs).
+
+    ``app_env`` is the app container's env as the pod gave it (before datarun adds its own, which
+    names the pod and would make every key unique). A Secret value is named by its name and key,
+    never read; any other ``valueFrom`` is keyed by its canonical JSON, as for a DataRun."""
+    spec = plan.spec
+    cache = spec.cache
+    policy = cache.policy.value if cache is not None else "use"
+    if policy == "off" or not spec.outputs:
+        return None
+    env: dict[str, Any] = {}
+    for var in app_env:
+        source = var.get("valueFrom")
+        ref = source.get("secretKeyRef") if isinstance(source, Mapping) else None
+        if isinstance(ref, Mapping):
+            env[str(var["name"])] = {"secret": str(ref.get("name", "")), "key": str(ref.get("key", ""))}
+        elif source is not None:
+            env[str(var["name"])] = "valueFrom " + json.dumps(source, sort_keys=True, separators=(",", ":"))
+        else:
+            env[str(var["name"])] = str(var.get("value", ""))
+    doc = {
+        "format": CACHE_PLAN_FORMAT,
+        "policy": policy,
+        "image": spec.image,
+        "trustTags": cache.trust_tags if cache is not None else False,
+        "command": [*spec.command, *args],
+        "env": env,
+        "params": dict(spec.params),
+        # In the order of the fuse sidecar's mounts and uploads (fuse_commands), which is how it pairs them.
+        "inputs": [{"name": i.name, "path": i.path} for i in spec.inputs],
+        "outputs": [{"name": o.name, "repo": o.repo, "path": o.path, "label": o.label or ""} for o in spec.outputs],
+        "versions": {"wrapper": plan.settings.images.wrapper, "sidecar": plan.settings.images.sidecar},
+        "salt": cache.version if cache is not None else "",
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))

@@ -22,7 +22,8 @@ from datarun.errors import DatarunError
 from datarun.model import BundleRef, RunRecord
 from datarun.repo import Client, UploadResult, connect
 from datarun.runs import BundleLink
-from datarun_sidecar.protocol import Coordination, PlannedOutput, SidecarError, run_lifecycle
+from datarun_sidecar.cache_plan import PodCache
+from datarun_sidecar.protocol import Coordination, PlannedOutput, SidecarError, SidecarResult, run_lifecycle
 
 
 class SidecarUsageError(SidecarError):
@@ -143,6 +144,7 @@ class FuseSidecar:
         self.app_heartbeat_timeout = app_heartbeat_timeout
         self._mounts: list[subprocess.Popen[bytes]] = []
         self.inputs: list[BundleRef] = []
+        self.run_cache = PodCache(self.run_inputs)
 
     def _cli(self, args: list[str]) -> list[str]:
         store = ["--store", self.store] if self.store else []
@@ -164,10 +166,13 @@ class FuseSidecar:
     def mount_inputs(self) -> None:
         client = connect(self.store)
         try:
-            for index, spec in enumerate(self.plan.mounts):
-                # Pin the label now: the app must see one bundle even if the label moves meanwhile.
-                bundle = client.resolve(spec.repo, spec.bundle or None, spec.label or None)
-                self.inputs.append(BundleRef(spec.repo, bundle.id))
+            # Pin every label first: the app must see one bundle even if the label moves meanwhile,
+            # and the run cache's key is made of the pinned bundles.
+            pinned = [client.resolve(s.repo, s.bundle or None, s.label or None) for s in self.plan.mounts]
+            self.inputs = [BundleRef(s.repo, b.id) for s, b in zip(self.plan.mounts, pinned, strict=True)]
+            if self.run_cache.before_mount(client, self.coord.own, pinned, [u.path for u in self.plan.uploads]):
+                return  # a cache hit: the outputs are in place and the app will not start
+            for index, (spec, bundle) in enumerate(zip(self.plan.mounts, pinned, strict=True)):
                 if spec.download:
                     client.download(bundle, spec.mountpoint, force=True)
                     continue
@@ -206,6 +211,8 @@ class FuseSidecar:
                 proc.kill()
 
     def outputs(self, app_code: int | None, why: str) -> list[PlannedOutput]:
+        if self.run_cache.hit is not None:
+            return []  # nothing to upload: the outputs are the earlier run's bundles
         planned = []
         for spec in self.plan.uploads:
             skip = ""
@@ -232,6 +239,9 @@ class FuseSidecar:
             BundleLink(Path(spec.mountpoint).name or ref.repo, ref.repo, ref.bundle)
             for spec, ref in zip(self.plan.mounts, self.inputs, strict=False)
         ]
+
+    def recorded(self, client: Client, result: SidecarResult) -> None:
+        self.run_cache.after_record(client, result.run)
 
     def linger(self) -> None:
         pass

@@ -30,7 +30,7 @@ from datarun.model import Bundle, BundleRef, RunRecord
 from datarun.repo import Client, UploadResult, connect
 from datarun.runs import BundleLink
 from datarun_sidecar.postgres_plan import DatabaseSpec, PostgresPlan, PostgresSidecarError
-from datarun_sidecar.protocol import Coordination, PlannedOutput, run_lifecycle
+from datarun_sidecar.protocol import Coordination, PlannedOutput, SidecarResult, run_lifecycle
 
 META_FILE = "datarun-postgres.json"
 DUMP_FORMAT = 2
@@ -396,6 +396,9 @@ class PostgresSidecar:
 
     def run_inputs(self) -> list[BundleLink]:
         return [BundleLink(db_id, ref.repo, ref.bundle) for db_id, ref in self.sources.items()]
+
+    def recorded(self, client: Client, result: SidecarResult) -> None:
+        pass  # databases are not part of a webhook pod's run cache (their dumps cannot be reused)
 
     def linger(self) -> None:
         while self.plan.sleep_after:  # `S`: keep the pod around for debugging

@@ -308,6 +308,11 @@ class Sidecar(Protocol):
         """The bundles the app read (mounted inputs, restored databases), for the run record."""
         ...
 
+    def recorded(self, client: Client, result: SidecarResult) -> None:
+        """After the run record of the uploads is written (``result.run``, "" if it was not): the
+        fuse sidecar enters the run in the run cache here."""
+        ...
+
     def linger(self) -> None:
         """After the result is reported; returns at once unless asked to keep the pod around."""
         ...
@@ -365,6 +370,7 @@ def run_lifecycle(sidecar: Sidecar, env: Mapping[str, str] = os.environ) -> int:
             with contextlib.closing(client):
                 result = upload_outputs(sidecar.kind, code, planned, client, run)
                 record_run(client, result, started=started, inputs=sidecar.run_inputs(), command=run.command, env=env)
+                sidecar.recorded(client, result)
         coord.report_result(result, sidecar.termination_log)
         sidecar.linger()
         return 0 if result.ok else 1

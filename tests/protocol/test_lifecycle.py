@@ -68,6 +68,9 @@ class FolderSidecar:
     def run_inputs(self) -> Sequence[BundleLink]:
         return []
 
+    def recorded(self, client: Client, result: SidecarResult) -> None:
+        pass
+
     def linger(self) -> None:
         self.calls.append("linger")
 

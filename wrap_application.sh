@@ -7,7 +7,7 @@
 # signals forwarded, ALWAYS tells the sidecars the app has ended (success or failure), waits for
 # their result, and exits with:
 #   the app's exit code if the app failed;
-#   0   app and every upload succeeded;
+#   0   app and every upload succeeded, or a run cache hit reused an identical run's outputs;
 #   75  the app succeeded but an upload failed (the result files say which output);
 #   76  a sidecar failed or never became ready (nothing was run);
 #   77  a sidecar stopped answering (no heartbeat) or did not report within the upload timeout;
@@ -89,29 +89,38 @@ for kind in $sidecars; do
   done
 done
 
-# 2. Run the app; forward signals so a pod deletion stops it and still reaches step 3.
+# 2. Run the app; forward signals so a pod deletion stops it and still reaches step 3. The fuse
+#    sidecar's `skip` marker (a run cache hit, written before `ready`) means the outputs of an
+#    identical earlier run are already in place: the app is not started, and its code is 0.
 app_pid=""
-forward() { [ -n "$app_pid" ] && kill "-$1" "$app_pid" 2>/dev/null; }
-trap 'forward TERM' TERM
-trap 'forward INT' INT
-trap 'forward HUP' HUP
-"$@" &
-app_pid=$!
-put "$coord/app/pid" "$app_pid"
-# The heartbeat lets sidecars tell a slow app from a dead wrapper.
-( while kill -0 "$app_pid" 2>/dev/null; do put "$coord/app/heartbeat" "$(now)"; sleep 2; done ) &
-beat_pid=$!
-while :; do
-  wait "$app_pid"
-  code=$?
-  kill -0 "$app_pid" 2>/dev/null || break   # wait was interrupted by a trapped signal: wait again
-done
-kill "$beat_pid" 2>/dev/null
-trap - TERM INT HUP
+skip="$coord/fuse/skip"
+case " $sidecars " in *" fuse "*) ;; *) skip="" ;; esac
+if [ -n "$skip" ] && [ -f "$skip" ]; then
+  log "$(head -n 1 "$skip")"
+  code=0
+else
+  forward() { [ -n "$app_pid" ] && kill "-$1" "$app_pid" 2>/dev/null; }
+  trap 'forward TERM' TERM
+  trap 'forward INT' INT
+  trap 'forward HUP' HUP
+  "$@" &
+  app_pid=$!
+  put "$coord/app/pid" "$app_pid"
+  # The heartbeat lets sidecars tell a slow app from a dead wrapper.
+  ( while kill -0 "$app_pid" 2>/dev/null; do put "$coord/app/heartbeat" "$(now)"; sleep 2; done ) &
+  beat_pid=$!
+  while :; do
+    wait "$app_pid"
+    code=$?
+    kill -0 "$app_pid" 2>/dev/null || break   # wait was interrupted by a trapped signal: wait again
+  done
+  kill "$beat_pid" 2>/dev/null
+  trap - TERM INT HUP
+fi
 
 # 3. Always tell the sidecars the app has ended, with its exit code (datamon's `initupload`).
 put "$coord/initupload" "$code"
-log "app exited with $code; waiting for:$sidecars"
+[ -n "$app_pid" ] && log "app exited with $code; waiting for:$sidecars"
 
 # 4. Wait for each sidecar's result.
 result=0

@@ -1,7 +1,8 @@
 """The run cache: skip a run whose identical twin already succeeded (FORMAT.md §15).
 
-``key`` computes the cache key from a run's spec (pure); ``entries`` writes an entry per
-cacheable run and looks keys up against the run records. The facade binds a :class:`RunCache`
+``key`` computes the cache key from a run's spec (pure); ``plan`` carries what a webhook-injected
+pod's key is made of to its fuse sidecar; ``entries`` writes an entry per cacheable run and looks
+keys up against the run records. The facade binds a :class:`RunCache`
 to a client's store as ``Client.cache``.
 """
 
@@ -26,20 +27,25 @@ from datarun.cache.key import (
     key_from_parts,
     task_of,
 )
+from datarun.cache.plan import ENV_CACHE_PLAN, CachePlan, PlanInput, PlanOutput
 
 __all__ = [
+    "ENV_CACHE_PLAN",
     "KEY_SCHEMA",
     "OFF",
     "POLICIES",
     "REFRESH",
     "USE",
     "CacheKey",
+    "CachePlan",
     "Explanation",
     "InputSpec",
     "InvalidReasons",
     "KeySpec",
     "Lookup",
     "OutputSpec",
+    "PlanInput",
+    "PlanOutput",
     "RunCache",
     "SecretRef",
     "canonical",

@@ -146,7 +146,11 @@ class RecordCodec:
         if isinstance(tp, type) and issubclass(tp, StrEnum):
             allowed = [m.value for m in tp]
             if raw not in allowed:
-                raise SpecError(where, f"must be one of {', '.join(allowed)} (got {raw!r})")
+                # YAML 1.1 (kubectl, PyYAML) reads a bare off/on/yes/no as a boolean.
+                quote = (
+                    "; YAML reads a bare off/on/yes/no as a boolean: quote the word" if isinstance(raw, bool) else ""
+                )
+                raise SpecError(where, f"must be one of {', '.join(allowed)} (got {raw!r}){quote}")
             return tp(raw)
         if tp is bool:
             if not isinstance(raw, bool):

@@ -49,10 +49,11 @@ from typing import Any
 
 import yaml
 
+from datarun.cache import ENV_CACHE_PLAN
 from datarun_operator.builder import FUSE, INIT, MAIN, POSTGRES, build_injection
 from datarun_operator.models import DataRunSpec, SpecError, parse_spec
 from datarun_operator.settings import Settings
-from datarun_operator.wire import ENV_CACHE_PLAN, POD_IDENTITY, SidecarPlan, cache_plan
+from datarun_operator.wire import POD_IDENTITY, SidecarPlan, cache_plan
 
 PREFIX = "datarun.io/"
 LABEL_INJECT = "datarun.io/inject"
@@ -163,13 +164,16 @@ def _with_cache_plan(
     sidecars: Sequence[Mapping[str, Any]], spec: DataRunSpec, settings: Settings, app: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     """The sidecars, the fuse one given the run cache plan (if the pod caches at all)."""
-    plan = SidecarPlan.of(spec, POD_IDENTITY, {}, settings)
-    text = cache_plan(plan, list(app.get("env") or []), [str(a) for a in app.get("args") or []])
+    plan = cache_plan(SidecarPlan.of(spec, POD_IDENTITY, {}, settings), list(app.get("env") or []), app_args(app))
     out = [dict(c) for c in sidecars]
     for container in out:
-        if text is not None and container["name"] == FUSE:
-            container["env"] = [*container.get("env", []), {"name": ENV_CACHE_PLAN, "value": text}]
+        if plan is not None and container["name"] == FUSE:
+            container["env"] = [*container.get("env", []), {"name": ENV_CACHE_PLAN, "value": plan.to_json()}]
     return out
+
+
+def app_args(app: Mapping[str, Any]) -> list[str]:
+    return [str(a) for a in app.get("args") or []]
 
 
 def split_executor(command: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from datarun.cache import OFF, USE, CachePlan, PlanInput, PlanOutput, SecretRef, canonical
 from datarun_operator.models import DATA_ROOT, DataRun, DataRunSpec, InputMode, SpecError
 from datarun_operator.runrecord import record_id
 from datarun_operator.settings import Settings
@@ -304,47 +305,51 @@ def wrapper_argv(settings: Settings, kinds: Sequence[str]) -> list[str]:
     ]
 
 
-# -- the run cache plan of a webhook-injected pod (FORMAT.md §15) --------------------------------
+# -- the run cache plan of a webhook-injected pod (FORMAT.md §15.3) ----------------------------
 
-ENV_CACHE_PLAN = "DATARUN_CACHE_PLAN"
-"""The fuse sidecar's run cache plan, a JSON object (``datarun_sidecar.cache_plan.plan_from_env``).
-Only a webhook-injected pod gets it: a DataRun's cache is looked up by the operator, before any pod."""
-CACHE_PLAN_FORMAT = 1
+EXECUTOR_ENV_PREFIX = "ARGO_"
+"""Env Argo's controller gives the step's container for its executor: the node id, the pod name,
+the step's deadline, the whole template. They differ on every run, so keying them would make
+every step miss; what the step computes from (its parameters) is substituted into command and
+args, which are keyed."""
 
 
-def cache_plan(plan: SidecarPlan, app_env: Sequence[Mapping[str, Any]], args: Sequence[str]) -> str | None:
-    """The plan's JSON, or None when the pod neither looks up nor records (policy off, no outputs).
+def cache_plan(plan: SidecarPlan, app_env: Sequence[Mapping[str, Any]], args: Sequence[str]) -> CachePlan | None:
+    """The plan, or None when the pod neither looks up nor records: policy off, no outputs, or a
+    database (the postgres sidecar pins and restores its source itself, so the fuse sidecar cannot
+    key it, and a dump is not an output a hit could reuse).
 
     ``app_env`` is the app container's env as the pod gave it (before datarun adds its own, which
-    names the pod and would make every key unique). A Secret value is named by its name and key,
-    never read; any other ``valueFrom`` is keyed by its canonical JSON, as for a DataRun."""
+    names the pod and would make every key unique), without Argo's executor variables. A Secret
+    value is named by its name and key, never read; any other ``valueFrom`` is keyed by its
+    canonical JSON, as for a DataRun."""
     spec = plan.spec
     cache = spec.cache
-    policy = cache.policy.value if cache is not None else "use"
-    if policy == "off" or not spec.outputs:
+    policy = cache.policy.value if cache is not None else USE
+    if policy == OFF or not spec.outputs or spec.databases:
         return None
-    env: dict[str, Any] = {}
+    env: dict[str, str | SecretRef] = {}
     for var in app_env:
+        name = str(var.get("name", ""))
+        if name.startswith(EXECUTOR_ENV_PREFIX):
+            continue
         source = var.get("valueFrom")
         ref = source.get("secretKeyRef") if isinstance(source, Mapping) else None
         if isinstance(ref, Mapping):
-            env[str(var["name"])] = {"secret": str(ref.get("name", "")), "key": str(ref.get("key", ""))}
+            env[name] = SecretRef(str(ref.get("name", "")), str(ref.get("key", "")))
         elif source is not None:
-            env[str(var["name"])] = "valueFrom " + json.dumps(source, sort_keys=True, separators=(",", ":"))
+            env[name] = "valueFrom " + canonical(source).decode()
         else:
-            env[str(var["name"])] = str(var.get("value", ""))
-    doc = {
-        "format": CACHE_PLAN_FORMAT,
-        "policy": policy,
-        "image": spec.image,
-        "trustTags": cache.trust_tags if cache is not None else False,
-        "command": [*spec.command, *args],
-        "env": env,
-        "params": dict(spec.params),
-        # In the order of the fuse sidecar's mounts and uploads (fuse_commands), which is how it pairs them.
-        "inputs": [{"name": i.name, "path": i.path} for i in spec.inputs],
-        "outputs": [{"name": o.name, "repo": o.repo, "path": o.path, "label": o.label or ""} for o in spec.outputs],
-        "versions": {"wrapper": plan.settings.images.wrapper, "sidecar": plan.settings.images.sidecar},
-        "salt": cache.version if cache is not None else "",
-    }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+            env[name] = str(var.get("value", ""))
+    return CachePlan(
+        policy=policy,
+        image=spec.image,
+        command=(*spec.command, *args),
+        trust_tags=cache.trust_tags if cache is not None else False,
+        env=env,
+        params=dict(spec.params),
+        inputs=tuple(PlanInput(i.name, i.path) for i in spec.inputs),
+        outputs=tuple(PlanOutput(o.name, o.repo, o.path, o.label or "") for o in spec.outputs),
+        versions={"wrapper": plan.settings.images.wrapper, "sidecar": plan.settings.images.sidecar},
+        salt=cache.version if cache is not None else "",
+    )

@@ -22,8 +22,8 @@ from datarun.errors import DatarunError
 from datarun.model import BundleRef, RunRecord
 from datarun.repo import Client, UploadResult, connect
 from datarun.runs import BundleLink
-from datarun_sidecar.cache_plan import PodCache
 from datarun_sidecar.protocol import Coordination, PlannedOutput, SidecarError, SidecarResult, run_lifecycle
+from datarun_sidecar.runcache import PodCache
 
 
 class SidecarUsageError(SidecarError):
@@ -144,7 +144,7 @@ class FuseSidecar:
         self.app_heartbeat_timeout = app_heartbeat_timeout
         self._mounts: list[subprocess.Popen[bytes]] = []
         self.inputs: list[BundleRef] = []
-        self.run_cache = PodCache(self.run_inputs)
+        self.run_cache = PodCache()
 
     def _cli(self, args: list[str]) -> list[str]:
         store = ["--store", self.store] if self.store else []
@@ -170,7 +170,8 @@ class FuseSidecar:
             # and the run cache's key is made of the pinned bundles.
             pinned = [client.resolve(s.repo, s.bundle or None, s.label or None) for s in self.plan.mounts]
             self.inputs = [BundleRef(s.repo, b.id) for s, b in zip(self.plan.mounts, pinned, strict=True)]
-            if self.run_cache.before_mount(client, self.coord.own, pinned, [u.path for u in self.plan.uploads]):
+            folders = [u.path for u in self.plan.uploads]
+            if self.run_cache.before_mount(client, self.coord.own, pinned, folders, self.run_inputs()):
                 return  # a cache hit: the outputs are in place and the app will not start
             for index, (spec, bundle) in enumerate(zip(self.plan.mounts, pinned, strict=True)):
                 if spec.download:
@@ -214,13 +215,14 @@ class FuseSidecar:
         if self.run_cache.hit is not None:
             return []  # nothing to upload: the outputs are the earlier run's bundles
         planned = []
-        for spec in self.plan.uploads:
+        for index, spec in enumerate(self.plan.uploads):
             skip = ""
             if app_code != 0 and not spec.upload_on_failure:
                 skip = f"app did not succeed ({why}, code {app_code}); uploadOnFailure is off"
             planned.append(
                 PlannedOutput(
-                    name=spec.label or spec.path,
+                    # The run cache pairs a run's outputs with the key's by name: the plan's names.
+                    name=self.run_cache.output_name(index, spec.label or spec.path),
                     repo=spec.repo,
                     path=spec.path,
                     label=spec.label,
@@ -241,7 +243,7 @@ class FuseSidecar:
         ]
 
     def recorded(self, client: Client, result: SidecarResult) -> None:
-        self.run_cache.after_record(client, result.run)
+        self.run_cache.after_record(client, result)
 
     def linger(self) -> None:
         pass

@@ -14,6 +14,7 @@ import kopf
 import pytest
 
 import datarun_sidecar.fuse as sidecar_fuse
+from datarun.cache import ENV_CACHE_PLAN, CachePlan, SecretRef
 from datarun_operator import handlers, webhook
 from datarun_operator.builder import FUSE, INIT, MAIN, POSTGRES, get_pod
 from datarun_operator.settings import PodSettings, Settings, StoreSettings
@@ -382,3 +383,66 @@ def test_the_kopf_handler_refuses_with_422_and_the_message(monkeypatch: pytest.M
         handlers.inject(body=body, patch=kopf.Patch(body=body), operation="CREATE")
     assert caught.value.code == 422
     assert str(caught.value) == "datarun.io/outputs: must be a list, not an object"
+
+
+# -- the run cache plan (datarun.cache.plan), which the fuse sidecar keys the step with ----------
+
+
+def cache_plan_of(pod: dict[str, Any]) -> CachePlan | None:
+    env = {e["name"]: e.get("value") for e in by_name(pod["spec"]["containers"])[FUSE].get("env", [])}
+    raw = env.get(ENV_CACHE_PLAN)
+    return None if raw is None else CachePlan.from_json(str(raw))
+
+
+def test_a_step_gets_a_cache_plan_with_its_command_args_and_env_but_not_argos_own(settings: Settings) -> None:
+    env = [
+        {"name": "ARGO_CONTAINER_NAME", "value": "main"},
+        {"name": "ARGO_NODE_ID", "value": "wf-123-456"},
+        {"name": "ARGO_DEADLINE", "value": "2026-12-07T14:00:00Z"},
+        {"name": "MODE", "value": "fast"},
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "api", "key": "token"}}},
+        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+    ]
+    notes = {"datarun.io/cache": "{policy: use, version: v2, trustTags: true}"}
+    plan = cache_plan_of(injected(argo_pod(annotations=notes, env=env), settings))
+    assert plan is not None
+    assert plan.command == ("sh", "-c", "cp -r $DATARUN_INPUT_NUMBERS/. $DATARUN_OUTPUT_RESULT/"), "no executor prefix"
+    assert plan.env == {
+        "MODE": "fast",
+        "TOKEN": SecretRef("api", "token"),  # named, never read
+        "NODE": 'valueFrom {"fieldRef":{"fieldPath":"spec.nodeName"}}',
+    }
+    assert (plan.policy, plan.salt, plan.trust_tags, plan.image) == ("use", "v2", True, "busybox:1.36")
+    assert [(i.name, i.path) for i in plan.inputs] == [("numbers", "in/numbers")]
+    assert [(o.name, o.repo, o.path, o.label) for o in plan.outputs] == [("result", "out", "out/result", "latest")]
+    assert plan.versions == {"wrapper": settings.images.wrapper, "sidecar": settings.images.sidecar}
+    app = by_name(injected(argo_pod(), settings)["spec"]["containers"])[MAIN]
+    assert ENV_CACHE_PLAN not in {e["name"] for e in app["env"]}, "the plan is the sidecar's, not the app's"
+
+
+def test_a_bare_off_which_yaml_reads_as_false_is_refused_saying_to_quote_it(settings: Settings) -> None:
+    message = refusal(argo_pod(annotations={"datarun.io/cache": "{policy: off}"}), settings)
+    assert "datarun.io/cache.policy" in message and "quote" in message
+
+
+def test_two_runs_of_one_step_plan_the_same_key_and_a_parameter_changes_it(settings: Settings) -> None:
+    """Argo substitutes a step's parameters into its args: those are keyed, the node id is not."""
+    first = argo_pod(env=[{"name": "ARGO_NODE_ID", "value": "wf-1"}], args=["echo 0.1 > out/result/lr"])
+    again = argo_pod(env=[{"name": "ARGO_NODE_ID", "value": "wf-2"}], args=["echo 0.1 > out/result/lr"])
+    other = argo_pod(env=[{"name": "ARGO_NODE_ID", "value": "wf-3"}], args=["echo 0.2 > out/result/lr"])
+    plans = [cache_plan_of(injected(pod, settings)) for pod in (first, again, other)]
+    keys = [p.key(["m" * 64]).key for p in plans if p is not None]
+    assert len(keys) == 3 and keys[0] == keys[1] != keys[2]
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        {"datarun.io/cache": '{policy: "off"}'},
+        {"datarun.io/outputs": "[]", "datarun.io/inputs": INPUTS},
+        {"datarun.io/databases": '[{"name": "db", "port": 5433, "sourceRepo": "dbs", "sourceLabel": "v1"}]'},
+    ],
+    ids=["policy-off", "no-outputs", "a-database"],
+)
+def test_no_plan_when_the_step_neither_looks_up_nor_records(settings: Settings, annotations: dict[str, str]) -> None:
+    assert cache_plan_of(injected(argo_pod(annotations=annotations), settings)) is None

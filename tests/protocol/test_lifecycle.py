@@ -23,6 +23,7 @@ from datarun_sidecar.protocol import (
     Coordination,
     PlannedOutput,
     SidecarError,
+    SidecarResult,
     run_lifecycle,
     run_params,
 )

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from datarun.runs import CACHED, SUCCEEDED
 from tests.node.conftest import NodeStore
 from tests.node.node import STATE_DIR, NodeCluster
 from tests.node.release import OPERATOR_NAMESPACE, ROOT, RUN_NAMESPACE, local_images
@@ -303,3 +304,23 @@ def test_argo_workflow_of_examples_argo(node: NodeCluster, store: NodeStore, rel
     assert [line.split()[0] for line in counts.splitlines()] == ["6", "8", "14"], counts
     pods = node.get_json("pods", "-n", RUN_NAMESPACE, "-l", "workflows.argoproj.io/workflow=annotated")["items"]
     assert pods and all(p["metadata"]["annotations"].get("datarun.io/injected") for p in pods)
+
+    # The run cache: the same workflow again finds both steps' identical twins (the template says
+    # trustTags for its busybox tag). Neither app runs; the labels stay on the reused bundles, and
+    # each step's fuse sidecar reports a Cached run linking the earlier one.
+    counted = store.client.get_label("greetings-counts", "latest").bundle
+    submit(node, "datarun-annotated-steps", "annotated-again")
+    wait_workflow(node, "annotated-again")
+    again = node.get_json("pods", "-n", RUN_NAMESPACE, "-l", "workflows.argoproj.io/workflow=annotated-again")["items"]
+    assert len(again) == 2, [p["metadata"]["name"] for p in again]
+    for pod in again:
+        name = pod["metadata"]["name"]
+        log = node.kubectl("logs", "-n", RUN_NAMESPACE, name, "-c", "main")
+        assert "cache hit" in log and "the app is not started" in log, log
+        fuse = next(s for s in pod["status"]["containerStatuses"] if s["name"] == "datarun-fuse")
+        result = json.loads(fuse["state"]["terminated"]["message"])
+        cached = store.client.runs.get(result["run"])
+        assert cached.phase == CACHED and cached.cache is not None and cached.cache.cached_from, name
+        assert store.client.runs.get(cached.cache.cached_from).phase == SUCCEEDED
+    assert store.client.get_label("greetings-out", "shouted").bundle == shouted
+    assert store.client.get_label("greetings-counts", "latest").bundle == counted

@@ -23,8 +23,20 @@ from typing import Any, Protocol
 import orjson
 
 from datarun.catalog import language, translate
+from datarun.catalog.feed import (
+    CHANGE_RE,
+    CHANGES,
+    SNAPSHOT_FORMAT,
+    SNAPSHOT_RE,
+    SNAPSHOTS,
+    checked,
+    common_prefix,
+    ksuid_seconds,
+    parse_change,
+    parse_snapshot,
+)
 from datarun.catalog.flatten import flatten
-from datarun.errors import IntegrityError, PreconditionFailed, UsageError
+from datarun.errors import PreconditionFailed, UsageError
 from datarun.ids import new_ksuid
 from datarun.store.base import ObjectStore
 
@@ -32,17 +44,8 @@ SCHEMA = 2
 """The index's own schema; an index written by a newer one is refused, an older one rebuilt.
 2: the (pid, type, num, text, rid) index that ``--order-by`` walks replaces (pid, type, num, rid)."""
 
-RUN_FORMAT = 1
-"""The newest run record format this reader knows (FORMAT.md, "Runs")."""
-
-CHANGES = "runs/changes/"
-SNAPSHOTS = "runs/snapshots/"
-SNAPSHOT_FORMAT = 1
-"""The newest run snapshot format this reader knows (FORMAT.md, "Runs", snapshots)."""
 DEFAULT_SKEW = 600.0  # seconds a writer's clock may be behind the newest change already seen
 _AHEAD = 86_400.0  # seconds a writer's clock may be ahead of this host's; beyond, its changes wait
-_CHANGE_RE = re.compile(r"^runs/changes/([0-9A-Za-z]{27})\.json$")
-_SNAPSHOT_RE = re.compile(r"^runs/snapshots/([0-9A-Za-z]{27})\.jsonl\.zst$")
 _FLAG_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 # A flag shares the document's namespace (``run.<name>``): it must not shadow a record field.
 _RECORD_FIELDS = frozenset(
@@ -212,7 +215,7 @@ class Index:
     def add(self, docs: Sequence[Mapping[str, Any]]) -> int:
         """Put documents into the index directly (tests, benchmarks); ``sync`` is the normal way."""
         with self._write() as cur:
-            return self._apply_all(cur, [_checked(doc, "a document") for doc in docs])
+            return self._apply_all(cur, [checked(doc, "a document") for doc in docs])
 
     def sync(self, store: ObjectStore, *, workers: int = 32, snapshot: bool = True) -> SyncStats:
         """Catch up with the change feed of ``store``. An empty index starts from the newest
@@ -231,26 +234,26 @@ class Index:
             if snapshot:
                 listed, fetched, applied = self._from_snapshot(store)
                 watermark = self._meta("watermark")
-        start_after = None if watermark is None else CHANGES + new_ksuid(_ksuid_seconds(watermark) - self.skew)
+        start_after = None if watermark is None else CHANGES + new_ksuid(ksuid_seconds(watermark) - self.skew)
         prefix = CHANGES
         if start_after is not None:
             # Every key between the window's floor and a day ahead of now shares their common
             # prefix (the keys have one length), so only that slice is listed: on Azure, which
             # has no server-side "start after", this keeps old history out of each listing.
             ceiling = new_ksuid(time.time() + _AHEAD)
-            prefix += _common_prefix(start_after[len(CHANGES) :], ceiling)
+            prefix += common_prefix(start_after[len(CHANGES) :], ceiling)
         seen = self._seen(start_after)
         todo: list[str] = []
         for info in store.list(prefix, start_after=start_after):
             listed += 1
-            if _CHANGE_RE.match(info.key) and info.key not in seen:
+            if CHANGE_RE.match(info.key) and info.key not in seen:
                 todo.append(info.key)
         newest = watermark
         if todo:
             with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
                 bodies = list(pool.map(lambda key: (key, store.read(key)[0]), todo))
             fetched += len(bodies)
-            docs = [(key, _parse_change(key, raw)) for key, raw in bodies]
+            docs = [(key, parse_change(key, raw)) for key, raw in bodies]
             cap = new_ksuid(time.time() + 1)  # a writer with a clock ahead must not drag the window forward
             with self._write() as cur:
                 applied += self._apply_all(cur, [doc for _, doc in docs])
@@ -258,12 +261,12 @@ class Index:
                     self.dialect.render("INSERT INTO index_seen (key) VALUES (:p0) ON CONFLICT (key) DO NOTHING"),
                     [{"p0": key} for key, _ in docs],
                 )
-                top = _CHANGE_RE.match(max(todo))
+                top = CHANGE_RE.match(max(todo))
                 assert top is not None
                 newest = max(newest or "", min(top.group(1), cap))
                 self._set_meta(cur, "watermark", newest)
                 self._set_meta(cur, "store", store.url)
-                floor = CHANGES + new_ksuid(_ksuid_seconds(newest) - self.skew)
+                floor = CHANGES + new_ksuid(ksuid_seconds(newest) - self.skew)
                 cur.execute(self.dialect.render("DELETE FROM index_seen WHERE key < :p0"), {"p0": floor})
         elif watermark is None:
             with self._write() as cur:
@@ -302,12 +305,12 @@ class Index:
     def _from_snapshot(self, store: ObjectStore) -> tuple[int, int, int]:
         """Load the newest snapshot into this empty index: (keys listed, objects read, applied)."""
         keys = [info.key for info in store.list(SNAPSHOTS)]
-        found = sorted(k for k in keys if _SNAPSHOT_RE.match(k))
+        found = sorted(k for k in keys if SNAPSHOT_RE.match(k))
         if not found:
             return len(keys), 0, 0
         key = found[-1]
         raw, _ = store.read(key)
-        header, docs = _parse_snapshot(key, raw)
+        header, docs = parse_snapshot(key, raw)
         with self._write() as cur:
             applied = self._apply_all(cur, docs)
             cur.executemany(
@@ -437,74 +440,6 @@ def _columns(doc: Mapping[str, Any], body: str) -> dict[str, Any]:
         "p4": 1 if doc.get("hidden") is True else 0,
         "p5": body,
     }
-
-
-def _common_prefix(a: str, b: str) -> str:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return a[:n]
-
-
-def _ksuid_seconds(ksuid: str) -> float:
-    from datarun.ids import ksuid_time
-
-    return ksuid_time(ksuid)
-
-
-def _parse_snapshot(key: str, raw: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    import zstandard
-
-    fix = "delete it (the change feed holds every run without it) and run `datarun run compact` again"
-    try:
-        lines = zstandard.ZstdDecompressor().decompress(raw).splitlines()
-        header = orjson.loads(lines[0])
-        if not isinstance(header, dict):
-            raise ValueError("its first line is not a JSON object")
-        fmt = header.get("format")
-        if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > SNAPSHOT_FORMAT:
-            raise UsageError(
-                f"run snapshot `{key}` is format {fmt}, newer than this datarun reads ({SNAPSHOT_FORMAT}): "
-                "upgrade datarun"
-            )
-        if fmt != SNAPSHOT_FORMAT or not isinstance(header.get("watermark"), str):
-            raise ValueError("its header lacks `format` 1 and a string `watermark`")
-        if _SNAPSHOT_RE.match(key) is None or key != f"{SNAPSHOTS}{header['watermark']}.jsonl.zst":
-            raise ValueError("its name is not its watermark")
-        seen = header.get("seen")
-        if not isinstance(seen, list) or not all(isinstance(k, str) and _CHANGE_RE.match(k) for k in seen):
-            raise ValueError("its `seen` is not a list of change keys")
-        docs = [_checked(orjson.loads(line), f"run snapshot `{key}` line {n}") for n, line in enumerate(lines[1:], 2)]
-        if header.get("runs") != len(docs):
-            raise ValueError(f"it announces {header.get('runs')} runs and holds {len(docs)} (cut short?)")
-    except (zstandard.ZstdError, orjson.JSONDecodeError, ValueError, IndexError) as err:
-        raise IntegrityError(f"run snapshot `{key}` is corrupt ({err}); {fix}") from None
-    return header, docs
-
-
-def _parse_change(key: str, raw: bytes) -> dict[str, Any]:
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as err:
-        raise IntegrityError(
-            f"run change `{key}` is not JSON ({err}); the writer of the store must repair it"
-        ) from None
-    return _checked(doc, f"run change `{key}`")
-
-
-def _checked(doc: Any, what: str) -> dict[str, Any]:
-    if not isinstance(doc, dict):
-        raise IntegrityError(f"{what} is not a JSON object")
-    fmt = doc.get("format")
-    if not isinstance(fmt, int) or isinstance(fmt, bool):
-        raise IntegrityError(f"{what} has no integer `format`")
-    if fmt > RUN_FORMAT:
-        raise UsageError(
-            f"{what} is run record format {fmt}, newer than this datarun reads ({RUN_FORMAT}): upgrade datarun"
-        )
-    if not isinstance(doc.get("id"), str) or not isinstance(doc.get("version"), int):
-        raise IntegrityError(f"{what} lacks a string `id` and an integer `version`")
-    return doc
 
 
 __all__ = ["Index", "SyncStats"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -191,3 +193,16 @@ def test_without_a_plan_the_pod_runs_as_before(pod: Pod) -> None:
         assert code == 0
         assert [o["name"] for o in result["outputs"]] == ["latest"]  # type: ignore[union-attr]
     assert app_runs(pod) == 2
+
+
+def test_a_step_whose_earlier_output_was_invalidated_runs_again(pod: Pod) -> None:
+    """(An invalidated *input* is refused by the mount itself, before the cache is asked.)"""
+    _, _, _, first = step(pod, plan())
+    outputs = first["outputs"]
+    assert isinstance(outputs, list)
+    invalidate = [sys.executable, "-m", "datarun.cli.main", "--store", f"file://{pod.store}", "invalidate"]
+    invalidate += ["--repo", "out", "--bundle", outputs[0]["bundle"], "--reason", "bad labels"]
+    subprocess.run(invalidate, env=pod.env, check=True, capture_output=True, timeout=120)
+    code, _, err, _ = step(pod, plan())
+    assert code == 0 and app_runs(pod) == 2
+    assert "invalidated" in err and "bad labels" in err, err

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,7 +50,7 @@ def pod(tmp_path: Path) -> Pod:
     return Pod(tmp_path)
 
 
-def step(pod: Pod, cache_plan: CachePlan | str | None) -> tuple[int, str, str, dict[str, object]]:
+def step(pod: Pod, cache_plan: CachePlan | str | None) -> tuple[int, str, str, dict[str, Any]]:
     """One pod: a fresh coordination folder and output folder, as every Argo step gets.
     Returns (wrapper code, wrapper stderr, sidecar stderr, result.json)."""
     shutil.rmtree(pod.coord, ignore_errors=True)
@@ -63,7 +64,7 @@ def step(pod: Pod, cache_plan: CachePlan | str | None) -> tuple[int, str, str, d
     done = pod.wrap(APP)
     assert sidecar.wait(timeout=60) in (0, 1)
     assert sidecar.stderr is not None
-    return done.returncode, done.stderr, sidecar.stderr.read().decode(), pod.result()
+    return done.returncode, done.stderr, sidecar.stderr.read().decode(), dict(pod.result())
 
 
 def app_runs(pod: Pod) -> int:
@@ -73,6 +74,12 @@ def app_runs(pod: Pod) -> int:
 
 def client_of(pod: Pod) -> Client:
     return Client(LocalStore(pod.store), cache_dir=pod.tmp / "cache-check")
+
+
+def cached_from(client: Client, run_id: str) -> str | None:
+    stamp = client.runs.get(run_id).cache
+    assert stamp is not None
+    return stamp.cached_from
 
 
 def test_an_identical_second_step_reuses_the_outputs_and_does_not_start_the_app(pod: Pod) -> None:
@@ -153,7 +160,7 @@ def test_refresh_runs_and_records_and_a_failed_or_deleted_run_is_not_reused(pod:
     code, _, _, result = step(pod, plan())
     assert code == 0 and app_runs(pod) == 2, "refresh entered its runs"
     client = client_of(pod)
-    assert client.runs.get(str(result["run"])).cache.cached_from == second["run"]  # type: ignore[union-attr]
+    assert cached_from(client, result["run"]) == second["run"]
 
     # The newest run's output bundle is deleted: the lookup says why and falls back to the older run.
     newest = client.runs.get(str(second["run"])).outputs[0].bundle
@@ -161,7 +168,7 @@ def test_refresh_runs_and_records_and_a_failed_or_deleted_run_is_not_reused(pod:
     code, _, err, result = step(pod, plan())
     assert code == 0 and app_runs(pod) == 2
     assert f"run {second['run']} not reused" in err and "no longer exists" in err, err
-    assert client.runs.get(str(result["run"])).cache.cached_from == first["run"]  # type: ignore[union-attr]
+    assert cached_from(client, result["run"]) == first["run"]
     # With both gone, it misses and runs.
     (pod.store / bundle_key("out", client.runs.get(str(first["run"])).outputs[0].bundle)).unlink()
     assert step(pod, plan())[0] == 0
@@ -191,7 +198,7 @@ def test_without_a_plan_the_pod_runs_as_before(pod: Pod) -> None:
     for _ in range(2):
         code, _, _, result = step(pod, None)
         assert code == 0
-        assert [o["name"] for o in result["outputs"]] == ["latest"]  # type: ignore[union-attr]
+        assert [o["name"] for o in result["outputs"]] == ["latest"]
     assert app_runs(pod) == 2
 
 

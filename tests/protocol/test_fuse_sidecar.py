@@ -4,102 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from datarun.repo import Client
 from datarun.store import LocalStore
-
-ROOT = Path(__file__).resolve().parents[2]
-WRAPPER = ROOT / "wrap_application.sh"
-
-
-class Pod:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.coord = tmp / "coord"
-        self.store = tmp / "store"
-        self.env = {
-            **os.environ,
-            "DATARUN_CACHE_DIR": str(tmp / "cache"),
-            "DATARUN_CONFIG": str(tmp / "c.yaml"),
-            "DATARUN_HOME": str(tmp / "home"),
-            # What the operator's builder sets (datarun_operator.wire.sidecar_env).
-            "DATARUN_RUN_ID": "team/job/uid-1",
-            "DATARUN_IMAGE": "busybox:1.36",
-            "DATARUN_RUN_PARAMS": '{"lr":"0.1","tag":"a b"}',
-        }
-        client = Client(LocalStore(self.store), cache_dir=tmp / "cache")
-        client.create_repo("in")
-        client.create_repo("out")
-        src = tmp / "input-src"
-        src.mkdir()
-        (src / "numbers.txt").write_text("1\n2\n3\n")
-        self.input_bundle = client.upload("in", src, "input", label="v1").bundle.id
-        client.close()
-
-    def sidecar(self, *commands: str) -> subprocess.Popen[bytes]:
-        args = [
-            sys.executable,
-            "-m",
-            "datarun_sidecar.cli",
-            "fuse",
-            "-c",
-            str(self.coord),
-            "--store",
-            f"file://{self.store}",
-            "--termination-log",
-            str(self.tmp / "termination-log"),
-            "--app-heartbeat-timeout",
-            "10",
-        ]
-        for command in commands:
-            args += ["-d", command]
-        return subprocess.Popen(args, env=self.env, stderr=subprocess.PIPE)
-
-    def wrap(self, script: str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["sh", str(WRAPPER), "-c", str(self.coord), "-b", "fuse", *extra, "--", "sh", "-c", script],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=self.tmp,
-            check=False,
-        )
-
-    def result(self) -> dict[str, object]:
-        data: dict[str, object] = json.loads((self.coord / "fuse" / "result.json").read_text())
-        return data
-
-
-@pytest.fixture
-def pod(tmp_path: Path) -> Pod:
-    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the protocol tier mounts for real: apt-get install fuse3")
-        pytest.skip("no FUSE here")
-    return Pod(tmp_path)
-
-
-def _commands(pod: Pod, *, on_failure: bool = False) -> list[str]:
-    flag = " --upload-on-failure" if on_failure else ""
-    return [
-        'config create --name "Coord" --email coord@example.org',
-        f"bundle mount --repo in --label v1 --mount {pod.tmp / 'mnt'} --stream",
-        f'bundle upload --path {pod.tmp / "outdir"} --message "result of the run" --repo out --label latest{flag}',
-    ]
+from tests.protocol.pods import Pod, fuse_commands
 
 
 def test_happy_path_inputs_readable_outputs_labelled_with_provenance(pod: Pod) -> None:
     (pod.tmp / "outdir").mkdir()
-    sidecar = pod.sidecar(*_commands(pod))
+    sidecar = pod.sidecar(*fuse_commands(pod))
     done = pod.wrap("awk '{s+=$1} END {print s}' mnt/numbers.txt > outdir/sum.txt")
     assert done.returncode == 0, done.stderr
     assert sidecar.wait(timeout=60) == 0
@@ -132,7 +50,7 @@ def test_happy_path_inputs_readable_outputs_labelled_with_provenance(pod: Pod) -
 
 def test_app_failure_passes_its_code_and_uploads_nothing(pod: Pod) -> None:
     (pod.tmp / "outdir").mkdir()
-    sidecar = pod.sidecar(*_commands(pod))
+    sidecar = pod.sidecar(*fuse_commands(pod))
     done = pod.wrap("echo partial > outdir/x; exit 3")
     assert done.returncode == 3
     assert sidecar.wait(timeout=60) == 0
@@ -144,7 +62,7 @@ def test_app_failure_passes_its_code_and_uploads_nothing(pod: Pod) -> None:
 
 def test_upload_on_failure_is_opt_in_per_output(pod: Pod) -> None:
     (pod.tmp / "outdir").mkdir()
-    sidecar = pod.sidecar(*_commands(pod, on_failure=True))
+    sidecar = pod.sidecar(*fuse_commands(pod, on_failure=True))
     done = pod.wrap("echo partial > outdir/x; exit 4")
     assert done.returncode == 4
     assert sidecar.wait(timeout=60) == 0
@@ -154,7 +72,7 @@ def test_upload_on_failure_is_opt_in_per_output(pod: Pod) -> None:
 
 
 def test_failed_upload_gives_the_documented_code_and_names_the_output(pod: Pod) -> None:
-    sidecar = pod.sidecar(*_commands(pod))  # outdir is never created: the upload must fail
+    sidecar = pod.sidecar(*fuse_commands(pod))  # outdir is never created: the upload must fail
     done = pod.wrap("true")
     assert done.returncode == 75, done.stderr
     assert sidecar.wait(timeout=60) == 1
@@ -166,7 +84,7 @@ def test_failed_upload_gives_the_documented_code_and_names_the_output(pod: Pod) 
 
 def test_killed_sidecar_does_not_hang_the_wrapper(pod: Pod) -> None:
     (pod.tmp / "outdir").mkdir()
-    sidecar = pod.sidecar(*_commands(pod))
+    sidecar = pod.sidecar(*fuse_commands(pod))
     started = time.monotonic()
     deadline = started + 30
     while not (pod.coord / "fuse" / "ready").exists():

@@ -13,17 +13,14 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from datarun.cache import ENV_CACHE_PLAN, CachePlan, PlanInput, PlanOutput
 from datarun.layout import bundle_key
 from datarun.repo import Client
 from datarun.runs import CACHED, SUCCEEDED
 from datarun.store import LocalStore
-from tests.protocol.test_fuse_sidecar import Pod, _commands
+from tests.protocol.pods import Pod, fuse_commands
 
 APP = "awk '{s+=$1} END {print s}' mnt/numbers.txt > outdir/sum.txt; echo ran >> runs.log"
 
@@ -41,15 +38,6 @@ def plan(image: str = "busybox@sha256:" + "ab" * 32, policy: str = "use", trust_
     )
 
 
-@pytest.fixture
-def pod(tmp_path: Path) -> Pod:
-    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the protocol tier mounts for real: apt-get install fuse3")
-        pytest.skip("no FUSE here")
-    return Pod(tmp_path)
-
-
 def step(pod: Pod, cache_plan: CachePlan | str | None) -> tuple[int, str, str, dict[str, Any]]:
     """One pod: a fresh coordination folder and output folder, as every Argo step gets.
     Returns (wrapper code, wrapper stderr, sidecar stderr, result.json)."""
@@ -60,7 +48,7 @@ def step(pod: Pod, cache_plan: CachePlan | str | None) -> tuple[int, str, str, d
         pod.env.pop(ENV_CACHE_PLAN, None)
     else:
         pod.env[ENV_CACHE_PLAN] = cache_plan if isinstance(cache_plan, str) else cache_plan.to_json()
-    sidecar = pod.sidecar(*_commands(pod))
+    sidecar = pod.sidecar(*fuse_commands(pod))
     done = pod.wrap(APP)
     assert sidecar.wait(timeout=60) in (0, 1)
     assert sidecar.stderr is not None
@@ -179,7 +167,7 @@ def test_refresh_runs_and_records_and_a_failed_or_deleted_run_is_not_reused(pod:
     for _ in range(2):
         shutil.rmtree(pod.coord, ignore_errors=True)
         pod.env[ENV_CACHE_PLAN] = broken.to_json()
-        sidecar = pod.sidecar(*_commands(pod))
+        sidecar = pod.sidecar(*fuse_commands(pod))
         done = pod.wrap("echo ran >> runs.log; exit 3")
         assert done.returncode == 3
         assert sidecar.wait(timeout=60) == 0

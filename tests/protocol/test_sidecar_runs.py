@@ -8,10 +8,10 @@ from pathlib import Path
 from datarun.repo import Client
 from datarun.runs import Run
 from datarun.store import LocalStore
-from tests.protocol.test_fuse_sidecar import Pod, _commands, pod
+from tests.protocol.pods import Pod, fuse_commands
 from tests.protocol.test_postgres_sidecar import _free_port, _need_postgres, _run_pod, open_tmp
 
-__all__ = ["open_tmp", "pod"]  # the fixtures are registered by import
+__all__ = ["open_tmp"]  # the fixture is registered by import (`pod` is in conftest.py)
 
 
 def _client(p: Pod, name: str) -> Client:
@@ -20,7 +20,7 @@ def _client(p: Pod, name: str) -> Client:
 
 def test_an_upload_outside_a_datarun_creates_a_run_with_inputs_outputs_and_the_command(pod: Pod) -> None:
     (pod.tmp / "outdir").mkdir()
-    sidecar = pod.sidecar(*_commands(pod))
+    sidecar = pod.sidecar(*fuse_commands(pod))
     done = pod.wrap("awk '{s+=$1} END {print s}' mnt/numbers.txt > outdir/sum.txt")
     assert done.returncode == 0, done.stderr
     assert sidecar.wait(timeout=60) == 0
@@ -46,7 +46,7 @@ def test_an_upload_outside_a_datarun_creates_a_run_with_inputs_outputs_and_the_c
 
 def test_a_failed_app_is_recorded_as_a_failed_run_without_outputs(pod: Pod) -> None:
     (pod.tmp / "outdir").mkdir()
-    sidecar = pod.sidecar(*_commands(pod))
+    sidecar = pod.sidecar(*fuse_commands(pod))
     assert pod.wrap("exit 3").returncode == 3
     assert sidecar.wait(timeout=60) == 0
     run = _client(pod, "c2").runs.get(str(pod.result()["run"]))
@@ -58,7 +58,7 @@ def test_in_a_datarun_pod_the_sidecar_adds_its_outputs_to_the_operators_run(pod:
     created = client.runs.create(Run(id=client.runs.new_id(), start="2023-06-09T14:28:56Z", title="ns/job"))
     pod.env["DATARUN_RUN_RECORD"] = created.id
     (pod.tmp / "outdir").mkdir()
-    sidecar = pod.sidecar(*_commands(pod))
+    sidecar = pod.sidecar(*fuse_commands(pod))
     assert pod.wrap("echo 42 > outdir/answer.txt").returncode == 0
     assert sidecar.wait(timeout=60) == 0
     assert pod.result()["run"] == created.id
@@ -108,7 +108,7 @@ def test_a_named_record_that_no_operator_wrote_is_created_under_that_id(pod: Pod
 
     pod.env["DATARUN_RUN_RECORD"] = wanted = new_ksuid()
     (pod.tmp / "outdir").mkdir()
-    sidecar = pod.sidecar(*_commands(pod))
+    sidecar = pod.sidecar(*fuse_commands(pod))
     assert pod.wrap("echo 1 > outdir/x").returncode == 0
     assert sidecar.wait(timeout=60) == 0
     assert pod.result()["run"] == wanted and "runError" not in pod.result()

@@ -159,6 +159,8 @@ def test_argo_style_pod_injected_by_the_webhook(
     template = next(t for t in example("argo/annotated-steps.yaml")["spec"]["templates"] if t["name"] == "shout")
     annotations = {k: v.replace("{{inputs.parameters.label}}", "v1").replace("{{workflow.name}}", "a pod")
                    for k, v in template["metadata"]["annotations"].items()}  # fmt: skip
+    # Off, so that this pod is not the cached twin of the workflow's `shout` step in the test below.
+    annotations["datarun.io/cache"] = '{policy: "off"}'
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -142,7 +142,7 @@ def ms(seconds: float) -> str:
 def ensure_mlflow() -> Path | None:
     python = MLFLOW_VENV / "bin" / "python"
     # The venv can exist without MLflow (an install that failed half-way): ask for the import.
-    if subprocess.run([str(python), "-c", "import mlflow"], capture_output=True, check=False).returncode == 0:
+    if python.exists() and subprocess.run([str(python), "-c", "import mlflow"], capture_output=True).returncode == 0:
         return python
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(MLFLOW_VENV)], check=True)

@@ -15,6 +15,7 @@ import blake3
 import orjson
 
 from datarun.errors import UsageError
+from datarun.runs import CacheStamp
 
 KEY_SCHEMA = 1
 """Bumped whenever what goes into the key, or how it is spelled, changes: an old entry then
@@ -90,6 +91,10 @@ class CacheKey:
     @property
     def cacheable(self) -> bool:
         return not self.uncacheable
+
+    def stamp(self, policy: str, cached_from: str | None = None) -> CacheStamp:
+        """What a run record keeps of this key (FORMAT.md §15.3)."""
+        return CacheStamp(self.key, int(self.parts["schema"]), self.parts, policy, cached_from)
 
 
 def image_part(image: str, image_digest: str | None, trust_tags: bool) -> tuple[dict[str, Any] | None, str]:

@@ -23,7 +23,7 @@ from datarun.cli.common import info, json_option, print_json, state, with_store
 from datarun.errors import ConflictError, LocalIOError, NotFoundError, RunFailedError, UsageError
 from datarun.ids import is_ksuid
 from datarun.model import BundleRef, RunRecord, validate_label_name, validate_relpath, validate_repo_name
-from datarun.runs import CACHED, FAILED, SUCCEEDED, BundleLink, CacheStamp, Run, now_iso
+from datarun.runs import CACHED, FAILED, SUCCEEDED, BundleLink, Run, now_iso
 from datarun.runs.exekias import parse_params
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ def exec_(
         params=params,
         command=command,
         inputs=tuple(link for _, link, _ in pinned.values()),
-        cache=CacheStamp(key.key, key.parts["schema"], key.parts, policy),
+        cache=key.stamp(policy),
     )
     if policy == USE:
         cache = client.cache

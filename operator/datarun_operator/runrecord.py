@@ -123,7 +123,7 @@ def cache_key(
 
 
 def stamp_of(key: CacheKey, policy: CachePolicy, cached_from: str | None = None) -> CacheStamp:
-    return CacheStamp(key.key, int(key.parts["schema"]), key.parts, policy.value, cached_from)
+    return key.stamp(policy.value, cached_from)
 
 
 def cached_record(

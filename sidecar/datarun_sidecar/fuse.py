@@ -21,7 +21,7 @@ from typing import Any
 from datarun.errors import DatarunError
 from datarun.model import BundleRef, RunRecord
 from datarun.repo import Client, UploadResult, connect
-from datarun.runs import BundleLink
+from datarun.runs import BundleLink, CacheStamp, Run
 from datarun_sidecar.protocol import Coordination, PlannedOutput, SidecarError, SidecarResult, run_lifecycle
 from datarun_sidecar.runcache import PodCache
 
@@ -242,8 +242,11 @@ class FuseSidecar:
             for spec, ref in zip(self.plan.mounts, self.inputs, strict=False)
         ]
 
-    def recorded(self, client: Client, result: SidecarResult) -> None:
-        self.run_cache.after_record(client, result)
+    def cache_stamp(self) -> CacheStamp | None:
+        return self.run_cache.stamp()
+
+    def recorded(self, client: Client, result: SidecarResult, run: Run | None) -> None:
+        self.run_cache.after_record(client, result, run)
 
     def linger(self) -> None:
         pass

@@ -28,7 +28,7 @@ from typing import Any
 
 from datarun.model import Bundle, BundleRef, RunRecord
 from datarun.repo import Client, UploadResult, connect
-from datarun.runs import BundleLink
+from datarun.runs import BundleLink, CacheStamp, Run
 from datarun_sidecar.postgres_plan import DatabaseSpec, PostgresPlan, PostgresSidecarError
 from datarun_sidecar.protocol import Coordination, PlannedOutput, SidecarResult, run_lifecycle
 
@@ -397,8 +397,11 @@ class PostgresSidecar:
     def run_inputs(self) -> list[BundleLink]:
         return [BundleLink(db_id, ref.repo, ref.bundle) for db_id, ref in self.sources.items()]
 
-    def recorded(self, client: Client, result: SidecarResult) -> None:
-        pass  # databases are not part of a webhook pod's run cache (their dumps cannot be reused)
+    def cache_stamp(self) -> CacheStamp | None:
+        return None  # a pod with a database has no run cache plan (its dump cannot be reused)
+
+    def recorded(self, client: Client, result: SidecarResult, run: Run | None) -> None:
+        pass
 
     def linger(self) -> None:
         while self.plan.sleep_after:  # `S`: keep the pod around for debugging

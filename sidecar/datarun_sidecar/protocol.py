@@ -23,7 +23,7 @@ from datarun import summary
 from datarun.errors import DatarunError
 from datarun.model import Bundle, RunRecord
 from datarun.repo import Client, UploadResult, connect
-from datarun.runs import BundleLink
+from datarun.runs import BundleLink, CacheStamp, Run
 from datarun_sidecar.runrecord import record_run
 
 HEARTBEAT_SECONDS = 2.0
@@ -308,9 +308,13 @@ class Sidecar(Protocol):
         """The bundles the app read (mounted inputs, restored databases), for the run record."""
         ...
 
-    def recorded(self, client: Client, result: SidecarResult) -> None:
-        """After the run record of the uploads is written (``result.run``, "" if it was not): the
-        fuse sidecar enters the run in the run cache here."""
+    def cache_stamp(self) -> CacheStamp | None:
+        """The run cache's stamp for the run record the sidecar creates, if it keyed the run."""
+        ...
+
+    def recorded(self, client: Client, result: SidecarResult, run: Run | None) -> None:
+        """After the run record of the uploads is written (None if it was not): the fuse sidecar
+        enters the run in the run cache here, or on a cache hit names the reused bundles."""
         ...
 
     def linger(self) -> None:
@@ -369,8 +373,12 @@ def run_lifecycle(sidecar: Sidecar, env: Mapping[str, str] = os.environ) -> int:
         else:
             with contextlib.closing(client):
                 result = upload_outputs(sidecar.kind, code, planned, client, run)
-                record_run(client, result, started=started, inputs=sidecar.run_inputs(), command=run.command, env=env)
-                sidecar.recorded(client, result)
+                inputs = sidecar.run_inputs()
+                stamp = sidecar.cache_stamp()
+                record = record_run(
+                    client, result, started=started, inputs=inputs, command=run.command, env=env, cache=stamp
+                )
+                sidecar.recorded(client, result, record)
         coord.report_result(result, sidecar.termination_log)
         sidecar.linger()
         return 0 if result.ok else 1

@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from datarun.cache import ENV_CACHE_PLAN, REFRESH, USE, CacheKey, CachePlan
@@ -45,10 +45,6 @@ class CacheHit:
 
 def log(message: str) -> None:
     print(f"datarun-sidecar: cache: {message}", file=sys.stderr)
-
-
-def stamp(plan: CachePlan, key: CacheKey, cached_from: str | None = None) -> CacheStamp:
-    return CacheStamp(key.key, int(key.parts["schema"]), key.parts, plan.policy, cached_from)
 
 
 def lookup(client: Client, key: CacheKey) -> Run | None:
@@ -109,7 +105,7 @@ def reuse(
             inputs=tuple(inputs),
             outputs=hit.outputs,
             annotations={"datarun.io/sidecar": "fuse"},
-            cache=stamp(plan, key, hit.id),
+            cache=key.stamp(plan.policy, hit.id),
         )
     )
     reason = f"cache hit: run {record.id} reuses the outputs of run {hit.id}; the app is not started"
@@ -170,9 +166,15 @@ class PodCache:
         log(self.hit.reason)
         return True
 
-    def after_record(self, client: Client, result: SidecarResult) -> None:
+    def stamp(self) -> CacheStamp | None:
+        """The stamp the sidecar's run record is created with: after a miss or under ``refresh``."""
+        if self.plan is None or self.key is None or self.hit is not None or self.plan.policy not in (USE, REFRESH):
+            return None
+        return self.key.stamp(self.plan.policy)
+
+    def after_record(self, client: Client, result: SidecarResult, run: Run | None) -> None:
         """On a hit, the result names the reused bundles and the Cached record; after a miss (or
-        ``refresh``) whose run record was written, the key is stamped on it and the run entered."""
+        ``refresh``) whose run record was written with the stamp, the run is entered."""
         if self.plan is None or self.key is None:
             return
         if self.hit is not None:
@@ -190,12 +192,10 @@ class PodCache:
             ]
             result.run = self.hit.run
             return
-        if self.plan.policy not in (USE, REFRESH) or not result.run:
+        if run is None or run.cache is None:
             return
-        plan, key = self.plan, self.key
         try:
-            run = client.runs.update(result.run, lambda r: replace(r, cache=stamp(plan, key)))
-            reason = client.cache.record(run, key)
+            reason = client.cache.record(run, self.key)
         except DatarunError as err:
             reason = f"the cache entry was not written: {err}"
-        log(f"run {result.run} entered" if not reason else f"run {result.run} not entered: {reason}")
+        log(f"run {run.id} entered" if not reason else f"run {run.id} not entered: {reason}")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from datarun.errors import ConflictError, DatarunError, NotFoundError
 from datarun.repo import Client
-from datarun.runs import FAILED, SUCCEEDED, BundleLink, Run, iso
+from datarun.runs import FAILED, SUCCEEDED, BundleLink, CacheStamp, Run, iso
 
 if TYPE_CHECKING:  # the lifecycle in protocol.py calls record_run: a runtime import would be a cycle
     from datarun_sidecar.protocol import SidecarResult
@@ -42,11 +42,13 @@ def record_run(
     inputs: Sequence[BundleLink],
     command: Sequence[str],
     env: Mapping[str, str] | None = None,
-) -> str:
-    """Write (or extend) the run of these uploads; return its id, "" if it could not be written."""
+    cache: CacheStamp | None = None,
+) -> Run | None:
+    """Write (or extend) the run of these uploads; return it, None if it was not written. ``cache``
+    is the run cache's stamp of a run this sidecar creates (a webhook-injected pod's, see runcache.py)."""
     env = os.environ if env is None else env
     if not any(o.repo for o in result.outputs):
-        return ""  # nothing was meant to be uploaded (a database without an output repo)
+        return None  # nothing was meant to be uploaded (a database without an output repo)
     outputs = _outputs(result)
     transfers = {o.name: result.transfers[o.name] for o in outputs if o.name in result.transfers}
     ok = result.ok and result.app_exit_code == 0
@@ -63,6 +65,7 @@ def record_run(
         outputs=outputs,
         transfers=transfers,
         annotations={"datarun.io/sidecar": result.kind},
+        cache=cache,
     )
     try:
         runs = client.runs
@@ -82,6 +85,6 @@ def record_run(
     except DatarunError as err:
         print(f"datarun-sidecar: the run record was not written: {err}", file=sys.stderr)
         result.run_error = str(err)
-        return ""
+        return None
     result.run = run.id
-    return run.id
+    return run

@@ -16,7 +16,7 @@ import pytest
 
 from datarun.model import RunRecord
 from datarun.repo import Client, UploadResult
-from datarun.runs import BundleLink
+from datarun.runs import BundleLink, CacheStamp, Run
 from datarun.store import LocalStore
 from datarun_sidecar.protocol import (
     ENV_RUN_PARAMS,
@@ -69,7 +69,10 @@ class FolderSidecar:
     def run_inputs(self) -> Sequence[BundleLink]:
         return []
 
-    def recorded(self, client: Client, result: SidecarResult) -> None:
+    def cache_stamp(self) -> CacheStamp | None:
+        return None
+
+    def recorded(self, client: Client, result: SidecarResult, run: Run | None) -> None:
         pass
 
     def linger(self) -> None:

@@ -2,13 +2,16 @@
 
 Download streams the manifest, cuts each file's chunks into work units of a few MiB (small
 files share one), fetches each unit with coalesced ranged reads (``cas/reader.py``), and
-``pwrite``s into a temp file that is renamed into place once complete. Streaming hands one
-file's bytes to a consumer in order; verification reads everything and keeps only the verdict.
+``pwrite``s into a temp file that is renamed into place once complete. A unit of a large file is
+assembled in an aligned buffer instead (raw frames of a local pack are read straight into it) and
+written around the page cache (``transfer/direct.py``). Streaming hands one file's bytes to a
+consumer in order; verification reads everything and keeps only the verdict.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 import stat
@@ -17,12 +20,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from datarun.cas.kernelcopy import KernelCopier
+from datarun.cas.localpacks import LocalPacks
 from datarun.cas.reader import read_chunk, read_chunks
 from datarun.errors import ConflictError, IntegrityError, LocalIOError, UnsafePathError
 from datarun.model import DIRECTORY, FILE, SYMLINK, ChunkRef, FileEntry
 from datarun.progress import NO_PROGRESS, Callback
 from datarun.store import ObjectStore
+from datarun.transfer import direct
 from datarun.transfer.localfs import local_io_error
 from datarun.transfer.parallel import DEFAULT_WORKERS, batched, bounded_map, run_all
 
@@ -48,35 +52,65 @@ def _is_link_or_folder(path: Path) -> bool:
     return stat.S_ISLNK(mode) or stat.S_ISDIR(mode)
 
 
+def _process_umask() -> int | None:
+    """The umask, read without setting it: ``os.umask`` can only swap it, and another thread
+    creating a file in that instant would get the swapped value."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class _OpenFile:
-    def __init__(self, entry: FileEntry, final: Path, progress: Callback) -> None:
+    def __init__(
+        self, entry: FileEntry, final: Path, tmp: Path, progress: Callback, check_final: bool, umask: int | None
+    ) -> None:
         self.entry = entry
         self.final = final
         self.progress = progress
-        self.tmp = final.parent / f".{final.name}.datarun-{secrets.token_hex(4)}"
+        self.tmp = tmp
+        self.check_final = check_final
         self.fd = -1
+        self.direct_fd = -1
         self.units_left = 0
         self.lock = threading.Lock()
+        mode = entry.mode & 0o777  # permission bits only: a hostile manifest must not create setuid files
+        # Created with its final mode when the umask leaves it as it is (as cp does), so most
+        # files need no chmod; otherwise owner-only until complete. Writable by the owner
+        # either way, since a large file is opened a second time for its direct writes.
+        keeps = umask is not None and mode & ~umask == mode and mode & 0o200
+        self.create_mode = mode if keeps else 0o600
+        self.mode = mode
 
     def open(self) -> int:
         """Create the temp file on first use, on a worker thread: on ext4 a create costs a few
         hundred microseconds of kernel time (the inode allocator's scan), which one thread
-        walking the manifest would otherwise pay for every file in a row. Read-write, so a
-        kernel-copied chunk can be mapped back for its hash check."""
+        walking the manifest would otherwise pay for every file in a row. A large file gets its
+        full size at once and a second, direct descriptor (``transfer/direct.py``)."""
         with self.lock:
             if self.fd < 0:
-                if _is_link_or_folder(self.final):
+                if self.check_final and _is_link_or_folder(self.final):
                     raise ConflictError(f"`{self.final}` exists as a link or folder; remove it or download elsewhere")
                 try:
-                    self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                    self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.create_mode)
+                    if self.entry.size >= direct.DIRECT_FROM:
+                        os.ftruncate(self.fd, self.entry.size)
+                        self.direct_fd = direct.open_direct(self.tmp)
                 except OSError as err:
                     raise local_io_error(err, self.final, "create") from None
             return self.fd
 
     def complete(self) -> None:
         self.open()  # an empty file has no chunk that opened it
-        # Permission bits only: a hostile manifest must not create setuid/setgid files.
-        os.fchmod(self.fd, self.entry.mode & 0o777)
+        if self.direct_fd >= 0:
+            os.close(self.direct_fd)
+            self.direct_fd = -1
+        if self.create_mode != self.mode:
+            os.fchmod(self.fd, self.mode)
         os.utime(self.fd, ns=(self.entry.mtime_ns, self.entry.mtime_ns))  # by descriptor: no path lookup
         os.close(self.fd)
         self.fd = -1
@@ -87,9 +121,10 @@ class _OpenFile:
             self._abandon()
 
     def _abandon(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        for fd in (self.fd, self.direct_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.direct_fd = -1
         self.tmp.unlink(missing_ok=True)
 
 
@@ -122,8 +157,19 @@ class Downloader:
         self.progress = progress or NO_PROGRESS
         self.stats = DownloadStats()
         self._made_dirs: set[Path] = set()
+        # Folders this download created, empty when it did: a file in one cannot collide with
+        # anything but this download's own entries, so its final path needs no lstat.
+        self._fresh_dirs: set[Path] = set()
         self._open_files: set[_OpenFile] = set()
         self._lock = threading.Lock()
+        self._direct = True
+        self._umask = _process_umask()
+        # Temp names: one random part per download and a counter, not a getrandom(2) per file.
+        self._tmp_tag = secrets.token_hex(4)
+        self._serial = itertools.count()
+
+    def _tmp_name(self, folder: Path, name: str) -> Path:
+        return folder / f".{name}.datarun-{self._tmp_tag}-{next(self._serial)}"
 
     def _ensure_dir(self, dest: Path, rel_dir: str) -> Path:
         """Create ``dest/rel_dir`` refusing to traverse symlinks, so an existing link in the
@@ -141,6 +187,7 @@ class Downloader:
             except FileNotFoundError:
                 try:
                     current.mkdir(mode=0o755)
+                    self._fresh_dirs.add(current)
                 except FileExistsError:
                     pass
                 except OSError as err:
@@ -156,19 +203,49 @@ class Downloader:
         return target
 
     def _run_unit(self, pieces: list[_Piece]) -> None:
-        with KernelCopier(self.blobs) as copier:
-            placed = [(p, r, off) for p in pieces for r, off in zip(p.refs, p.offsets(), strict=True)]
-            # Raw frames of a local pack go kernel-side; the rest is read, decoded and written here.
-            rest = [(p, r, off) for p, r, off in placed if not copier.copy(r, p.file.open(), off, p.file.entry.path)]
+        with LocalPacks(self.blobs) as packs:
+            rest: list[tuple[_Piece, ChunkRef, int]] = []
+            for piece in pieces:
+                piece.file.open()
+                if not self._write_assembled(piece, packs):
+                    rest += zip(itertools.repeat(piece), piece.refs, piece.offsets())
             datas = read_chunks(self.blobs, [r for _, r, _ in rest], [p.file.entry.path for p, _, _ in rest])
             for (piece, _, offset), data in zip(rest, datas, strict=True):
                 try:
-                    os.pwrite(piece.file.open(), data, offset)
+                    os.pwrite(piece.file.fd, data, offset)
                 except OSError as err:
                     raise local_io_error(err, piece.file.final, "write") from None
         for piece in pieces:
             piece.file.progress.relative_update(sum(r.size for r in piece.refs))
             self._piece_done(piece.file)
+
+    def _write_assembled(self, piece: _Piece, packs: LocalPacks) -> bool:
+        """Write a piece of a large file from one aligned buffer, its whole blocks direct; False
+        (nothing written) for a piece that goes the buffered way."""
+        handle = piece.file
+        length = sum(r.size for r in piece.refs)
+        if handle.direct_fd < 0 or not self._direct or not piece.refs or length > direct.DIRECT_MAX_UNIT:
+            return False
+        head = piece.offset % direct.ALIGN
+        buffer = direct.unit_buffer(head + length)
+        owner = handle.entry.path
+        fetch: list[tuple[ChunkRef, memoryview]] = []
+        at = head
+        for ref in piece.refs:
+            target = buffer[at : at + ref.size]
+            if not packs.read_into(ref, target, owner):
+                fetch.append((ref, target))
+            at += ref.size
+        if fetch:
+            datas = read_chunks(self.blobs, [r for r, _ in fetch], [owner] * len(fetch))
+            for (_, target), data in zip(fetch, datas, strict=True):
+                target[:] = data
+        try:
+            if not direct.write_span(handle.direct_fd, handle.fd, buffer, head, piece.offset, length):
+                self._direct = False  # refused once: the rest of this download writes buffered
+        except OSError as err:
+            raise local_io_error(err, handle.final, "write") from None
+        return True
 
     def _piece_done(self, handle: _OpenFile) -> None:
         with handle.lock:
@@ -198,13 +275,15 @@ class Downloader:
             if entry.kind == SYMLINK:
                 if _is_link_or_folder(final):
                     raise ConflictError(f"`{final}` exists as a link or folder; remove it or download elsewhere")
-                tmp = folder / f".{name}.datarun-{secrets.token_hex(4)}"
+                tmp = self._tmp_name(folder, name)
                 os.symlink(entry.target, tmp)
                 os.replace(tmp, final)
                 continue
             bar = self.progress.branched(entry.path, str(final))
             bar.set_size(entry.size)
-            handle = _OpenFile(entry, final, bar)
+            handle = _OpenFile(
+                entry, final, self._tmp_name(folder, name), bar, folder not in self._fresh_dirs, self._umask
+            )
             with self._lock:
                 self._open_files.add(handle)
             runs = _units_of(entry) or [[]]  # an empty file still gets one piece, which completes it
@@ -216,6 +295,9 @@ class Downloader:
 
     def download(self, entries: Iterator[FileEntry], dest: Path) -> None:
         dest.mkdir(parents=True, exist_ok=True)
+        with os.scandir(dest) as listing:
+            if next(listing, None) is None:
+                self._fresh_dirs.add(dest)
         folders: list[FileEntry] = []
         units = batched(self._pieces(entries, dest, folders), UNIT_BYTES, lambda p: p.stored, UNIT_FILES)
         try:

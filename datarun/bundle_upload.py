@@ -37,7 +37,7 @@ from datarun.store import ObjectStore
 if TYPE_CHECKING:
     from datarun.cas.index import ChunkIndex
 from datarun.transfer.snapshot import TreeCache, TreeFingerprint, TreeRecord
-from datarun.transfer.upload import UploadStats
+from datarun.transfer.stats import UploadStats
 
 SPOOL_MAX_AGE = 6 * 3600.0
 

@@ -8,7 +8,6 @@ file (``DATARUN_CONFIG`` or ``~/.datarun/config.yaml``), then the embedded defau
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -129,4 +128,4 @@ def default_author(config: Config) -> tuple[str, str]:
 
 
 def hostname() -> str:
-    return socket.gethostname()
+    return os.uname().nodename

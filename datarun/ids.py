@@ -8,8 +8,8 @@ bundles oldest-first without reading them, even for several uploads in one secon
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import time
 
 _EPOCH = 1_400_000_000
@@ -26,9 +26,7 @@ def new_ksuid(now: float | None = None, tail: bytes | None = None) -> str:
     micros = int((stamp - int(stamp)) * 1_000_000)
     if tail is not None and len(tail) != 13:
         raise ValueError("a KSUID tail is 13 bytes")
-    raw = (
-        seconds.to_bytes(4, "big") + micros.to_bytes(3, "big") + (tail if tail is not None else secrets.token_bytes(13))
-    )
+    raw = seconds.to_bytes(4, "big") + micros.to_bytes(3, "big") + (tail if tail is not None else os.urandom(13))
     number = int.from_bytes(raw, "big")
     digits = []
     while number:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import secrets
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ class ManifestWriter:
 
     def __init__(self, spool_dir: Path) -> None:
         spool_dir.mkdir(parents=True, exist_ok=True)
-        self.path = spool_dir / f"manifest-{secrets.token_hex(8)}"
+        self.path = spool_dir / f"manifest-{os.urandom(8).hex()}"
         self._raw = self.path.open("wb")
         self._zstd = zstandard.ZstdCompressor(level=3).stream_writer(self._raw, closefd=False)
         self._hasher = blake3.blake3()

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 from datarun import config as cfg, labels
 from datarun.bundle_upload import UploadTarget, upload_bundle
-from datarun.cas.index import ChunkIndex
 from datarun.errors import (
     ConflictError,
     IntegrityError,
@@ -55,15 +54,11 @@ from datarun.progress import Callback
 from datarun.records import Records, dumps, now
 from datarun.results import DownloadResult, MountResult, UploadResult, VerifyReport
 from datarun.store import ObjectStore, open_store
-from datarun.transfer import (
-    DEFAULT_WORKERS,
-    Downloader,
-    stream_entry,
-    verify_entries,
-)
+from datarun.transfer.parallel import DEFAULT_WORKERS
 
 if TYPE_CHECKING:
     from datarun.cache import RunCache
+    from datarun.cas.index import ChunkIndex
     from datarun.mount.runner import MountOptions
     from datarun.ranged import RangedReader
     from datarun.runs import RunStore
@@ -213,6 +208,8 @@ class Client:
 
     def _chunk_index(self) -> ChunkIndex:
         if self._index is None:
+            from datarun.cas.index import ChunkIndex  # sqlite: only an upload that stores chunks needs it
+
             self._index = ChunkIndex(self.blobs, self.cache_dir / "index")
         return self._index
 
@@ -277,6 +274,8 @@ class Client:
             raise ConflictError(f"destination `{dest}` is not empty; pass --force to write into it")
         if progress is not None:
             progress.set_size(bundle.total_size)
+        from datarun.transfer.download import Downloader
+
         downloader = Downloader(self.blobs, self.workers, progress)
         downloader.download(self.list_files(bundle), dest)
         stats = downloader.stats
@@ -298,6 +297,8 @@ class Client:
         final = dest / entry.path
         if final.exists() and not force:
             raise ConflictError(f"`{final}` already exists; pass --force to overwrite it")
+        from datarun.transfer.download import Downloader
+
         Downloader(self.blobs, self.workers).download(iter([entry]), dest)
         return final
 
@@ -307,6 +308,8 @@ class Client:
         entry = self.find_file(bundle, path)
         if entry.kind != FILE:
             raise UsageError(f"`{path}` in bundle `{bundle.id}` is a {entry.kind}, not a file")
+        from datarun.transfer.download import stream_entry
+
         return stream_entry(self.blobs, entry, sink, self.workers)
 
     def read_chunks(self, entry: FileEntry, first: int, count: int) -> list[bytes | memoryview]:
@@ -332,6 +335,8 @@ class Client:
         if progress is not None:
             progress.set_size(bundle.total_size)
         try:
+            from datarun.transfer.download import verify_entries
+
             files, size, problems = verify_entries(self.blobs, self.list_files(bundle), self.workers, progress)
         except IntegrityError as err:
             return VerifyReport(bundle, 0, 0, [f"manifest: {err}"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from datarun.model import Bundle, Label
 from datarun.summary import TransferSummary
-from datarun.transfer import UploadStats
+from datarun.transfer.stats import UploadStats
 
 
 @dataclass(frozen=True)

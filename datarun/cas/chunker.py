@@ -7,19 +7,28 @@ them, and the local hash cache keys on it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import blake3
-from pyfastcdc import FastCDC
+
+if TYPE_CHECKING:
+    from pyfastcdc import FastCDC
 
 AVG_SIZE = 1 << 20
 MIN_SIZE = 256 << 10
 MAX_SIZE = 4 << 20
 CHUNKER_ID = "fastcdc2020/avg=1M/min=256K/max=4M/nc=1/seed=0"
 
-_cdc = FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE)
+
+@functools.cache
+def _cutter() -> FastCDC:
+    # Imported on first use: an unchanged re-upload, a download and a mount never cut a chunk.
+    from pyfastcdc import FastCDC
+
+    return FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE)
 
 
 _PARALLEL_HASH_FROM = 256 << 10
@@ -48,10 +57,10 @@ def iter_chunks(path: str | Path, size: int) -> Iterator[memoryview]:
                     yield memoryview(data)
                 return
             view = memoryview(data)
-            for chunk in _cdc.cut_buf(view):
+            for chunk in _cutter().cut_buf(view):
                 yield view[chunk.offset : chunk.offset + chunk.length]
             return
-        for chunk in _cdc.cut_stream(handle):
+        for chunk in _cutter().cut_stream(handle):
             yield chunk.data
 
 
@@ -61,5 +70,5 @@ def iter_stream_chunks(handle: BinaryIO) -> Iterator[memoryview]:
     Short reads are normal on a pipe; the chunker keeps reading until its buffer is full or
     the writer closes its end. Each view is valid only until the next one is requested.
     """
-    for chunk in _cdc.cut_stream(handle):
+    for chunk in _cutter().cut_stream(handle):
         yield chunk.data

@@ -12,7 +12,7 @@ written, so an upload killed half-way leaves packs that the next upload can dedu
 from __future__ import annotations
 
 import contextlib
-import secrets
+import os
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -127,12 +127,12 @@ class PackWriter:
         self._chunks = []
         if self._open_sink is not None:
             # The key must exist before the first block is staged, long before the table is known.
-            self._pack_id = secrets.token_hex(32)
+            self._pack_id = os.urandom(32).hex()
             self._sink = self._open_sink(self._pack_id)
             if self._sink is not None:
                 return
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        self._path = self.spool_dir / f"pack-{secrets.token_hex(8)}"
+        self._path = self.spool_dir / f"pack-{os.urandom(8).hex()}"
         self._handle = self._path.open("wb")
 
     def _add(

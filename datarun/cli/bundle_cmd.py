@@ -10,7 +10,6 @@ import click
 
 from datarun.cli.common import info, json_option, print_json, progress_bar, state, with_store
 from datarun.cli.lineage_cmd import allow_invalid_option, invalid_reasons, neighbours, refuse_invalid
-from datarun.cli.mount_cmd import mount
 from datarun.errors import IntegrityError, UsageError
 from datarun.model import FILE, BundleRef, FileEntry
 
@@ -48,7 +47,22 @@ def _entry_json(e: FileEntry) -> dict[str, Any]:
     return out
 
 
-@click.group()
+class _BundleGroup(click.Group):
+    """`bundle mount` is imported when asked for: the mount's options and helpers are not what
+    an upload or a download starts with."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "mount"})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "mount" and cmd_name not in self.commands:
+            from datarun.cli.mount_cmd import mount
+
+            self.add_command(mount)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_BundleGroup)
 def bundle() -> None:
     """Upload, list, download, diff and verify bundles."""
 
@@ -299,6 +313,3 @@ def get(repo: str, bundle_id: str | None, label: str | None, as_json: bool) -> N
             click.echo(f"{side[:-1] if side == 'parents' else 'child'}: {name} {n['title']}".rstrip())
     for reason in links["invalid_reasons"]:
         click.echo(f"INVALID: {reason}")
-
-
-bundle.add_command(mount)

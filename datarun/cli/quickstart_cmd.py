@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import filecmp
-import random
-import tempfile
 from pathlib import Path
 
 import click
@@ -14,6 +11,8 @@ from datarun.errors import ConflictError, IntegrityError
 
 
 def _sample(folder: Path) -> None:
+    import random  # here, not at the top: every CLI start imports this module
+
     rng = random.Random(7)  # noqa: S311 - sample data, not secrets
     (folder / "params.json").write_text('{"learning_rate": 0.01, "epochs": 3}\n')
     csv = folder / "data" / "measurements.csv"
@@ -25,6 +24,8 @@ def _sample(folder: Path) -> None:
 
 
 def _same_tree(a: Path, b: Path) -> bool:
+    import filecmp
+
     cmp = filecmp.dircmp(a, b)
     if cmp.left_only or cmp.right_only or cmp.diff_files or cmp.funny_files:
         return False
@@ -45,6 +46,8 @@ def quickstart(repo: str) -> None:
         say(f"1. created repo `{repo}`")
     except ConflictError:
         say(f"1. repo `{repo}` already exists; reusing it")
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="datarun-quickstart-") as tmp:
         src = Path(tmp) / "run-001"
         src.mkdir()

@@ -18,7 +18,7 @@ It imports nothing above the store and the manifest reader, because the commit p
 from __future__ import annotations
 
 import contextlib
-import socket
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -100,7 +100,7 @@ def commit_guard(
 ) -> Iterator[None]:
     """Run the body (the create of the bundle record) only if no collector can take its data."""
     key = gc_commit_key(bundle_id)
-    announce = {"format": 1, "repo": repo, "bundle": bundle_id, "manifest": manifest_id, "host": socket.gethostname()}
+    announce = {"format": 1, "repo": repo, "bundle": bundle_id, "manifest": manifest_id, "host": os.uname().nodename}
     meta.put_if_absent(key, orjson.dumps(announce))
     try:
         packs: set[str] | None = None

@@ -11,8 +11,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import secrets
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,11 +97,12 @@ class LocalStore(ObjectStore):
             with payload.open("rb+") as handle:
                 os.fsync(handle.fileno())
             return payload
-        tmp = staging / f"put-{secrets.token_hex(8)}"
+        tmp = staging / f"put-{os.urandom(8).hex()}"
         with tmp.open("wb") as out:
             if isinstance(payload, Path):
                 with payload.open("rb") as src:
-                    shutil.copyfileobj(src, out, 4 << 20)
+                    while block := src.read(4 << 20):
+                        out.write(block)
             else:
                 out.write(payload)
             out.flush()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import secrets
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from datarun.store import ObjectStore
 from datarun.transfer import direct
 from datarun.transfer.localfs import local_io_error
 from datarun.transfer.parallel import DEFAULT_WORKERS, batched, bounded_map, run_all
+from datarun.transfer.stats import DownloadStats
 
 UNIT_BYTES = 8 << 20  # stored bytes per download work unit
 UNIT_FILES = 512  # small files per download work unit
@@ -144,12 +144,6 @@ class _Piece:
         return out
 
 
-@dataclass
-class DownloadStats:
-    files: int = 0
-    bytes: int = 0
-
-
 class Downloader:
     def __init__(self, blobs: ObjectStore, workers: int = DEFAULT_WORKERS, progress: Callback | None = None) -> None:
         self.blobs = blobs
@@ -165,7 +159,7 @@ class Downloader:
         self._direct = True
         self._umask = _process_umask()
         # Temp names: one random part per download and a counter, not a getrandom(2) per file.
-        self._tmp_tag = secrets.token_hex(4)
+        self._tmp_tag = os.urandom(4).hex()
         self._serial = itertools.count()
 
     def _tmp_name(self, folder: Path, name: str) -> Path:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 import struct
 import time
@@ -144,7 +143,7 @@ class TreeCache:
         body = {"format": _FORMAT, "store": self._store_url, "root": self.root, **asdict(record)}
         with contextlib.suppress(OSError):  # a cache that cannot be written only costs speed
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}")
+            tmp = self.path.with_name(f".{self.path.name}.{os.urandom(4).hex()}")
             tmp.write_bytes(orjson.dumps(body))
             os.replace(tmp, self.path)
 

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 
@@ -39,24 +39,9 @@ from datarun.transfer.readahead import (
     compress_pool,
     fifo_chunks_with_digests,
 )
+from datarun.transfer.stats import UploadStats
 
 log = logging.getLogger("datarun.transfer")
-
-
-@dataclass
-class UploadStats:
-    files: int = 0
-    directories: int = 0
-    symlinks: int = 0
-    bytes_total: int = 0  # plaintext bytes in the bundle
-    bytes_read: int = 0  # bytes read from disk (zero for hash-cache hits)
-    chunks_new: int = 0
-    chunks_deduplicated: int = 0  # chunks the store or this upload already had
-    bytes_new: int = 0  # plaintext bytes of chunks the store did not have
-    bytes_stored: int = 0  # bytes written to packs (after compression)
-    packs: int = 0
-    skipped: list[str] = field(default_factory=list)  # sockets, fifos, devices
-    stat_only: bool = False  # the folder matched its last upload's stat record; no file was opened
 
 
 @dataclass(slots=True)

@@ -12,22 +12,24 @@ written, so an upload killed half-way leaves packs that the next upload can dedu
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import blake3
 
 from datarun.cas import compress
 from datarun.cas.chunker import digest
+from datarun.cas.directio import AlignedSpool
 from datarun.errors import IntegrityError, StoreError
 from datarun.model import ChunkRef
 from datarun.store.base import ObjectSink
 
 PACK_TARGET_SIZE = 32 << 20
+SPOOL_BUFFER = 8 << 20  # bytes gathered before a spool write: whole blocks, written around the page cache
 
 _SEGMENT_MAGIC = b"DRIX"
 _SEGMENT_VERSION = 1
@@ -98,7 +100,8 @@ class PackWriter:
         self.target_size = target_size
         self._open_sink = open_sink
         self._path: Path | None = None
-        self._handle: BinaryIO | None = None
+        self._handle: AlignedSpool | None = None
+        self._spool_buffer: mmap.mmap | None = None  # reused by every pack of this writer
         self._sink: ObjectSink | None = None
         self._pack_id = ""
         self._size = 0
@@ -133,7 +136,9 @@ class PackWriter:
                 return
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self._path = self.spool_dir / f"pack-{os.urandom(8).hex()}"
-        self._handle = self._path.open("wb")
+        if self._spool_buffer is None:
+            self._spool_buffer = mmap.mmap(-1, SPOOL_BUFFER)
+        self._handle = AlignedSpool(self._path, self._spool_buffer)
 
     def _add(
         self, chunk_digest: bytes, chunk: memoryview, encoded: tuple[bytes | memoryview, bool] | None

@@ -19,13 +19,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from datarun.cas import directio as direct
 from datarun.cas.localpacks import LocalPacks
 from datarun.cas.reader import read_chunk, read_chunks
 from datarun.errors import ConflictError, IntegrityError, LocalIOError, UnsafePathError
 from datarun.model import DIRECTORY, FILE, SYMLINK, ChunkRef, FileEntry
 from datarun.progress import NO_PROGRESS, Callback
 from datarun.store import ObjectStore
-from datarun.transfer import direct
 from datarun.transfer.localfs import local_io_error
 from datarun.transfer.parallel import DEFAULT_WORKERS, batched, bounded_map, run_all
 from datarun.transfer.stats import DownloadStats

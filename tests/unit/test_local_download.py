@@ -14,7 +14,7 @@ import pytest
 from datarun.errors import IntegrityError
 from datarun.repo import Client
 from datarun.store import LocalStore
-from datarun.transfer import direct
+from datarun.cas import directio as direct
 
 
 def _client(tmp_path: Path) -> tuple[Client, Path, str]:
@@ -77,7 +77,9 @@ def test_large_files_go_direct_and_everything_comes_back_exactly(
     _same_tree(src, tmp_path / "out")
     assert result.files == 45
     big = sum(p.stat().st_size for p in src.rglob("*") if p.stat().st_size >= direct.DIRECT_FROM)
-    assert big - 64 * direct.ALIGN <= sum(written) <= big, "the large files' whole blocks went direct, compressed ones too"
+    assert big - 64 * direct.ALIGN <= sum(written) <= big, (
+        "the large files' whole blocks went direct, compressed ones too"
+    )
     assert not list((tmp_path / "out").rglob(".*datarun-*")), "no temp file is left behind"
 
 

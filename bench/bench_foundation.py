@@ -44,6 +44,9 @@ def sh(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = Non
 
 
 def timed(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> tuple[float, str]:
+    # The previous step's dirty pages are written back first, so that no step pays for another's
+    # writeback (DVC does not fsync, and its gigabyte would otherwise land in datarun's timing).
+    os.sync()
     start = time.perf_counter()
     out = sh(cmd, cwd, env)
     return time.perf_counter() - start, out
@@ -136,7 +139,26 @@ def one_run(work: Path, args: argparse.Namespace) -> tuple[list[Row], str]:
         "< 0.25 s and >= 10x faster, 0 new chunk bytes",
         dr_re < 0.25 and dr_up / dr_re >= 10 and new_bytes == 0,
     )
-    # -- dvc add + push, after datarun's re-upload: DVC re-creates the files it tracks --------------------
+    # -- downloads, datarun's and cp's before any DVC step: `dvc add` deletes the 5,000 files it
+    # replaces by links or copies, and every create after it pays for them (see `main`).
+    cold = work / "dr-download-cold"
+    dr_cold, _ = timed(
+        [*dr, "bundle", "download", "--repo", "bench", "--bundle", bundle, "--destination", str(cold)], env=env
+    )
+    # datarun writes local packs around the page cache, so they were cold above; DVC's remote
+    # went through the page cache and is warm for its pull. Read the packs once so that both
+    # downloads start from a warm source, as every step here does.
+    for pack in (work / "dr-store" / "packs").rglob("*"):
+        if pack.is_file():
+            with pack.open("rb") as handle:
+                while handle.read(8 << 20):
+                    pass
+    dest = work / "dr-download"
+    dr_down, _ = timed(
+        [*dr, "bundle", "download", "--repo", "bench", "--bundle", bundle, "--destination", str(dest)], env=env
+    )
+    cp_down, _ = timed(["cp", "-r", str(work / "cp-copy"), str(work / "cp-back")])
+    # -- dvc add + push, then pull into an empty cache and workspace --------------------------
     dvc = str(ensure_dvc())
     dvc_env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
     sh(["git", "init", "-q"], project)
@@ -147,6 +169,10 @@ def one_run(work: Path, args: argparse.Namespace) -> tuple[list[Row], str]:
     dvc_add, _ = timed([dvc, "add", "-q", "data"], project, dvc_env)
     dvc_push, _ = timed([dvc, "push", "-q"], project, dvc_env)
     dvc_version = sh([dvc, "--version"], project, dvc_env).strip()
+    # Moved aside, not deleted: see `main` on what deleting does to the next creates.
+    os.rename(project / ".dvc" / "cache", work / "dvc-cache-before-pull")
+    os.rename(data, work / "data-before-pull")
+    dvc_pull, _ = timed([dvc, "pull", "-q"], project, dvc_env)
     rows.append(
         Row(
             "first upload (s)",
@@ -159,16 +185,6 @@ def one_run(work: Path, args: argparse.Namespace) -> tuple[list[Row], str]:
         )
     )
     rows.append(Row("first upload (s)", dr_up, "cp -r + sync", cp_up, cp_up / dr_up, "reference", True))
-    # -- downloads ---------------------------------------------------------------------------
-    dest = work / "dr-download"
-    dr_down, _ = timed(
-        [*dr, "bundle", "download", "--repo", "bench", "--bundle", bundle, "--destination", str(dest)], env=env
-    )
-    # Moved aside, not deleted: see `main` on what deleting does to the next creates.
-    os.rename(project / ".dvc" / "cache", work / "dvc-cache-before-pull")
-    os.rename(data, work / "data-before-pull")
-    dvc_pull, _ = timed([dvc, "pull", "-q"], project, dvc_env)
-    cp_down, _ = timed(["cp", "-r", str(work / "cp-copy"), str(work / "cp-back")])
     rows.append(
         Row(
             "download, empty target (s)",
@@ -181,11 +197,11 @@ def one_run(work: Path, args: argparse.Namespace) -> tuple[list[Row], str]:
         )
     )
     rows.append(Row("download, empty target (s)", dr_down, "cp -r", cp_down, cp_down / dr_down, "reference", True))
-    same = (
-        sh(["diff", "-r", "-q", str(dest), str(data)])
-        == ""
-        == sh(["diff", "-r", "-q", str(dest), str(work / "data-before-pull")])
+    rows.append(
+        Row("download, store packs cold (s)", dr_cold, "dvc pull, empty cache", dvc_pull, dvc_pull / dr_cold, "-", True)
     )
+    original = work / "data-before-pull"
+    same = all(sh(["diff", "-r", "-q", str(d), str(o)]) == "" for d in (dest, cold) for o in (data, original))
     rows.append(reupload)
     # -- memory ------------------------------------------------------------------------------
     one = work / "one-gib"
@@ -231,6 +247,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="500 files + 2 x 16 MiB, for a smoke run")
     parser.add_argument("--runs", type=int, default=3, help="rounds in this invocation (default 3); a bar counts all")
+    parser.add_argument(
+        "--settle", type=float, default=None, help="seconds to wait after a sync before the first round (default 361)"
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--datarun", default=str(ROOT / ".venv" / "bin" / "datarun"))
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
@@ -244,11 +263,26 @@ def main() -> int:
     # download's samples there, and `cp -r` of the same tree took 2.9-3.4 s, against 1.5-1.6 s without.
     # Deleting between steps would time that backlog, not the tools, and whichever tool came
     # right after a delete (dvc pull, after its cache was removed) would pay it.
+    # For the same reason each round waits six minutes after a `sync`: the inodes freed
+    # before (an earlier invocation's clean-up, a test run) are then older than the 360 s the
+    # allocator skips while their table blocks are dirty, as every create in a block makes them.
+    # With 61 s a round right after another invocation still spent 31% of a download's samples
+    # there. Nothing else may delete files meanwhile.
+    settle = args.settle if args.settle is not None else (0 if args.small else 361)
+    if settle:
+        print(f"# sync, then {settle:.0f} s for the inodes freed before this run to age out", file=sys.stderr)
+        os.sync()
+        time.sleep(settle)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="datarun-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     rounds: list[list[Row]] = []
     try:
         for n in range(args.runs):
+            if n and settle:
+                # The previous round's DVC steps deleted files: let those age out too.
+                print(f"# sync, then {settle:.0f} s before round {n + 1}", file=sys.stderr)
+                os.sync()
+                time.sleep(settle)
             rows, summary = one_run(root / f"run{n + 1}", args)
             rounds.append(rows)
             print(f"\n## run {n + 1} of {args.runs}\n\n{summary}\n")

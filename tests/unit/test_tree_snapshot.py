@@ -175,3 +175,34 @@ def test_the_record_is_not_reused_for_another_store_or_after_the_manifest_is_gon
     again = _upload(client, src)
     assert not _stat_only(again)
     assert _contents(client, again)["a.txt"] == b"alpha\n" * 100
+
+
+def test_the_batched_walk_folds_exactly_what_the_upload_walk_folds(tmp_path: Path) -> None:
+    """The re-upload's check (TreeFingerprint.walk) and the upload's own walk (walk_tree, add per
+    entry) must agree on every kind of entry, or an unchanged folder would never be skipped."""
+    from datarun.transfer.localfs import walk_tree
+    from datarun.transfer.snapshot import TreeFingerprint
+
+    root = tmp_path / "tree"
+    for i in range(30):
+        folder = root / f"d{i % 3}" / f"e{i % 5}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f{i:03d}.bin").write_bytes(os.urandom(i * 10))
+    (root / "Zed").write_bytes(b"upper case sorts first")
+    (root / "ünïcode.txt").write_bytes(b"non-ascii name")
+    os.symlink("d0/e0/f000.bin", root / "inside")
+    os.symlink(str(tmp_path / "outside.txt"), root / "outside")
+    (tmp_path / "outside.txt").write_bytes(b"followed")
+    os.symlink("nowhere", root / "dangling")
+    os.mkfifo(root / "pipe")
+    (root / "empty-dir").mkdir()
+    per_entry = TreeFingerprint()
+    for rel, st, kind in walk_tree(root):
+        per_entry.add(str(root), rel, st, kind)
+    batched = TreeFingerprint()
+    batched.walk(str(root))
+    assert batched.hexdigest() == per_entry.hexdigest()
+    (root / "d1" / "e1" / "f006.bin").write_bytes(b"changed")
+    again = TreeFingerprint()
+    again.walk(str(root))
+    assert again.hexdigest() != per_entry.hexdigest(), "a rewritten file changes the digest"

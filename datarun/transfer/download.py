@@ -4,7 +4,7 @@ Download streams the manifest, cuts each file's chunks into work units of a few 
 files share one), fetches each unit with coalesced ranged reads (``cas/reader.py``), and
 ``pwrite``s into a temp file that is renamed into place once complete. A unit of a large file is
 assembled in an aligned buffer instead (raw frames of a local pack are read straight into it) and
-written around the page cache (``transfer/direct.py``). Streaming hands one file's bytes to a
+written around the page cache (``cas/directio.py``). Streaming hands one file's bytes to a
 consumer in order; verification reads everything and keeps only the verdict.
 """
 
@@ -90,7 +90,7 @@ class _OpenFile:
         """Create the temp file on first use, on a worker thread: on ext4 a create costs a few
         hundred microseconds of kernel time (the inode allocator's scan), which one thread
         walking the manifest would otherwise pay for every file in a row. A large file gets its
-        full size at once and a second, direct descriptor (``transfer/direct.py``)."""
+        full size at once and a second, direct descriptor (``cas/directio.py``)."""
         with self.lock:
             if self.fd < 0:
                 if self.check_final and _is_link_or_folder(self.final):

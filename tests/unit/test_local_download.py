@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from datarun.cas import directio as direct
 from datarun.errors import IntegrityError
 from datarun.repo import Client
 from datarun.store import LocalStore
-from datarun.cas import directio as direct
 
 
 def _client(tmp_path: Path) -> tuple[Client, Path, str]:

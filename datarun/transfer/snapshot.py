@@ -68,19 +68,7 @@ class TreeFingerprint:
         # walk itself, and a symlink is never rewritten in place (its target is hashed in).
         if code == 1 and st.st_mtime_ns >= self.started_ns - RACY_NS:
             self.racy = True
-        self._hash.update(
-            _ENTRY.pack(
-                code,
-                stat.S_IMODE(st.st_mode),
-                st.st_dev,
-                st.st_ino,
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
-                len(name),
-            )
-            + name
-        )
+        self._hash.update(_entry_bytes(code, st, name))
 
     def walk(self, root: str) -> None:
         """Fold the whole tree at ``root``: the entries ``walk_tree`` yields, in its order, each
@@ -88,7 +76,6 @@ class TreeFingerprint:
         entry. An unchanged re-upload is this walk and little else, so its cost is the cost of
         "nothing changed"."""
         parts: list[bytes] = []
-        pack = _ENTRY.pack
         young = self.started_ns - RACY_NS
 
         def visit(folder: str, rel: str) -> None:
@@ -113,19 +100,7 @@ class TreeFingerprint:
                 if code == 1 and st.st_mtime_ns >= young:
                     self.racy = True
                 name = path.encode("utf-8", "surrogateescape")
-                parts.append(
-                    pack(
-                        code,
-                        stat.S_IMODE(mode),
-                        st.st_dev,
-                        st.st_ino,
-                        st.st_size,
-                        st.st_mtime_ns,
-                        st.st_ctime_ns,
-                        len(name),
-                    )
-                    + name
-                )
+                parts.append(_entry_bytes(code, st, name))
                 if len(parts) >= 4096:
                     self._hash.update(b"".join(parts))
                     parts.clear()
@@ -137,6 +112,16 @@ class TreeFingerprint:
 
     def hexdigest(self) -> str:
         return str(self._hash.hexdigest())
+
+
+def _entry_bytes(code: int, st: os.stat_result, name: bytes) -> bytes:
+    """One entry as the tree digest folds it: the one definition both walks use."""
+    return (
+        _ENTRY.pack(
+            code, stat.S_IMODE(st.st_mode), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, len(name)
+        )
+        + name
+    )
 
 
 def _entry_name(entry: os.DirEntry[str]) -> str:

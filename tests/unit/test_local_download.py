@@ -15,6 +15,7 @@ from datarun.cas import directio as direct
 from datarun.errors import IntegrityError
 from datarun.repo import Client
 from datarun.store import LocalStore
+from tests.unit.directwrites import count_direct_bytes, refuse_direct_writes
 
 
 def _client(tmp_path: Path) -> tuple[Client, Path, str]:
@@ -45,34 +46,11 @@ def _same_tree(a: Path, b: Path) -> None:
             assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
-def _count_direct(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count the bytes that go through O_DIRECT descriptors (the real writes still happen)."""
-    real_open, real_pwrite = direct.open_direct, os.pwrite
-    direct_fds: set[int] = set()
-    written: list[int] = []
-
-    def opened(path: str | os.PathLike[str]) -> int:
-        fd = real_open(path)
-        direct_fds.add(fd)
-        return fd
-
-    def pwrite(fd: int, data: memoryview | bytes, offset: int) -> int:
-        n = real_pwrite(fd, data, offset)
-        if fd in direct_fds:
-            assert offset % direct.ALIGN == 0 and n % direct.ALIGN == 0, "direct writes are whole aligned blocks"
-            written.append(n)
-        return n
-
-    monkeypatch.setattr(direct, "open_direct", opened)
-    monkeypatch.setattr(os, "pwrite", pwrite)
-    return written
-
-
 def test_large_files_go_direct_and_everything_comes_back_exactly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, src, bundle_id = _client(tmp_path)
-    written = _count_direct(monkeypatch)
+    written = count_direct_bytes(monkeypatch)
     result = client.download(client.get_bundle("r", bundle_id), tmp_path / "out")
     _same_tree(src, tmp_path / "out")
     assert result.files == 45
@@ -148,23 +126,7 @@ def test_a_filesystem_that_refuses_direct_writes_gets_buffered_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, src, bundle_id = _client(tmp_path)
-    real_open, real_pwrite = direct.open_direct, os.pwrite
-    direct_fds: set[int] = set()
-    refused: list[int] = []
-
-    def opened(path: str | os.PathLike[str]) -> int:
-        fd = real_open(path)
-        direct_fds.add(fd)
-        return fd
-
-    def pwrite(fd: int, data: memoryview | bytes, offset: int) -> int:
-        if fd in direct_fds:
-            refused.append(offset)
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_pwrite(fd, data, offset)
-
-    monkeypatch.setattr(direct, "open_direct", opened)
-    monkeypatch.setattr(os, "pwrite", pwrite)
+    refused = refuse_direct_writes(monkeypatch)
     client.download(client.get_bundle("r", bundle_id), tmp_path / "out")
     _same_tree(src, tmp_path / "out")
     assert refused, "a direct write was tried"

@@ -40,12 +40,33 @@ STALE_AFTER = 3600.0
 record: compaction drops it. A live commit writes its record seconds after its tail entry."""
 _FORMAT = 1
 _ROW = ("id", "created", "message")
-"""What the base keeps of each record: what `bundle list` prints. Whole records (provenance and
-all) made a base of ~770 bytes per bundle, and decoding it the larger part of a listing."""
+"""What the base keeps of each record for `bundle list`. Whole records (provenance and all) made
+a base of ~770 bytes per bundle, and decoding it the larger part of a listing."""
 
 
-def _row(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: record[k] for k in _ROW if k in record}
+LINKS = "links"
+"""The row's lineage edges: ``{"run": id, "inputs": [[repo, bundle], ...]}``, each part only when
+not empty. With them the lineage graph follows a repo's bundles from the listing alone, with no
+GET per bundle (FORMAT.md §17). A row without the key was written before it existed: its record is read."""
+
+
+def links_of(record: dict[str, Any]) -> dict[str, Any]:
+    prov = record.get("provenance") or {}
+    links: dict[str, Any] = {}
+    run = (prov.get("run") or {}).get("run_id") or ""
+    if run:
+        links["run"] = str(run)
+    inputs = [[str(p["repo"]), str(p["bundle"])] for p in prov.get("inputs") or []]
+    if inputs:
+        links["inputs"] = inputs
+    return links
+
+
+def row_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The base's row for a bundle record."""
+    row = {k: record[k] for k in _ROW if k in record}
+    row[LINKS] = links_of(record)
+    return row
 
 
 def _folder(repo: str) -> str:
@@ -95,7 +116,7 @@ class BundleListing:
         fresh = [i for i in seen.tail if i not in base]
         found = self._records(fresh)
         records = {i: r for i, r in base.items() if i not in seen.gone}
-        records.update((i, _row(r)) for i, r in found.items() if i not in seen.gone)
+        records.update((i, row_of(r)) for i, r in found.items() if i not in seen.gone)
         body = dumps(
             {
                 "format": _FORMAT,
@@ -127,8 +148,15 @@ class BundleListing:
             return None
         records = {i: r for i, r in seen.base.items() if i not in seen.gone}
         missing = [i for i in seen.tail if i not in records and i not in seen.gone]
-        records.update((i, _row(r)) for i, r in self._records(missing).items())
+        records.update((i, row_of(r)) for i, r in self._records(missing).items())
         return [records[i] for i in sorted(records)]
+
+    def follow(self) -> tuple[dict[str, dict[str, Any]] | None, tuple[str, ...]]:
+        """For a follower that keeps its own copy (the lineage graph): the base's rows by id (None
+        without a usable base) and the ids of the tail entries, whose records it reads itself,
+        and only those it has not seen. One GET and one LIST; deletes are not reported."""
+        seen = self._look()
+        return seen.base, seen.tail
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -182,7 +210,7 @@ class BundleListing:
         """Every bundle record, one GET each: only to build a first base."""
         prefix = bundles_prefix(self.repo)
         ids = [i.key[len(prefix) :].removesuffix(".json") for i in self.meta.list(prefix)]
-        return {i: _row(r) for i, r in self._records([i for i in ids if is_ksuid(i)]).items()}
+        return {i: row_of(r) for i, r in self._records([i for i in ids if is_ksuid(i)]).items()}
 
 
 def _age_from(bundle_id: str) -> float:

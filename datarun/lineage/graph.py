@@ -18,12 +18,17 @@ from typing import Any
 import orjson
 
 from datarun.catalog import Index
+from datarun.errors import ObjectNotFound
+from datarun.layout import REPOS_PREFIX, bundle_key, bundles_prefix, repo_key
 from datarun.lineage.layout import DONE, EVENTS, MARKS, RECORDS, NodeId, loads
 from datarun.lineage.queries import GraphQueries
-from datarun.lineage.rows import LineageSync, bundle_rows, record_rows, run_rows
+from datarun.lineage.rows import LineageSync, bundle_rows, listed_bundle_rows, record_rows, run_rows
+from datarun.listing import LINKS, LISTINGS_PREFIX, BundleListing
+from datarun.records import decode
 from datarun.store.base import ObjectStore
 
 _BUNDLE_RE = re.compile(r"^repos/([^/]+)/bundles/([0-9A-Za-z]{27})\.json$")
+_Rows = dict[str, tuple[str, dict[str, Any]]]  # bundle key -> (repo, its row in the repo's listing)
 _DDL = """
 CREATE TABLE IF NOT EXISTS lineage_nodes (node TEXT PRIMARY KEY, type TEXT NOT NULL, repo TEXT NOT NULL,
     ident TEXT NOT NULL, kind TEXT NOT NULL, title TEXT NOT NULL, doc TEXT NOT NULL);
@@ -94,14 +99,33 @@ class Graph(GraphQueries):
         seen = {str(k): int(v) for k, v in cur.fetchall()}
         listed = 0
         todo: list[str] = []
-        for prefix in (EVENTS, DONE) if invalidations_only else ("repos/", RECORDS, EVENTS, DONE):
+        # Bundles are followed through each repo's listing index (one GET and one LIST a repo,
+        # rows that carry their edges): listing `repos/` would cost a page per 5,000 keys of the
+        # whole store on every sync. A new graph lists `repos/` once, for bundles no listing
+        # holds (a store older than the index).
+        scan_repos = not invalidations_only and stored != store.url
+        prefixes = (
+            (EVENTS, DONE)
+            if invalidations_only
+            else ((REPOS_PREFIX,) if scan_repos else ())
+            + (
+                RECORDS,
+                EVENTS,
+                DONE,
+            )
+        )
+        for prefix in prefixes:
             for info in store.list(prefix):
                 listed += 1
                 if info.key in seen:
                     continue
-                if prefix == "repos/" and not _BUNDLE_RE.match(info.key):
+                if prefix == REPOS_PREFIX and not _BUNDLE_RE.match(info.key):
                     continue
                 todo.append(info.key)
+        from_rows: _Rows = {}
+        if not invalidations_only:
+            listed += self._follow_listings(store, seen, todo, from_rows)
+            todo = [k for k in todo if k not in from_rows]
         cur.execute("SELECT id FROM lineage_events WHERE done = 0")
         open_events = [str(r[0]) for r in cur.fetchall()]
         done_now = {key[len(DONE) : -len(".json")] for key in todo if key.startswith(DONE)}
@@ -114,11 +138,13 @@ class Graph(GraphQueries):
                     mark_keys.append(info.key)
         todo = [k for k in todo if not k.startswith(DONE)] + mark_keys
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            bodies = list(pool.map(lambda key: (key, store.read(key)[0]), todo))
+            bodies = [(k, raw) for k, raw in pool.map(lambda key: (key, _read_present(store, key)), todo) if raw]
         nodes: list[tuple[str, str, str, str, str, str, str]] = []
         edges: list[tuple[str, str, str]] = []
         events: list[tuple[str, str, str, str, int, str]] = []
         marks: list[tuple[str, str]] = []
+        for repo, row in from_rows.values():
+            listed_bundle_rows(repo, row, nodes, edges, self._upsert_node)
         for key, raw in bodies:
             doc = loads(key, raw)
             if key.startswith(RECORDS):
@@ -164,7 +190,7 @@ class Graph(GraphQueries):
             # Marks are re-listed until the cascade's done marker is seen; after that, never again.
             self._many(wcur, f"UPDATE lineage_events SET done = 1 WHERE id = {ph(1)}", [(e,) for e in done_now])
             self._inherit(wcur, edges, sorted(done_now))
-            seen_rows = [(k, 0) for k in todo]
+            seen_rows = [(k, 0) for k, _ in bodies] + [(k, 0) for k in from_rows]
             seen_rows += [(f"runs/{d['id']}", int(d["version"])) for d in runs]
             self._many(
                 wcur,
@@ -179,6 +205,46 @@ class Graph(GraphQueries):
                     {"p0": store.url},
                 )
         return LineageSync(listed, len(bodies) + len(runs), time.monotonic() - began)
+
+    def _follow_listings(self, store: ObjectStore, seen: dict[str, int], todo: list[str], from_rows: _Rows) -> int:
+        """Add each repo's bundles that the graph has not seen: from the listing's rows when they
+        carry their edges, else (an older row, a tail entry, a repo without a base) as record
+        keys to read. Returns how many keys were listed."""
+        listed = 0
+        repos: set[str] = set()
+        for info in store.list(LISTINGS_PREFIX):
+            listed += 1
+            repos.add(info.key[len(LISTINGS_PREFIX) :].partition("/")[0])
+        queued = set(todo)
+
+        def want(key: str) -> None:
+            if key not in seen and key not in queued and key not in from_rows:
+                queued.add(key)
+                todo.append(key)
+
+        for repo in sorted(repos):
+            try:
+                created = str(decode(repo_key(repo), store.read(repo_key(repo))[0])["created"])
+            except ObjectNotFound:
+                continue  # a deleted repo leaves its listing behind (FORMAT.md §17)
+            base, tail = BundleListing(store, repo, created).follow()
+            if base is None:
+                for info in store.list(bundles_prefix(repo)):
+                    listed += 1
+                    if _BUNDLE_RE.match(info.key):
+                        want(info.key)
+                continue
+            for bundle_id, row in base.items():
+                key = bundle_key(repo, bundle_id)
+                if key in seen:
+                    continue
+                if isinstance(row.get(LINKS), dict):
+                    from_rows[key] = (repo, row)
+                else:
+                    want(key)
+            for bundle_id in tail:
+                want(bundle_key(repo, bundle_id))
+        return listed
 
     def _inherit(self, cur: Any, edges: Sequence[tuple[str, str, str]], finished: Sequence[str]) -> None:
         """Extend finished invalidations to the nodes made after them.
@@ -266,3 +332,12 @@ class Graph(GraphQueries):
         if mark:
             self.sync(store)
         return mark
+
+
+def _read_present(store: ObjectStore, key: str) -> bytes:
+    """The object's bytes, or b"" when it is gone: a tail entry's commit that has not landed (or
+    died), a bundle deleted between the listing and the read. Only what was read is marked seen."""
+    try:
+        return store.read(key)[0]
+    except ObjectNotFound:
+        return b""

@@ -82,19 +82,41 @@ class LineageSync:
 
 
 def bundle_rows(doc: dict[str, Any], nodes: list[Any], edges: list[Any], upsert: Any) -> None:
-    me = bundle_node(str(doc["repo"]), str(doc["id"]))
-    upsert(nodes, me, title=str(doc.get("message", "")), doc={"created": doc.get("created", "")})
+    """A bundle record's node and edges."""
     prov = doc.get("provenance") or {}
-    run = (prov.get("run") or {}).get("run_id") or ""
-    for parent in prov.get("inputs") or []:
-        src = bundle_node(str(parent["repo"]), str(parent["bundle"]))
+    run = str((prov.get("run") or {}).get("run_id") or "")
+    inputs = [(str(p["repo"]), str(p["bundle"])) for p in prov.get("inputs") or []]
+    _bundle(str(doc["repo"]), doc, run, inputs, nodes, edges, upsert)
+
+
+def listed_bundle_rows(repo: str, row: dict[str, Any], nodes: list[Any], edges: list[Any], upsert: Any) -> None:
+    """The same node and edges from the bundle's row in its repo's listing (FORMAT.md §17), which
+    carries the record's run and inputs, so that following a repo costs no GET per bundle."""
+    links = row["links"]
+    inputs = [(str(r), str(b)) for r, b in links.get("inputs", ())]
+    _bundle(repo, row, str(links.get("run", "")), inputs, nodes, edges, upsert)
+
+
+def _bundle(
+    repo: str,
+    doc: dict[str, Any],
+    run: str,
+    inputs: list[tuple[str, str]],
+    nodes: list[Any],
+    edges: list[Any],
+    upsert: Any,
+) -> None:
+    me = bundle_node(repo, str(doc["id"]))
+    upsert(nodes, me, title=str(doc.get("message", "")), doc={"created": doc.get("created", "")})
+    for parent_repo, parent_bundle in inputs:
+        src = bundle_node(parent_repo, parent_bundle)
         upsert(nodes, src)
         if run:
             edges.append((src.key, f"run/{run}", "read"))
         else:
             edges.append((src.key, me.key, "derived-from"))
     if run:
-        upsert(nodes, NodeId("run", str(run)))
+        upsert(nodes, NodeId("run", run))
         edges.append((f"run/{run}", me.key, "wrote"))
 
 

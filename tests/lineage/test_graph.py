@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from datarun.catalog import Index
+from datarun.ids import new_ksuid
+from datarun.layout import bundle_key
 from datarun.lineage import Graph, NodeId, bundle_node
+from datarun.listing import BundleListing
 from datarun.model import BundleRef
+from datarun.records import dumps
+from datarun.store import ObjectInfo
 from datarun.store.base import ObjectStore
 from tests.lineage.conftest import World
+from tests.store.counting import CountingStore
 
 
 def _keys(walk: object) -> set[str]:
@@ -109,3 +115,65 @@ def test_closure_of_a_dag_with_many_path_lengths(index: Index) -> None:
     assert {x.node for x in down.nodes} == {f"record/s{i:05d}" for i in range(10, n)}
     up = graph.walk(NodeId("record", "s00007"), "ancestors", depth=None, budget=120.0)
     assert {x.node for x in up.nodes} == {f"record/s{i:05d}" for i in range(8)} | {"record/x"}
+
+
+class _ReadKeys(CountingStore):
+    """Counts like CountingStore and also remembers which keys were read."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        super().__init__(inner)
+        self.read_keys: list[str] = []
+
+    def read(self, key: str) -> tuple[bytes, ObjectInfo]:
+        self.read_keys.append(key)
+        return super().read(key)
+
+
+def test_sync_follows_the_listings_and_reads_no_record_a_row_carries(index: Index, world: World, graph: Graph) -> None:
+    """The whole store is listed once, by a new graph; after that each sync reads each repo's
+    listing (one GET, one LIST) and only the bundle records its rows do not carry: a tail entry's,
+    and not one whose commit has not landed yet."""
+    meta = world.client.meta
+    for repo in ("raw", "feat", "models"):
+        assert BundleListing(meta, repo, world.client.get_repo(repo).created).compact()
+    store = _ReadKeys(meta)
+    follower = Graph(index)
+    with index._write() as cur:  # a new graph: the tables and the store it followed, forgotten
+        for table in ("lineage_nodes", "lineage_edges", "lineage_seen"):
+            cur.execute(f"DELETE FROM {table}")
+        cur.execute("DELETE FROM index_meta WHERE key = 'lineage_store'")
+    follower.sync(store)
+    assert "repos/" in store.prefixes
+    assert not [k for k in store.read_keys if "/bundles/" in k], "every bundle's edges came from its listing row"
+    for node, direction in ((world.a, "descendants"), (world.x, "ancestors"), (world.lone, "descendants")):
+        built = follower.walk(node, direction)
+        full = graph.walk(node, direction)
+        assert _keys(built) == _keys(full)
+        assert {(e.src, e.dst, e.rel) for e in built.edges} == {(e.src, e.dst, e.rel) for e in full.edges}
+        assert {n.node: n.title for n in built.nodes} == {n.node: n.title for n in full.nodes}
+
+    from tests.lineage.conftest import _folder
+
+    n = world.client.upload(
+        "models", _folder(world.client.cache_dir.parent, "n2"), "model v3", inputs=(bundle_ref(world.m),)
+    ).bundle
+    pending = {**n.to_json(), "id": new_ksuid(), "message": "a commit under way"}
+    listing = BundleListing(meta, "models", world.client.get_repo("models").created)
+    listing.will_commit(pending)  # its tail entry, and no bundle record yet
+    store.prefixes.clear()
+    store.read_keys.clear()
+    follower.sync(store)
+    assert "repos/" not in store.prefixes, "a synced graph never lists the whole store again"
+    assert [k for k in store.read_keys if "/bundles/" in k] == [
+        bundle_key("models", n.id),
+        bundle_key("models", pending["id"]),
+    ]
+    down = _keys(follower.walk(world.a, "descendants"))
+    assert bundle_node("models", n.id).key in down
+    assert bundle_node("models", pending["id"]).key not in {n.node for n in follower.walk(world.m, "descendants").nodes}
+
+    meta.put(bundle_key("models", pending["id"]), dumps(pending))  # the commit lands
+    store.read_keys.clear()
+    follower.sync(store)
+    assert [k for k in store.read_keys if "/bundles/" in k] == [bundle_key("models", pending["id"])]
+    assert bundle_node("models", pending["id"]).key in _keys(follower.walk(world.m, "descendants"))

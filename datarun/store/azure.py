@@ -27,7 +27,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Unpack, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
+from xml.etree import ElementTree
 
 import requests
 from azure.core import MatchConditions
@@ -43,6 +44,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.core.pipeline.transport import RequestsTransport
+from azure.core.rest import HttpRequest
 from azure.storage.blob import BlobBlock, BlobClient, BlobServiceClient, ContainerClient
 from urllib3.util.retry import Retry
 
@@ -65,6 +67,7 @@ CREDENTIAL_VARS = (
 # Above this size a put is split into blocks uploaded in parallel; below it the SDK sends one
 # request and holds the body in memory, so this also caps the memory of a single put.
 SINGLE_PUT_MAX = 8 << 20
+LIST_PAGE = 5000  # the most List Blobs returns per request
 BLOCK_SIZE = 8 << 20  # fewer, larger blocks: measured 54 -> 76 MiB/s into Azurite, whose per-request cost dominates
 # Blocks of one blob in flight at once. The uploader already sends several packs in parallel
 # (4 by default), so 2 here makes 8 block requests in flight, as many as the raw-SDK peer in
@@ -171,6 +174,29 @@ def resolve_auth(env: Mapping[str, str] | None = None) -> AzureAuth:
 
 def _quoted(etag: str) -> str:
     return etag if etag.startswith('"') or etag == "*" else f'"{etag}"'
+
+
+def _parse_list_page(body: bytes) -> Page:
+    """A List Blobs response: ``<EnumerationResults><Blobs><Blob><Name>…<Properties>
+    <Content-Length>…<Etag>…`` and ``<NextMarker>``, empty on the last page."""
+    try:
+        # The body comes from the store the user configured, parsed as the SDK parses it (with
+        # ElementTree): expat 2.4+ refuses entity-expansion bombs, and no external entity is fetched.
+        root = ElementTree.fromstring(body)  # noqa: S314
+        items = []
+        for blob in root.iterfind("Blobs/Blob"):
+            name_el = blob.find("Name")
+            props = blob.find("Properties")
+            if name_el is None or props is None:
+                raise ValueError("a Blob without Name or Properties")
+            name = name_el.text or ""
+            if name_el.get("Encoded") == "true":  # a name with characters XML cannot carry
+                name = unquote(name)
+            size = int(props.findtext("Content-Length") or 0)
+            items.append(ObjectInfo(name, size, _unquoted(props.findtext("Etag"))))
+    except (ElementTree.ParseError, ValueError) as err:
+        raise StoreError(f"Azure sent a blob listing that datarun cannot read ({err}); retry, or report it") from None
+    return items, root.findtext("NextMarker") or None
 
 
 def _unquoted(etag: str | None) -> str:
@@ -390,7 +416,24 @@ class AzureStore(CloudStore):
 
     def _list_page(self, prefix: str, start_after: str | None, token: str | None) -> Page:
         # Azure has no portable "start after" (its marker is opaque): the base class filters.
-        pages = self._container.list_blobs(name_starts_with=prefix or None, results_per_page=5000).by_page(
+        # The page is requested through the SDK's pipeline (auth, timeouts, transport) but parsed
+        # here: the SDK's generic deserializer spends ~180 us of CPU per blob, ElementTree ~18 us,
+        # which is most of a listing of a big store (12,000 keys on Azurite: 3.2 s -> 1.25 s).
+        query = {"restype": "container", "comp": "list", "maxresults": str(LIST_PAGE)}
+        if prefix:
+            query["prefix"] = prefix
+        if token:
+            query["marker"] = token
+        request = HttpRequest(
+            "GET", self._container.url, params=query, headers={"x-ms-version": self._container.api_version}
+        )
+        response = self._container._client._send_request(request)
+        if response.status_code != 200:
+            return self._sdk_list_page(prefix, token)  # the SDK turns the failure into its typed error
+        return _parse_list_page(response.content)
+
+    def _sdk_list_page(self, prefix: str, token: str | None) -> Page:
+        pages = self._container.list_blobs(name_starts_with=prefix or None, results_per_page=LIST_PAGE).by_page(
             continuation_token=token
         )
         items = [ObjectInfo(p.name, int(p.size), _unquoted(p.etag)) for p in next(pages, [])]

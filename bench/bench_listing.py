@@ -91,6 +91,11 @@ def bench(name: str, url: str, env: dict[str, str], datarun: str, bundles: int, 
         ("label list", ["label", "list", "--repo", "big"], labels),
         ("bundle get --label", ["bundle", "get", "--repo", "big", "--label", "l00001"], None),
     ):
+        if what == "bundle get --label":
+            # The first `get` of a fresh client cache builds its lineage graph (one listing of
+            # `repos/`, the bundles' edges from the listing rows); every later one only follows it.
+            seconds, _ = timed([*dr, *args], env)
+            rows.append(f"| {name} | {what}, first (builds the lineage graph) | {seconds:.2f} | - | - | - |")
         runs = []
         for _ in range(3):
             seconds, out = timed([*dr, *args], env)
@@ -126,7 +131,7 @@ def main() -> int:
         print(f"# local: seeded in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         rows += bench("local", f"file://{work / 'local'}", env, args.datarun, args.bundles, args.labels)
     if args.only in (None, "azurite"):
-        server = Azurite(work / "azurite")
+        server = Azurite(work / "azurite", in_memory=True)  # see Azurite: its disk table does not scale
         server.start()
         try:
             bucket = server.new_bucket()

@@ -81,6 +81,16 @@ class _Seen:
     gone: frozenset[str]
 
 
+@dataclass(frozen=True, slots=True)
+class Followed:
+    """What ``BundleListing.follow`` saw."""
+
+    base: dict[str, dict[str, Any]] | None  # id -> row; None: unchanged, or no usable base
+    etag: str  # of the base
+    unchanged: bool  # the base still had the etag the follower knew: its rows were not read
+    tail: tuple[str, ...]
+
+
 class BundleListing:
     def __init__(self, meta: ObjectStore, repo: str, repo_created: str, workers: int = 16) -> None:
         self.meta = meta
@@ -151,12 +161,21 @@ class BundleListing:
         records.update((i, row_of(r)) for i, r in self._records(missing).items())
         return [records[i] for i in sorted(records)]
 
-    def follow(self) -> tuple[dict[str, dict[str, Any]] | None, tuple[str, ...]]:
-        """For a follower that keeps its own copy (the lineage graph): the base's rows by id (None
-        without a usable base) and the ids of the tail entries, whose records it reads itself,
-        and only those it has not seen. One GET and one LIST; deletes are not reported."""
+    def follow(self, known_etag: str = "") -> Followed:
+        """For a follower that keeps its own copy (the lineage graph): the base's rows, unless
+        the base still has ``known_etag`` (then one HEAD instead of a GET of the whole base), and
+        the ids of the tail entries, whose records it reads itself, and only those it has not
+        seen. Deletes are not reported."""
+        if known_etag:
+            try:
+                etag = self.meta.head(self._base_key).etag
+            except ObjectNotFound:
+                etag = ""
+            if etag == known_etag:
+                tail, _ = self._folder_entries()
+                return Followed(None, etag, True, tail)
         seen = self._look()
-        return seen.base, seen.tail
+        return Followed(seen.base, seen.etag, False, seen.tail)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -175,6 +194,11 @@ class BundleListing:
             # A damaged base is only an index: read the records instead, and let compaction replace it.
             log.warning("ignoring the bundle listing of repo `%s`: %s", self.repo, err)
             base = None
+        tail, gone = self._folder_entries()
+        return _Seen(base, etag, tail, gone)
+
+    def _folder_entries(self) -> tuple[tuple[str, ...], frozenset[str]]:
+        """The ids of the tail and of the gone entries: one LIST."""
         tail: list[str] = []
         gone: set[str] = set()
         folder = _folder(self.repo)
@@ -187,7 +211,7 @@ class BundleListing:
                 tail.append(bundle_id)
             elif part == "gone":
                 gone.add(bundle_id)
-        return _Seen(base, etag, tuple(tail), frozenset(gone))
+        return tuple(tail), frozenset(gone)
 
     def _records(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """The bundle records of ``ids`` that exist (a tail entry's commit may not have landed)."""

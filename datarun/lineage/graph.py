@@ -123,8 +123,10 @@ class Graph(GraphQueries):
                     continue
                 todo.append(info.key)
         from_rows: _Rows = {}
+        etags: dict[str, str] = {}
+        stale_bases: list[str] = []
         if not invalidations_only:
-            listed += self._follow_listings(store, seen, todo, from_rows)
+            listed += self._follow_listings(store, seen, todo, from_rows, etags, stale_bases, fresh=scan_repos)
             todo = [k for k in todo if k not in from_rows]
         cur.execute("SELECT id FROM lineage_events WHERE done = 0")
         open_events = [str(r[0]) for r in cur.fetchall()]
@@ -190,7 +192,10 @@ class Graph(GraphQueries):
             # Marks are re-listed until the cascade's done marker is seen; after that, never again.
             self._many(wcur, f"UPDATE lineage_events SET done = 1 WHERE id = {ph(1)}", [(e,) for e in done_now])
             self._inherit(wcur, edges, sorted(done_now))
+            # The base each repo's rows came from is "seen" too, so that it goes with the rows.
+            self._many(wcur, f"DELETE FROM lineage_seen WHERE key = {ph(1)}", [(k,) for k in stale_bases])
             seen_rows = [(k, 0) for k, _ in bodies] + [(k, 0) for k in from_rows]
+            seen_rows += [(_base_key(repo, etag), 0) for repo, etag in etags.items()]
             seen_rows += [(f"runs/{d['id']}", int(d["version"])) for d in runs]
             self._many(
                 wcur,
@@ -206,16 +211,30 @@ class Graph(GraphQueries):
                 )
         return LineageSync(listed, len(bodies) + len(runs), time.monotonic() - began)
 
-    def _follow_listings(self, store: ObjectStore, seen: dict[str, int], todo: list[str], from_rows: _Rows) -> int:
+    def _follow_listings(
+        self,
+        store: ObjectStore,
+        seen: dict[str, int],
+        todo: list[str],
+        from_rows: _Rows,
+        etags: dict[str, str],
+        stale_bases: list[str],
+        *,
+        fresh: bool,
+    ) -> int:
         """Add each repo's bundles that the graph has not seen: from the listing's rows when they
         carry their edges, else (an older row, a tail entry, a repo without a base) as record
-        keys to read. Returns how many keys were listed."""
+        keys to read; ``etags`` gets the etag of each base read, to be kept with what it gave,
+        and ``stale_bases`` the seen keys of the bases they replace.
+        A ``fresh`` graph reads every base, whatever etags the index remembers. Returns how many
+        keys were listed."""
         listed = 0
         repos: set[str] = set()
         for info in store.list(LISTINGS_PREFIX):
             listed += 1
             repos.add(info.key[len(LISTINGS_PREFIX) :].partition("/")[0])
         queued = set(todo)
+        known_bases = dict(_base_seen(k) for k in seen if k.startswith(LISTINGS_PREFIX))
 
         def want(key: str) -> None:
             if key not in seen and key not in queued and key not in from_rows:
@@ -227,14 +246,23 @@ class Graph(GraphQueries):
                 created = str(decode(repo_key(repo), store.read(repo_key(repo))[0])["created"])
             except ObjectNotFound:
                 continue  # a deleted repo leaves its listing behind (FORMAT.md §17)
-            base, tail = BundleListing(store, repo, created).follow()
-            if base is None:
+            # A base seen before (same etag) holds only rows already taken: a HEAD, not a GET of
+            # ~110 bytes per bundle.
+            known = "" if fresh else known_bases.get(repo, "")
+            followed = BundleListing(store, repo, created).follow(known)
+            for bundle_id in followed.tail:
+                want(bundle_key(repo, bundle_id))
+            if followed.unchanged:
+                continue
+            if repo in known_bases:
+                stale_bases.append(_base_key(repo, known_bases[repo]))
+            if followed.base is None:
                 for info in store.list(bundles_prefix(repo)):
                     listed += 1
                     if _BUNDLE_RE.match(info.key):
                         want(info.key)
                 continue
-            for bundle_id, row in base.items():
+            for bundle_id, row in followed.base.items():
                 key = bundle_key(repo, bundle_id)
                 if key in seen:
                     continue
@@ -242,8 +270,7 @@ class Graph(GraphQueries):
                     from_rows[key] = (repo, row)
                 else:
                     want(key)
-            for bundle_id in tail:
-                want(bundle_key(repo, bundle_id))
+            etags[repo] = followed.etag
         return listed
 
     def _inherit(self, cur: Any, edges: Sequence[tuple[str, str, str]], finished: Sequence[str]) -> None:
@@ -341,3 +368,14 @@ def _read_present(store: ObjectStore, key: str) -> bytes:
         return store.read(key)[0]
     except ObjectNotFound:
         return b""
+
+
+def _base_key(repo: str, etag: str) -> str:
+    """The ``lineage_seen`` key saying that the rows of ``repo``'s listing base with ``etag`` are in."""
+    return f"{LISTINGS_PREFIX}{repo}/base.json@{etag}"
+
+
+def _base_seen(key: str) -> tuple[str, str]:
+    """(repo, etag) of a ``_base_key``."""
+    repo, _, rest = key[len(LISTINGS_PREFIX) :].partition("/")
+    return repo, rest.partition("@")[2]

@@ -164,6 +164,7 @@ def test_sync_follows_the_listings_and_reads_no_record_a_row_carries(index: Inde
     store.read_keys.clear()
     follower.sync(store)
     assert "repos/" not in store.prefixes, "a synced graph never lists the whole store again"
+    assert not [k for k in store.read_keys if k.endswith("/base.json")], "unchanged bases are HEADed, not read"
     assert [k for k in store.read_keys if "/bundles/" in k] == [
         bundle_key("models", n.id),
         bundle_key("models", pending["id"]),
@@ -177,3 +178,8 @@ def test_sync_follows_the_listings_and_reads_no_record_a_row_carries(index: Inde
     follower.sync(store)
     assert [k for k in store.read_keys if "/bundles/" in k] == [bundle_key("models", pending["id"])]
     assert bundle_node("models", pending["id"]).key in _keys(follower.walk(world.m, "descendants"))
+
+    assert listing.compact()  # the tail folded into a new base: read again, and no record with it
+    store.read_keys.clear()
+    follower.sync(store)
+    assert [k for k in store.read_keys if "/bundles/" in k or "/base.json" in k] == ["listings/models/base.json"]

@@ -83,6 +83,16 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
+def wait_for_quiet(load: float | None) -> None:
+    """With ``--quiet-load``: seed while something else runs (under `nice`), time only once the
+    1-minute load average has fallen below ``load``."""
+    if load is None:
+        return
+    while os.getloadavg()[0] >= load:
+        print(f"# load {os.getloadavg()[0]:.2f}: waiting for < {load} before timing", file=sys.stderr, flush=True)
+        time.sleep(30)
+
+
 def bench(name: str, url: str, env: dict[str, str], datarun: str, bundles: int, labels: int) -> list[str]:
     dr = [datarun, "-q", "--store", url]
     rows = []
@@ -116,6 +126,7 @@ def main() -> int:
     parser.add_argument("--labels", type=int, default=1_000)
     parser.add_argument("--only", choices=["local", "azurite"], default=None)
     parser.add_argument("--datarun", default=str(ROOT / ".venv" / "bin" / "datarun"))
+    parser.add_argument("--quiet-load", type=float, default=None, help="time only below this 1-minute load average")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="datarun-bench-listing-"))
     env = {
@@ -129,6 +140,7 @@ def main() -> int:
         t = time.perf_counter()
         seed(LocalStore(work / "local"), work / "l", args.bundles, args.labels)
         print(f"# local: seeded in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        wait_for_quiet(args.quiet_load)
         rows += bench("local", f"file://{work / 'local'}", env, args.datarun, args.bundles, args.labels)
     if args.only in (None, "azurite"):
         server = Azurite(work / "azurite", in_memory=True)  # see Azurite: its disk table does not scale
@@ -138,12 +150,16 @@ def main() -> int:
             t = time.perf_counter()
             seed(server.store(bucket), work / "a", args.bundles, args.labels)
             print(f"# azurite: seeded in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+            wait_for_quiet(args.quiet_load)
             rows += bench(
                 "azurite", f"az://{bucket}/datarun", {**env, **server.env()}, args.datarun, args.bundles, args.labels
             )
         finally:
             server.stop()
-    print(f"\n{args.bundles} bundles, {args.labels} labels in one repo; fresh processes, 3 runs each (min-max s)\n")
+    print(
+        f"\n{args.bundles} bundles, {args.labels} labels in one repo; fresh processes, 3 runs each (min-max s); "
+        f"load average when done {'/'.join(f'{x:.2f}' for x in os.getloadavg())}\n"
+    )
     print("| store | command | datarun (s) | peer | bar | pass |")
     print("|---|---|---:|---|---|---|")
     print("\n".join(rows))

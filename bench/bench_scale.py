@@ -71,6 +71,47 @@ def make_tree(folder: Path, files: int) -> int:
     return total
 
 
+def report(
+    files: int, total: int, version: str, same: bool, load_before: tuple[float, float, float], steps: dict[str, Step]
+) -> None:
+    rows = [
+        (
+            "first upload",
+            steps["up"],
+            "dvc add + dvc push",
+            Step(steps["add"].seconds + steps["push"].seconds, max(steps["add"].rss_mb, steps["push"].rss_mb)),
+        ),
+        (
+            "unchanged re-upload",
+            steps["reup"],
+            "dvc add + dvc push, unchanged",
+            Step(steps["readd"].seconds + steps["repush"].seconds, max(steps["readd"].rss_mb, steps["repush"].rss_mb)),
+        ),
+        ("download, empty target", steps["down"], "dvc pull, empty cache", steps["pull"]),
+    ]
+    print(
+        f"\n{files} files, {total / 2**20:.0f} MiB; {version}; downloads identical to the source: {same}; "
+        f"load average before {'/'.join(f'{x:.2f}' for x in load_before)}, "
+        f"after {'/'.join(f'{x:.2f}' for x in os.getloadavg())}\n"
+    )
+    print(
+        f"dvc add {steps['add'].seconds:.1f} s + push {steps['push'].seconds:.1f} s; "
+        f"unchanged: add {steps['readd'].seconds:.1f} s + push {steps['repush'].seconds:.1f} s\n"
+    )
+    print("| step | datarun (s) | peak RSS (MB) | peer | peer (s) | peer RSS (MB) | ratio | bar | pass |")
+    print("|---|---:|---:|---|---:|---:|---:|---|---|")
+    for name, ours, peer, theirs in rows:
+        ratio = theirs.seconds / ours.seconds
+        if name == "first upload":
+            bar, ok = ">= 5x faster, RSS < 500 MB", ratio >= 5 and ours.rss_mb < 500
+        else:
+            bar, ok = "RSS < 500 MB", ours.rss_mb < 500
+        print(
+            f"| {name} | {ours.seconds:.1f} | {ours.rss_mb:.0f} | {peer} | {theirs.seconds:.1f} | "
+            f"{theirs.rss_mb:.0f} | {ratio:.1f}x | {bar} | {'yes' if ok else 'NO'} |"
+        )
+
+
 def settle(seconds: float, why: str) -> None:
     if seconds:
         print(f"# sync, then {seconds:.0f} s: {why}", file=sys.stderr, flush=True)
@@ -141,41 +182,27 @@ def main() -> int:
             == 0
             for a in (dest, data)
         )
+        # Printed before the clean-up: deleting five million files takes longer than some steps.
+        report(
+            args.files,
+            total,
+            version,
+            same,
+            load_before,
+            {
+                "up": up,
+                "reup": reup,
+                "down": down,
+                "add": add,
+                "push": push,
+                "readd": readd,
+                "repush": repush,
+                "pull": pull,
+            },
+        )
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-
-    rows = [
-        ("first upload", up, "dvc add + dvc push", Step(add.seconds + push.seconds, max(add.rss_mb, push.rss_mb))),
-        (
-            "unchanged re-upload",
-            reup,
-            "dvc add + dvc push, unchanged",
-            Step(readd.seconds + repush.seconds, max(readd.rss_mb, repush.rss_mb)),
-        ),
-        ("download, empty target", down, "dvc pull, empty cache", pull),
-    ]
-    print(
-        f"\n{args.files} files, {total / 2**20:.0f} MiB; {version}; downloads identical to the source: {same}; "
-        f"load average before {'/'.join(f'{x:.2f}' for x in load_before)}, "
-        f"after {'/'.join(f'{x:.2f}' for x in os.getloadavg())}\n"
-    )
-    print(
-        f"dvc add {add.seconds:.1f} s + push {push.seconds:.1f} s; "
-        f"unchanged: add {readd.seconds:.1f} s + push {repush.seconds:.1f} s\n"
-    )
-    print("| step | datarun (s) | peak RSS (MB) | peer | peer (s) | peer RSS (MB) | ratio | bar | pass |")
-    print("|---|---:|---:|---|---:|---:|---:|---|---|")
-    for name, ours, peer, theirs in rows:
-        ratio = theirs.seconds / ours.seconds
-        if name == "first upload":
-            bar, ok = ">= 5x faster, RSS < 500 MB", ratio >= 5 and ours.rss_mb < 500
-        else:
-            bar, ok = "RSS < 500 MB", ours.rss_mb < 500
-        print(
-            f"| {name} | {ours.seconds:.1f} | {ours.rss_mb:.0f} | {peer} | {theirs.seconds:.1f} | "
-            f"{theirs.rss_mb:.0f} | {ratio:.1f}x | {bar} | {'yes' if ok else 'NO'} |"
-        )
     return 0 if same else 1
 
 

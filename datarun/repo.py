@@ -92,7 +92,7 @@ class Client:
         self.cache_dir = cache_dir or cfg.cache_dir()
         self.author = author
         self.workers = workers
-        self.records = Records(meta)
+        self.records = Records(meta, workers * 4)  # GETs of small records: round trips, not bandwidth
         self._index: ChunkIndex | None = None
         self._ranged: RangedReader | None = None
 

@@ -82,11 +82,6 @@ def manifest_key(manifest_id: str) -> str:
     return f"{MANIFEST_PREFIX}{manifest_id[:2]}/{manifest_id}"
 
 
-def is_repo_key(key: str) -> bool:
-    """True for ``repos/<repo>/repo.json`` itself, not for a file of that name deeper down."""
-    return key.startswith(REPOS_PREFIX) and key.endswith("/repo.json") and key.count("/") == 2
-
-
 def tombstone_key(repo: str, bundle_id: str) -> str:
     return f"{REPOS_PREFIX}{repo}/tombstones/{bundle_id}.json"
 

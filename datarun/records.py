@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -123,7 +123,12 @@ class Records:
         A record deleted between the LIST and its GET (a label moved off and removed, a repo
         deleted) is left out: the listing is of what exists when it is read."""
         self.check_read_format()
-        keys = (info.key for info in self.meta.list(prefix) if keep is None or keep(info.key))
+        yield from self.read_many(info.key for info in self.meta.list(prefix) if keep is None or keep(info.key))
+
+    def read_many(self, keys: Iterable[str]) -> Iterator[Any]:
+        """The records at ``keys`` that exist, in the order given, read as ``read_all`` reads."""
+        self.check_read_format()
+        keys = iter(keys)
         window = self.workers * 8
         with ThreadPoolExecutor(self.workers) as pool:
             while batch := list(itertools.islice(keys, window)):

@@ -35,7 +35,7 @@ from datarun.errors import (
     UsageError,
 )
 from datarun.ids import is_ksuid
-from datarun.layout import REPOS_PREFIX, bundle_key, bundles_prefix, is_repo_key, repo_key
+from datarun.layout import REPOS_PREFIX, bundle_key, bundles_prefix, repo_key
 from datarun.listing import BundleListing
 from datarun.manifest import DiffEntry, diff_entries, find_entry, read_manifest, read_manifest_records
 from datarun.model import (
@@ -156,7 +156,11 @@ class Client:
         )
 
     def list_repos(self) -> list[Repo]:
-        return [Repo.from_json(raw) for raw in self.records.read_all(REPOS_PREFIX, keep=is_repo_key)]
+        # One delimiter listing finds the repos: listing `repos/` would page through every
+        # bundle, label and history record of the store. A folder without a repo record (one
+        # being created, or deleted) is left out.
+        keys = (repo_key(folder[len(REPOS_PREFIX) : -1]) for folder in self.meta.list_folders(REPOS_PREFIX))
+        return [Repo.from_json(raw) for raw in self.records.read_many(keys)]
 
     # -- bundles -------------------------------------------------------------------------
 

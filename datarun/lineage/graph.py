@@ -101,32 +101,19 @@ class Graph(GraphQueries):
         todo: list[str] = []
         # Bundles are followed through each repo's listing index (one GET and one LIST a repo,
         # rows that carry their edges): listing `repos/` would cost a page per 5,000 keys of the
-        # whole store on every sync. A new graph lists `repos/` once, for bundles no listing
-        # holds (a store older than the index).
-        scan_repos = not invalidations_only and stored != store.url
-        prefixes = (
-            (EVENTS, DONE)
-            if invalidations_only
-            else ((REPOS_PREFIX,) if scan_repos else ())
-            + (
-                RECORDS,
-                EVENTS,
-                DONE,
-            )
-        )
-        for prefix in prefixes:
+        # whole store on every sync. A new graph also lists the folders under `repos/` once, for
+        # the repos no listing holds (a store older than the index).
+        fresh = not invalidations_only and stored != store.url
+        for prefix in (EVENTS, DONE) if invalidations_only else (RECORDS, EVENTS, DONE):
             for info in store.list(prefix):
                 listed += 1
-                if info.key in seen:
-                    continue
-                if prefix == REPOS_PREFIX and not _BUNDLE_RE.match(info.key):
-                    continue
-                todo.append(info.key)
+                if info.key not in seen:
+                    todo.append(info.key)
         from_rows: _Rows = {}
         etags: dict[str, str] = {}
         stale_bases: list[str] = []
         if not invalidations_only:
-            listed += self._follow_listings(store, seen, todo, from_rows, etags, stale_bases, fresh=scan_repos)
+            listed += self._follow_listings(store, seen, todo, from_rows, etags, stale_bases, fresh=fresh)
             todo = [k for k in todo if k not in from_rows]
         cur.execute("SELECT id FROM lineage_events WHERE done = 0")
         open_events = [str(r[0]) for r in cur.fetchall()]
@@ -226,13 +213,17 @@ class Graph(GraphQueries):
         carry their edges, else (an older row, a tail entry, a repo without a base) as record
         keys to read; ``etags`` gets the etag of each base read, to be kept with what it gave,
         and ``stale_bases`` the seen keys of the bases they replace.
-        A ``fresh`` graph reads every base, whatever etags the index remembers. Returns how many
-        keys were listed."""
+        A ``fresh`` graph reads every base, whatever etags the index remembers, and finds the
+        repos that have no listing yet. Returns how many keys and folders were listed."""
         listed = 0
         repos: set[str] = set()
         for info in store.list(LISTINGS_PREFIX):
             listed += 1
             repos.add(info.key[len(LISTINGS_PREFIX) :].partition("/")[0])
+        if fresh:
+            for folder in store.list_folders(REPOS_PREFIX):
+                listed += 1
+                repos.add(folder[len(REPOS_PREFIX) : -1])
         queued = set(todo)
         known_bases = dict(_base_seen(k) for k in seen if k.startswith(LISTINGS_PREFIX))
 

@@ -199,6 +199,19 @@ def _parse_list_page(body: bytes) -> Page:
     return items, root.findtext("NextMarker") or None
 
 
+def _parse_folders_page(body: bytes) -> tuple[list[str], str | None]:
+    """A List Blobs response with a delimiter: the folders are ``<Blobs><BlobPrefix><Name>``."""
+    try:
+        root = ElementTree.fromstring(body)  # noqa: S314 - see _parse_list_page
+        folders = []
+        for found in root.iterfind("Blobs/BlobPrefix/Name"):
+            name = found.text or ""
+            folders.append(unquote(name) if found.get("Encoded") == "true" else name)
+    except ElementTree.ParseError as err:
+        raise StoreError(f"Azure sent a folder listing that datarun cannot read ({err}); retry, or report it") from None
+    return sorted(folders), root.findtext("NextMarker") or None
+
+
 def _unquoted(etag: str | None) -> str:
     # Headers carry quoted ETags, listings unquoted ones: keep one form so they compare equal.
     return (etag or "").strip('"')
@@ -431,6 +444,23 @@ class AzureStore(CloudStore):
         if response.status_code != 200:
             return self._sdk_list_page(prefix, token)  # the SDK turns the failure into its typed error
         return _parse_list_page(response.content)
+
+    def _list_folders_page(self, prefix: str, token: str | None) -> tuple[list[str], str | None]:
+        query = {"restype": "container", "comp": "list", "delimiter": "/", "maxresults": str(LIST_PAGE)}
+        if prefix:
+            query["prefix"] = prefix
+        if token:
+            query["marker"] = token
+        request = HttpRequest(
+            "GET", self._container.url, params=query, headers={"x-ms-version": self._container.api_version}
+        )
+        response = self._container._client._send_request(request)
+        if response.status_code != 200:
+            self._sdk_list_page(prefix, token)  # raises the SDK's typed error for the failure
+            raise StoreError(
+                f"Azure answered a folder listing of `{prefix}` with HTTP {response.status_code}; retry, or report it"
+            )
+        return _parse_folders_page(response.content)
 
     def _sdk_list_page(self, prefix: str, token: str | None) -> Page:
         pages = self._container.list_blobs(name_starts_with=prefix or None, results_per_page=LIST_PAGE).by_page(

@@ -12,8 +12,13 @@ put_if_absent       If-None-Match: *                ifGenerationMatch=0
 put_if_match        If-Match: <etag>                ifGenerationMatch=<generation>
 read / get_range    download_blob(offset, length)   download(start, end)
 list(start_after)   list_blobs + marker filter      list_blobs(start_offset)
+list_folders        list_blobs(delimiter="/")       list_blobs(delimiter="/")
 delete              delete_blob                     delete
 ==================  ==============================  =================================
+
+``list_folders`` has a default built on ``list``, so a backend is correct without it; the three
+here override it, because finding the repos of a store by listing every key under ``repos/``
+costs a request per 5,000 keys of the whole store.
 """
 
 from __future__ import annotations
@@ -102,6 +107,18 @@ class ObjectStore(ABC):
         """Keys starting with ``prefix``, in byte order, strictly after ``start_after``.
         Backends page internally; callers just iterate."""
 
+    def list_folders(self, prefix: str) -> Iterator[str]:
+        """The folders directly under ``prefix`` (``""`` or ending in ``/``) that hold at least one
+        key, each as ``prefix + name + "/"``, in byte order: a delimiter listing's common
+        prefixes. This default walks every key below ``prefix``."""
+        check_folder_prefix(prefix)
+        last = ""
+        for info in self.list(prefix):
+            cut = info.key.find("/", len(prefix))
+            if cut >= 0 and info.key[: cut + 1] != last:
+                last = info.key[: cut + 1]
+                yield last
+
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``; deleting an absent key is not an error."""
@@ -136,6 +153,11 @@ class ObjectStore(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url}>"
+
+
+def check_folder_prefix(prefix: str) -> None:
+    if prefix and not prefix.endswith("/"):
+        raise ValueError(f"list_folders takes a folder (ending in `/`), not `{prefix}`")
 
 
 def payload_size(payload: Payload) -> int:

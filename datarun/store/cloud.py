@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import requests
 
 from datarun.errors import DatarunError, PreconditionFailed, UsageError
-from datarun.store.base import ObjectInfo, ObjectStore, Payload, validate_key
+from datarun.store.base import ObjectInfo, ObjectStore, Payload, check_folder_prefix, validate_key
 from datarun.store.retry import RetryPolicy, install_log_redaction, retry_call, same_payload
 
 _T = TypeVar("_T")
@@ -118,6 +118,10 @@ class CloudStore(ObjectStore):
     def _list_page(self, prefix: str, start_after: str | None, token: str | None) -> Page:
         """One page of objects whose full names start with ``prefix``; ``start_after`` (a full
         name) lets a backend skip ahead server-side, and is filtered here anyway."""
+
+    @abstractmethod
+    def _list_folders_page(self, prefix: str, token: str | None) -> tuple[list[str], str | None]:
+        """One page of a delimiter listing: full folder names (``prefix`` + name + ``/``), sorted."""
 
     # -- how a backend reads its SDK's errors -------------------------------------------
 
@@ -266,6 +270,20 @@ class CloudStore(ObjectStore):
                 key = item.key[len(self._root) :]
                 if start_after is None or key > start_after:
                     yield ObjectInfo(key, item.size, item.etag)
+            if not token:
+                return
+
+    def list_folders(self, prefix: str) -> Iterator[str]:
+        check_folder_prefix(prefix)
+        full = self._root + prefix
+        token: str | None = None
+        while True:
+
+            def page(_: int, token: str | None = token) -> tuple[list[str], str | None]:
+                return self._list_folders_page(full, token)
+
+            folders, token = self._call(prefix or "/", "list folders under", page)
+            yield from (f[len(self._root) :] for f in folders)
             if not token:
                 return
 

@@ -262,5 +262,19 @@ class GCSStore(CloudStore):
         items = [ObjectInfo(b.name, int(b.size or 0), str(b.generation)) for b in current or ()]
         return items, found.next_page_token
 
+    def _list_folders_page(self, prefix: str, token: str | None) -> tuple[list[str], str | None]:
+        found = self._client.list_blobs(
+            self._bucket,
+            prefix=prefix or None,
+            delimiter="/",
+            page_token=token,
+            page_size=1000,
+            fields="prefixes,nextPageToken",
+            retry=None,
+            timeout=self.timeout,
+        )
+        current = next(found.pages, None)
+        return sorted(getattr(current, "prefixes", ()) or ()), found.next_page_token
+
     def close(self) -> None:
         self._client.close()

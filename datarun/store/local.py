@@ -19,7 +19,7 @@ from typing import TypeVar
 import blake3
 
 from datarun.errors import ObjectNotFound, PreconditionFailed, StoreError
-from datarun.store.base import ObjectInfo, ObjectStore, Payload, validate_key
+from datarun.store.base import ObjectInfo, ObjectStore, Payload, check_folder_prefix, validate_key
 
 _T = TypeVar("_T")
 _RESERVED = (".tmp", ".locks")
@@ -240,9 +240,35 @@ class LocalStore(ObjectStore):
         found.sort(key=lambda info: info.key)
         yield from found
 
+    def list_folders(self, prefix: str) -> Iterator[str]:
+        check_folder_prefix(prefix)
+        folder = self.root / prefix if prefix else self.root
+        try:
+            entries = [e for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as err:
+            raise StoreError(self._describe(err, prefix or "/", "list")) from None
+        # Sorted with the slash: `a-z/` comes before `a/` in a bucket's byte order.
+        yield from sorted(
+            f"{prefix}{e.name}/" for e in entries if (prefix or e.name not in _RESERVED) and _holds_a_file(e.path)
+        )
+
     def delete(self, key: str) -> None:
         target = self._path(key)
         self._guard(key, "delete", lambda: target.unlink(missing_ok=True))
+
+
+def _holds_a_file(folder: str) -> bool:
+    # Deleting a key leaves its folders behind; a folder with no file below holds no key.
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except OSError:
+        return False
+    return any(not e.is_dir(follow_symlinks=False) for e in entries) or any(
+        _holds_a_file(e.path) for e in entries if e.is_dir(follow_symlinks=False)
+    )
 
 
 def _by_name(entries: list[os.DirEntry[str]], rel: str, prefix: str, start_after: str | None) -> list[os.DirEntry[str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datarun.catalog import Index
 from datarun.ids import new_ksuid
-from datarun.layout import bundle_key
+from datarun.layout import bundle_key, bundles_prefix
 from datarun.lineage import Graph, NodeId, bundle_node
 from datarun.listing import BundleListing
 from datarun.model import BundleRef
@@ -130,12 +130,16 @@ class _ReadKeys(CountingStore):
 
 
 def test_sync_follows_the_listings_and_reads_no_record_a_row_carries(index: Index, world: World, graph: Graph) -> None:
-    """The whole store is listed once, by a new graph; after that each sync reads each repo's
-    listing (one GET, one LIST) and only the bundle records its rows do not carry: a tail entry's,
-    and not one whose commit has not landed yet."""
+    """A new graph finds the repos with one folder listing, reads each repo's listing (one GET,
+    one LIST), and reads only the bundle records no row carries: every one of a repo with no
+    listing, a tail entry's, and not one whose commit has not landed yet."""
     meta = world.client.meta
-    for repo in ("raw", "feat", "models"):
+    for repo in ("feat", "models"):
         assert BundleListing(meta, repo, world.client.get_repo(repo).created).compact()
+    for info in list(meta.list("listings/raw/")):  # `raw` as in a store older than the index
+        meta.delete(info.key)
+    raw_bundles = sorted(i.key for i in meta.list(bundles_prefix("raw")))
+    assert raw_bundles
     store = _ReadKeys(meta)
     follower = Graph(index)
     with index._write() as cur:  # a new graph: the tables and the store it followed, forgotten
@@ -143,8 +147,10 @@ def test_sync_follows_the_listings_and_reads_no_record_a_row_carries(index: Inde
             cur.execute(f"DELETE FROM {table}")
         cur.execute("DELETE FROM index_meta WHERE key = 'lineage_store'")
     follower.sync(store)
-    assert "repos/" in store.prefixes
-    assert not [k for k in store.read_keys if "/bundles/" in k], "every bundle's edges came from its listing row"
+    assert store.folder_prefixes == ["repos/"]
+    assert "repos/" not in store.prefixes, "a new graph lists the repos, not every key under repos/"
+    read = sorted(k for k in store.read_keys if "/bundles/" in k)
+    assert read == raw_bundles, "the bundles of the repos with a listing came from its rows"
     for node, direction in ((world.a, "descendants"), (world.x, "ancestors"), (world.lone, "descendants")):
         built = follower.walk(node, direction)
         full = graph.walk(node, direction)
@@ -161,9 +167,11 @@ def test_sync_follows_the_listings_and_reads_no_record_a_row_carries(index: Inde
     listing = BundleListing(meta, "models", world.client.get_repo("models").created)
     listing.will_commit(pending)  # its tail entry, and no bundle record yet
     store.prefixes.clear()
+    store.folder_prefixes.clear()
     store.read_keys.clear()
     follower.sync(store)
-    assert "repos/" not in store.prefixes, "a synced graph never lists the whole store again"
+    assert "repos/" not in store.prefixes, "a synced graph never lists the whole store"
+    assert not store.folder_prefixes, "nor the repos: it follows the listings"
     assert not [k for k in store.read_keys if k.endswith("/base.json")], "unchanged bases are HEADed, not read"
     assert [k for k in store.read_keys if "/bundles/" in k] == [
         bundle_key("models", n.id),

@@ -20,6 +20,7 @@ class CountingStore(ObjectStore):
         self.url = inner.url
         self.calls: Counter[str] = Counter()
         self.prefixes: list[str] = []  # what each list asked for (the catalog's sync lists one slice)
+        self.folder_prefixes: list[str] = []  # and each list_folders
 
     def put(self, key: str, payload: Payload) -> ObjectInfo:
         self.calls["put"] += 1
@@ -49,6 +50,11 @@ class CountingStore(ObjectStore):
         self.calls["list"] += 1
         self.prefixes.append(prefix)
         return self.inner.list(prefix, start_after)
+
+    def list_folders(self, prefix: str) -> Iterator[str]:
+        self.calls["list_folders"] += 1
+        self.folder_prefixes.append(prefix)
+        return self.inner.list_folders(prefix)
 
     def delete(self, key: str) -> None:
         self.calls["delete"] += 1

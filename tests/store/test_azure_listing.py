@@ -7,7 +7,7 @@ import pytest
 
 from datarun.errors import StoreError
 from datarun.store import azure
-from datarun.store.azure import _parse_list_page
+from datarun.store.azure import _parse_folders_page, _parse_list_page
 from tests.store.emulators import Azurite
 
 
@@ -31,6 +31,10 @@ def test_a_listing_of_many_pages_is_whole_sorted_and_resumable(
             "repos/s/repo.json"
         ]
         assert list(store.list("nothing/")) == []
+        for i in range(20):
+            store.put(f"repos/f{i:02d}/repo.json", b"{}")
+        folders = list(store.list_folders("repos/"))  # 22 folders, 7 to a page
+        assert folders == [f"repos/f{i:02d}/" for i in range(20)] + ["repos/r/", "repos/s/"]
     finally:
         store.close()
         azurite_server.drop_bucket(container)
@@ -56,3 +60,14 @@ def test_the_parser_takes_encoded_names_and_refuses_what_is_not_a_listing() -> N
     ):
         with pytest.raises(StoreError, match="blob listing that datarun cannot read"):
             _parse_list_page(bad)
+
+
+def test_the_folder_parser_takes_encoded_names_and_refuses_what_is_not_xml() -> None:
+    body = (
+        b"<EnumerationResults><Blobs><BlobPrefix><Name>repos/b/</Name></BlobPrefix>"
+        b'<BlobPrefix><Name Encoded="true">repos/a%01/</Name></BlobPrefix>'
+        b"<Blob><Name>repos/top.json</Name><Properties/></Blob></Blobs><NextMarker>m</NextMarker></EnumerationResults>"
+    )
+    assert _parse_folders_page(body) == (["repos/a\x01/", "repos/b/"], "m")
+    with pytest.raises(StoreError, match="folder listing that datarun cannot read"):
+        _parse_folders_page(b"<html>gateway timeout")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,29 @@ def test_list_is_sorted_filtered_and_honours_start_after(store: ObjectStore) -> 
     assert list(store.list("nothing/")) == []
     sizes = {i.key: i.size for i in store.list("")}
     assert sizes["p/c/d"] == 5
+
+
+def test_list_folders_names_each_folder_that_holds_a_key_once(store: ObjectStore) -> None:
+    for key in ("repos/b/repo.json", "repos/b/bundles/1.json", "repos/a-z/repo.json", "repos/a/x/y/z.json"):
+        store.put(key, b"{}")
+    store.put("repos/top.json", b"{}")  # a key, not a folder
+    store.put("reposx/c/repo.json", b"{}")  # outside the prefix by one character
+    store.put("repos/gone/repo.json", b"{}")
+    store.delete("repos/gone/repo.json")  # a folder whose last key went holds nothing
+    assert list(store.list_folders("repos/")) == ["repos/a-z/", "repos/a/", "repos/b/"]
+    assert list(store.list_folders("repos/a/")) == ["repos/a/x/"]
+    assert list(store.list_folders("repos/b/bundles/")) == []
+    assert list(store.list_folders("nothing/")) == []
+    assert list(store.list_folders("")) == ["repos/", "reposx/"]
+    with pytest.raises(ValueError, match="ending in `/`"):
+        list(store.list_folders("repos"))
+
+
+def test_list_folders_pages_through_many_folders(store: ObjectStore) -> None:
+    names = [f"r{i:04d}" for i in range(1_200)]  # more than one page of GCS's 1,000
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda name: store.put(f"repos/{name}/repo.json", b"{}"), names))
+    assert list(store.list_folders("repos/")) == [f"repos/{name}/" for name in names]
 
 
 def test_delete_removes_and_is_idempotent(store: ObjectStore) -> None:

@@ -1,4 +1,4 @@
-"""`Records.read_all`: the records under a prefix, read in parallel, in key order."""
+"""Reading many records: in parallel, in key order, and without listing what is not needed."""
 
 from __future__ import annotations
 
@@ -70,3 +70,20 @@ def test_label_list_reads_its_labels_in_parallel(tmp_path: Path) -> None:
     assert [lbl.name for lbl in labels] == [f"l{n:02d}" for n in range(40)]
     assert {lbl.bundle for lbl in labels} == {bundle.id}
     assert store.most_in_flight > 1
+
+
+def test_repo_list_finds_the_repos_by_folder_not_by_listing_every_key(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_text("x")
+    inner = LocalStore(tmp_path / "store")
+    with Client(inner, cache_dir=tmp_path / "cache") as client:
+        for name in ("b", "a"):
+            client.create_repo(name)
+            client.upload(name, src, "one")
+    inner.put("repos/half/bundles/x.json", b"{}")  # a folder with no repo record is no repo
+    store = CountingStore(inner)
+    with Client(store, cache_dir=tmp_path / "cache") as client:
+        assert [r.name for r in client.list_repos()] == ["a", "b"]
+    assert store.folder_prefixes == ["repos/"]
+    assert "repos/" not in store.prefixes

@@ -8,6 +8,7 @@ secrets, racing `label set` processes, and an emulator killed under a running up
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -121,6 +122,25 @@ def test_the_whole_cli_flow_on_a_cloud_store(cloud: Emulator, bucket: str, tmp_p
     assert files_of(out) == v1_files
     assert (out / "empty").is_dir()
     cli.ok("bundle", "verify", "--repo", "exp", "--bundle", second_id)
+
+
+def test_an_azure_command_does_not_import_aiohttp(azurite_server: Azurite, tmp_path: Path) -> None:
+    """kopf installs aiohttp beside the CLI; the Azure SDK would import its aiohttp transport
+    (~110 ms) on every command although the CLI never uses it."""
+    assert importlib.util.find_spec("aiohttp"), "the test venv has kopf, and kopf brings aiohttp"
+    bucket = azurite_server.new_bucket()
+    try:
+        cli = cli_for(azurite_server, bucket, tmp_path)
+        cli.ok("repo", "create", "--repo", "r", "--description", "d")
+        probe = "import runpy, sys; sys.argv = ['datarun', 'repo', 'list']; "
+        probe += "import atexit; atexit.register(lambda: print('aiohttp' in sys.modules, file=sys.stderr)); "
+        probe += "runpy.run_module('datarun.cli.main', run_name='__main__')"
+        done = subprocess.run([sys.executable, "-c", probe], env=cli.environ(), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("r , d , ")
+        assert done.stderr.strip().splitlines()[-1] == "False"
+    finally:
+        azurite_server.drop_bucket(bucket)
 
 
 def test_config_create_records_the_cloud_store_and_a_credential_file(azurite_server: Azurite, tmp_path: Path) -> None:

@@ -77,6 +77,18 @@ def ensure_dvc() -> Path:
     return dvc
 
 
+def dvc_project(project: Path, remote: Path) -> tuple[str, dict[str, str]]:
+    """A git + DVC project at ``project`` with a local remote: DVC's command and environment."""
+    dvc = str(ensure_dvc())
+    dvc_env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
+    sh(["git", "init", "-q"], project)
+    sh([dvc, "init", "-q"], project, dvc_env)
+    sh([dvc, "config", "core.analytics", "false"], project, dvc_env)
+    sh([dvc, "config", "core.autostage", "false"], project, dvc_env)
+    sh([dvc, "remote", "add", "-d", "local", str(remote)], project, dvc_env)
+    return dvc, dvc_env
+
+
 def tree_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
@@ -159,13 +171,7 @@ def one_run(work: Path, args: argparse.Namespace) -> tuple[list[Row], str]:
     )
     cp_down, _ = timed(["cp", "-r", str(work / "cp-copy"), str(work / "cp-back")])
     # -- dvc add + push, then pull into an empty cache and workspace --------------------------
-    dvc = str(ensure_dvc())
-    dvc_env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
-    sh(["git", "init", "-q"], project)
-    sh([dvc, "init", "-q"], project, dvc_env)
-    sh([dvc, "config", "core.analytics", "false"], project, dvc_env)
-    sh([dvc, "config", "core.autostage", "false"], project, dvc_env)
-    sh([dvc, "remote", "add", "-d", "local", str(work / "dvc-remote")], project, dvc_env)
+    dvc, dvc_env = dvc_project(project, work / "dvc-remote")
     dvc_add, _ = timed([dvc, "add", "-q", "data"], project, dvc_env)
     dvc_push, _ = timed([dvc, "push", "-q"], project, dvc_env)
     dvc_version = sh([dvc, "--version"], project, dvc_env).strip()

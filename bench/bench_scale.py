@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_foundation import ensure_dvc, sh  # noqa: E402
+from bench.bench_foundation import dvc_project, sh  # noqa: E402
 
 PER_FOLDER = 1000
 
@@ -158,13 +158,7 @@ def main() -> int:
         )
         print(f"# datarun download {down.seconds:.1f} s", file=sys.stderr, flush=True)
 
-        dvc = str(ensure_dvc())
-        dvc_env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
-        sh(["git", "init", "-q"], project)
-        sh([dvc, "init", "-q"], project, dvc_env)
-        sh([dvc, "config", "core.analytics", "false"], project, dvc_env)
-        sh([dvc, "config", "core.autostage", "false"], project, dvc_env)
-        sh([dvc, "remote", "add", "-d", "local", str(work / "dvc-remote")], project, dvc_env)
+        dvc, dvc_env = dvc_project(project, work / "dvc-remote")
         add, _ = measured([dvc, "add", "-q", "data"], project, dvc_env)
         print(f"# dvc add {add.seconds:.1f} s", file=sys.stderr, flush=True)
         push, _ = measured([dvc, "push", "-q"], project, dvc_env)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -64,7 +65,21 @@ def _wait(browser: webdriver.Chrome, how: str, what: str) -> WebElement:
 
 def _click_and_wait(browser: webdriver.Chrome, element: WebElement) -> None:
     element.click()
-    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(element))
+
+    def gone(_: webdriver.Chrome) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as err:
+            # Chrome, asked about a node while the next page replaces the document, answers with
+            # this inspector error instead of a stale reference (seen once in CI): it is as gone.
+            if "does not belong to the document" in str(err):
+                return True
+            raise
+        return False
+
+    WebDriverWait(browser, 30).until(gone)
 
 
 def _wait_for_file(folder: Path, name: str, timeout: float = 30) -> Path:
